@@ -1,0 +1,38 @@
+"""The ``provisioning-agent`` command line: one sub-command per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from agent.cli._exit import ExitCode
+
+__all__ = ["ExitCode", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command registered."""
+    from agent.cli import _cloud
+    from agent.emulator import _cli as emulator_cli
+
+    parser = argparse.ArgumentParser(
+        prog="provisioning-agent",
+        description="Licenses edge devices on factory lines with Cloudauth offline-SDK AuthKeys.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _cloud.add_parser(commands)
+    emulator_cli.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    return code
