@@ -1,0 +1,70 @@
+"""Client of Alibaba Cloud's Cloudauth offline-SDK server API (the five actions of the seed documents)."""
+
+from provisioning.cloudauth._client import DEFAULT_ENDPOINT, DEFAULT_VERSION, CloudauthClient, SignatureVersion
+from provisioning.cloudauth._credentials import Credentials, load_credentials_file, resolve_credentials
+from provisioning.cloudauth._errors import (
+    AmbiguousRequestError,
+    CloudauthError,
+    CredentialsError,
+    NetworkError,
+    PermanentError,
+    PermissionDeniedError,
+    RequestError,
+    RequestTimeout,
+    ResponseError,
+    RetryableError,
+    ServiceError,
+    SignatureError,
+    ThrottledError,
+    redact,
+)
+from provisioning.cloudauth._models import (
+    PERMANENT_YEARS,
+    AuthKey,
+    DeviceInfo,
+    DeviceInfoPage,
+    LicenceTerm,
+    ModifyResult,
+    VerifySdkStatus,
+    format_day,
+    parse_day,
+)
+from provisioning.cloudauth._ratelimit import RateLimiter, shared_rate_limiter
+from provisioning.cloudauth._retry import RetryPolicy, Timeouts
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_VERSION",
+    "PERMANENT_YEARS",
+    "AmbiguousRequestError",
+    "AuthKey",
+    "CloudauthClient",
+    "CloudauthError",
+    "Credentials",
+    "CredentialsError",
+    "DeviceInfo",
+    "DeviceInfoPage",
+    "LicenceTerm",
+    "ModifyResult",
+    "NetworkError",
+    "PermanentError",
+    "PermissionDeniedError",
+    "RateLimiter",
+    "RequestError",
+    "RequestTimeout",
+    "ResponseError",
+    "RetryPolicy",
+    "RetryableError",
+    "ServiceError",
+    "SignatureError",
+    "SignatureVersion",
+    "ThrottledError",
+    "Timeouts",
+    "VerifySdkStatus",
+    "format_day",
+    "load_credentials_file",
+    "parse_day",
+    "redact",
+    "resolve_credentials",
+    "shared_rate_limiter",
+]

@@ -56,9 +56,7 @@ def percent_encode(value: str) -> str:
 def canonical_query_v1(params: Mapping[str, str]) -> str:
     """The sorted, encoded ``name=value&...`` string V1 signs (``Signature`` excluded)."""
     return "&".join(
-        f"{percent_encode(name)}={percent_encode(params[name])}"
-        for name in sorted(params)
-        if name != "Signature"
+        f"{percent_encode(name)}={percent_encode(params[name])}" for name in sorted(params) if name != "Signature"
     )
 
 
@@ -69,9 +67,7 @@ def string_to_sign_v1(method: str, params: Mapping[str, str]) -> str:
 
 def sign_v1(method: str, params: Mapping[str, str], secret: str) -> str:
     """Base64 HMAC-SHA1 of the V1 string to sign, keyed by ``secret + '&'``."""
-    digest = hmac.new(
-        (secret + "&").encode(), string_to_sign_v1(method, params).encode(), hashlib.sha1
-    ).digest()
+    digest = hmac.new((secret + "&").encode(), string_to_sign_v1(method, params).encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
@@ -90,9 +86,7 @@ def canonical_request_v3(
     """The V3 canonical request; ``headers`` must be keyed by lowercase name."""
     names = sorted(name.lower() for name in signed_headers)
     header_block = "".join(f"{name}:{headers.get(name, '').strip()}\n" for name in names)
-    return "\n".join(
-        [method.upper(), "/", canonical_query_v3(query), header_block, ";".join(names), payload_sha256]
-    )
+    return "\n".join([method.upper(), "/", canonical_query_v3(query), header_block, ";".join(names), payload_sha256])
 
 
 def sign_v3(canonical_request: str, secret: str) -> str:

@@ -53,7 +53,12 @@ def test_v1_create_auth_key_minimal_vector() -> None:
         ("CreateAuthKey", CREATE, {"RegionId": "cn-hangzhou", "SignatureType": ""}, "m7LoKcbDE7veAioyGDdAxtUnrIo="),
         ("CreateAuthKey", CREATE, {"Format": "json"}, "BSFSrtMwJ148DOuwHZsaD8hHnFo="),
         ("DescribeDeviceInfo", DESCRIBE, {}, "SlDfNaID3ohUy/Nau8lniOAd8Bs="),
-        ("DescribeDeviceInfo", DESCRIBE, {"RegionId": "cn-hangzhou", "SignatureType": ""}, "U4aHXlPKGx9zVdE80y19GBrer/A="),
+        (
+            "DescribeDeviceInfo",
+            DESCRIBE,
+            {"RegionId": "cn-hangzhou", "SignatureType": ""},
+            "U4aHXlPKGx9zVdE80y19GBrer/A=",
+        ),
         ("DescribeDeviceInfo", DESCRIBE, {"Format": "json"}, "iUujaAJa8wfZ9hrQWpDOmVhmb8w="),
     ],
 )
@@ -79,8 +84,18 @@ def test_v1_encoding_vector() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "encoded"),
-    [(" ", "%20"), ("*", "%2A"), ("~", "~"), ("/", "%2F"), ("+", "%2B"), ("=", "%3D"), ("&", "%26"),
-     ("$", "%24"), (":", "%3A"), ("", "")],
+    [
+        (" ", "%20"),
+        ("*", "%2A"),
+        ("~", "~"),
+        ("/", "%2F"),
+        ("+", "%2B"),
+        ("=", "%3D"),
+        ("&", "%26"),
+        ("$", "%24"),
+        (":", "%3A"),
+        ("", ""),
+    ],
 )
 def test_percent_encode_table(raw: str, encoded: str) -> None:
     assert percent_encode(raw) == encoded
@@ -127,7 +142,11 @@ def test_v3_minimal_describe_vector() -> None:
     assert signature == "9c1ee8aa6e2cd4039f744ce700c2d915eea63c2b95e5f5989dddf488770b2659"
 
 
-TEA_HEADERS = {"accept": "application/json", "user-agent": "official-sign-test", "x-acs-credentials-provider": "static_ak"}
+TEA_HEADERS = {
+    "accept": "application/json",
+    "user-agent": "official-sign-test",
+    "x-acs-credentials-provider": "static_ak",
+}
 
 
 def test_v3_full_tea_header_set_vectors() -> None:
@@ -137,6 +156,8 @@ def test_v3_full_tea_header_set_vectors() -> None:
     assert describe == "e609a13ed7ddafe1e52c4b56ec67f7bd0f152bc57b677e9766c3f6883fa18426"
 
 
-@pytest.mark.parametrize("value", ["", "Bearer x", "ACS3-HMAC-SHA256 Credential=a", "HMAC Credential=a,SignedHeaders=b,Signature=c"])
+@pytest.mark.parametrize(
+    "value", ["", "Bearer x", "ACS3-HMAC-SHA256 Credential=a", "HMAC Credential=a,SignedHeaders=b,Signature=c"]
+)
 def test_parse_v3_authorization_rejects_other_shapes(value: str) -> None:
     assert parse_v3_authorization(value) is None
