@@ -1,0 +1,260 @@
+"""``provisioning-agent cloud ...``: the Cloudauth server API for operators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent.cli._exit import ExitCode
+from agent.cli._output import print_json, print_table, report_error, stderr_console
+from agent.cli._renew import run_renew
+from agent.cli._sdk import run_sdk
+from provisioning.cloudauth import (
+    DEFAULT_ENDPOINT,
+    CloudauthClient,
+    CloudauthError,
+    DeviceInfo,
+    LicenceTerm,
+    RequestError,
+    RetryPolicy,
+    Timeouts,
+    resolve_credentials,
+    shared_rate_limiter,
+)
+
+__all__ = ["add_parser", "client_from_args"]
+
+ENV_ENDPOINT = "CLOUDAUTH_ENDPOINT"
+AUTH_KEY_LIFETIME = timedelta(minutes=30)  # stated by the API reference
+DEVICE_COLUMNS = ("DeviceId", "UserDeviceId", "BizType", "BeginDay", "ExpiredDay")
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``cloud`` and its sub-commands."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection")
+    group.add_argument(
+        "--endpoint",
+        default=os.environ.get(ENV_ENDPOINT, DEFAULT_ENDPOINT),
+        help=f"Cloudauth API base URL (env {ENV_ENDPOINT}; default %(default)s)",
+    )
+    group.add_argument("--credentials-file", type=Path, help="TOML file with access_key_id / access_key_secret")
+    group.add_argument("--signature", choices=("v1", "v3"), default="v1", help="signature version (default v1)")
+    group.add_argument("--api-version", default="2019-03-07", help="API Version parameter (default %(default)s)")
+    group.add_argument("--qps", type=float, default=5.0, help="calls per second at most (default %(default)s)")
+    group.add_argument("--timeout", type=float, default=10.0, help="read timeout per call, seconds")
+    group.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+
+    cloud = commands.add_parser(
+        "cloud",
+        help="call the Cloudauth server API (keys, devices, renewals, SDK builds)",
+        description="Operator commands over the Cloudauth offline-SDK server API. Credentials come from "
+        "$ALIBABA_CLOUD_ACCESS_KEY_ID/$ALIBABA_CLOUD_ACCESS_KEY_SECRET, --credentials-file, "
+        "/etc/provisioning-agent/credentials.toml or systemd's $CREDENTIALS_DIRECTORY/cloudauth.",
+    )
+    actions = cloud.add_subparsers(dest="cloud_command", metavar="ACTION", required=True)
+
+    authkey = actions.add_parser(
+        "authkey",
+        parents=[common],
+        help="mint one AuthKey (CreateAuthKey)",
+        description="Mint a single-use AuthKey, valid 30 minutes, that activates one device.",
+    )
+    _add_term(authkey, required=True)
+    authkey.add_argument("--user-device-id", default="", help="your id of the device (<= 64 chars)")
+    authkey.add_argument("--biz-type", default="", help="business remark, e.g. customer or scenario (<= 64 chars)")
+    authkey.set_defaults(handler=_handler(_authkey))
+
+    devices = actions.add_parser(
+        "devices",
+        parents=[common],
+        help="list licensed devices (DescribeDeviceInfo, all pages)",
+        description="List licensed devices matching every filter given; all pages are fetched.",
+    )
+    _add_device_filters(devices)
+    devices.add_argument("--device-id", default="", help="the service's DeviceId")
+    devices.add_argument("--page-size", type=int, default=100, help="rows per API call (default %(default)s)")
+    devices.set_defaults(handler=_handler(_devices))
+
+    modify = actions.add_parser(
+        "modify",
+        parents=[common],
+        help="change a device's ids or extend its licence (ModifyDeviceInfo)",
+        description="Change UserDeviceId/BizType, or extend the licence by --years. An extension needs the "
+        "licence's current --expired-day: the service refuses it when it is more than a week off, which "
+        "guards against extending twice.",
+    )
+    modify.add_argument("--device-id", required=True, help="the service's DeviceId")
+    modify.add_argument("--user-device-id", default="", help="new UserDeviceId")
+    modify.add_argument("--biz-type", default="", help="new BizType")
+    modify.add_argument("--years", type=int, help="extend by N years (1..100, 100 = permanent)")
+    modify.add_argument("--expired-day", default="", help="current expiry yyyyMMdd (required with --years)")
+    modify.set_defaults(handler=_handler(_modify))
+
+    renew = actions.add_parser(
+        "renew",
+        parents=[common],
+        help="extend every licence expiring in a window",
+        description="Find licences expiring between --expired-start-day and --expired-end-day and extend each "
+        "by --years. A journal records each step, so a rerun after an interruption skips devices already "
+        "extended; no licence is ever extended twice.",
+    )
+    _add_device_filters(renew)
+    renew.add_argument("--years", type=int, required=True, help="extend each by N years (1..100)")
+    renew.add_argument("--dry-run", action="store_true", help="list what would be extended, change nothing")
+    renew.add_argument("--journal", type=Path, help="journal file (default: renew-START-END-Ny.jsonl here)")
+    renew.add_argument("--concurrency", type=int, default=4, help="extensions in flight at once")
+    renew.set_defaults(handler=_handler(run_renew))
+
+    sdk = actions.add_parser(
+        "sdk",
+        parents=[common],
+        help="build the offline SDK for an app and download it",
+        description="CreateVerifySDK for --app-url, poll DescribeVerifySDK with backoff until --wait runs out, "
+        "then download the SDK and print its path and sha256. --task-id resumes an earlier build.",
+    )
+    source = sdk.add_mutually_exclusive_group(required=True)
+    source.add_argument("--app-url", help="URL the service downloads your app from")
+    source.add_argument("--task-id", help="poll an existing build instead of starting one")
+    sdk.add_argument("--platform", default="", help="app platform, e.g. android")
+    sdk.add_argument("--output", type=Path, default=Path(), help="directory to save the SDK in (default .)")
+    sdk.add_argument("--wait", type=float, default=600.0, help="give up polling after N seconds (default 600)")
+    sdk.set_defaults(handler=_handler(run_sdk))
+
+
+def client_from_args(args: argparse.Namespace) -> CloudauthClient:
+    """A client built from the common connection flags (credentials resolved here)."""
+    credentials = resolve_credentials(credentials_file=args.credentials_file)
+    if args.qps <= 0:
+        raise RequestError("--qps must be positive")
+    shared_rate_limiter().configure(args.qps, burst=max(1, int(args.qps)))
+    return CloudauthClient(
+        credentials,
+        endpoint=args.endpoint,
+        version=args.api_version,
+        signature=args.signature,
+        timeouts=Timeouts(read=args.timeout),
+        retry=RetryPolicy(),
+    )
+
+
+def device_row(device: DeviceInfo) -> dict[str, str]:
+    """The API's own field names, for tables and JSON alike."""
+    return {
+        "DeviceId": device.device_id,
+        "UserDeviceId": device.user_device_id,
+        "BizType": device.biz_type,
+        "BeginDay": device.begin_day,
+        "ExpiredDay": device.expired_day,
+    }
+
+
+Job = Callable[[CloudauthClient, argparse.Namespace], Awaitable[int]]
+
+
+def _handler(job: Job) -> Callable[[argparse.Namespace], int]:
+    def handle(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(_with_client(job, args))
+        except CloudauthError as exc:
+            return report_error(exc, as_json=args.json)
+        except ValueError as exc:  # a bad endpoint URL and the like, found before any call
+            stderr_console.print(f"error: {exc}", markup=False)
+            return ExitCode.USAGE
+
+    return handle
+
+
+async def _with_client(job: Job, args: argparse.Namespace) -> int:
+    async with client_from_args(args) as client:
+        return await job(client, args)
+
+
+def _add_term(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    term = parser.add_mutually_exclusive_group(required=required)
+    term.add_argument("--years", type=int, help="licence term in years (1..100, 100 = permanent)")
+    term.add_argument("--test", action="store_true", help="a 30-day test licence")
+
+
+def _add_device_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user-device-id", default="", help="your id of the device")
+    parser.add_argument("--biz-type", default="", help="BizType")
+    parser.add_argument("--expired-start-day", default="", help="licences expiring on or after yyyyMMdd")
+    parser.add_argument("--expired-end-day", default="", help="licences expiring on or before yyyyMMdd")
+
+
+async def _authkey(client: CloudauthClient, args: argparse.Namespace) -> int:
+    term = LicenceTerm.trial() if args.test else LicenceTerm.of_years(args.years)
+    key = await client.create_auth_key(term=term, user_device_id=args.user_device_id, biz_type=args.biz_type)
+    expires = (datetime.now(UTC) + AUTH_KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result: dict[str, Any] = {
+        "AuthKey": key.key.reveal(),
+        "Fingerprint": key.key.fingerprint(),
+        "Term": term.describe(),
+        "UserDeviceId": args.user_device_id,
+        "BizType": args.biz_type,
+        "ValidUntil": expires,
+        "RequestId": key.request_id,
+    }
+    if args.json:
+        print_json(result)
+    else:
+        print(key.key.reveal())
+        stderr_console.print(
+            f"single use, valid until {expires} (30 minutes); term {term.describe()}; "
+            f"fingerprint {key.key.fingerprint()}; RequestId {key.request_id}",
+            markup=False,
+        )
+    return ExitCode.OK
+
+
+async def _devices(client: CloudauthClient, args: argparse.Namespace) -> int:
+    rows = [
+        device_row(device)
+        async for device in client.iter_device_info(
+            page_size=args.page_size,
+            device_id=args.device_id,
+            user_device_id=args.user_device_id,
+            biz_type=args.biz_type,
+            expired_start_day=args.expired_start_day,
+            expired_end_day=args.expired_end_day,
+        )
+    ]
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(rows, DEVICE_COLUMNS, title=f"{len(rows)} device(s)")
+    return ExitCode.OK
+
+
+async def _modify(client: CloudauthClient, args: argparse.Namespace) -> int:
+    if args.years is None and not (args.user_device_id or args.biz_type):
+        raise RequestError("nothing to change: give --years, --user-device-id or --biz-type")
+    result = await client.modify_device_info(
+        args.device_id,
+        user_device_id=args.user_device_id,
+        biz_type=args.biz_type,
+        extend_years=args.years,
+        expired_day=args.expired_day,
+    )
+    row = {
+        "DeviceId": result.device_id,
+        "UserDeviceId": result.user_device_id,
+        "BizType": result.biz_type,
+        "BeginDay": result.begin_day,
+        "ExpiredDay": result.expired_day,
+        "RequestId": result.request_id,
+        "Reconciled": result.reconciled,
+    }
+    if args.json:
+        print_json(row)
+    else:
+        print_table([row], (*DEVICE_COLUMNS, "RequestId"))
+        if result.reconciled:
+            stderr_console.print("the answer was lost; the extension was confirmed by reading the record back")
+    return ExitCode.OK

@@ -1,0 +1,118 @@
+"""``cloud renew``: extend every licence expiring in a window, resumable, never twice."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from agent.cli._exit import ExitCode
+from agent.cli._output import print_json, print_table, stderr_console
+from provisioning.cloudauth import CloudauthClient, CloudauthError, DeviceInfo, RequestError, parse_day
+from provisioning.renewal import RenewalEntry, RenewalJournal, decide
+
+__all__ = ["run_renew"]
+
+COLUMNS = ("DeviceId", "UserDeviceId", "From", "To", "Status")
+
+
+async def run_renew(client: CloudauthClient, args: argparse.Namespace) -> int:
+    """Extend each licence in the window by ``--years``; exit 1 when any device failed."""
+    if not args.expired_end_day:
+        raise RequestError("--expired-end-day is required: renew works on a window of expiry days")
+    for name in ("expired_start_day", "expired_end_day"):
+        if getattr(args, name):
+            parse_day("--" + name.replace("_", "-"), getattr(args, name))
+    if not 1 <= args.years <= 100:
+        raise RequestError(f"--years must be from 1 to 100, got {args.years}")
+    if args.concurrency < 1:
+        raise RequestError("--concurrency must be at least 1")
+    journal_path = args.journal or Path(
+        f"renew-{args.expired_start_day or 'any'}-{args.expired_end_day}-{args.years}y.jsonl"
+    )
+    journal = RenewalJournal(journal_path)
+    devices = [
+        device
+        async for device in client.iter_device_info(
+            user_device_id=args.user_device_id,
+            biz_type=args.biz_type,
+            expired_start_day=args.expired_start_day,
+            expired_end_day=args.expired_end_day,
+        )
+    ]
+    rows: list[dict[str, Any]] = []
+    failures = 0
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def renew_one(device: DeviceInfo) -> None:
+        nonlocal failures
+        row: dict[str, Any] = {
+            "DeviceId": device.device_id,
+            "UserDeviceId": device.user_device_id,
+            "From": device.expired_day,
+            "To": "",
+        }
+        rows.append(row)
+        decision = decide(device, journal.latest(device.device_id))
+        if decision.action == "skip":
+            row["Status"] = f"skipped: {decision.reason}"
+            return
+        if args.dry_run:
+            row["Status"] = f"would extend by {args.years} year(s)"
+            return
+        async with gate:
+            journal.record(RenewalEntry(device.device_id, device.expired_day, args.years, "intent"))
+            try:
+                result = await client.modify_device_info(
+                    device.device_id, extend_years=args.years, expired_day=device.expired_day
+                )
+            except CloudauthError as exc:
+                failures += 1
+                journal.record(
+                    RenewalEntry(device.device_id, device.expired_day, args.years, "failed", detail=str(exc))
+                )
+                row["Status"] = f"failed: {exc}"
+                return
+        journal.record(
+            RenewalEntry(device.device_id, device.expired_day, args.years, "extended", to_day=result.expired_day)
+        )
+        row["To"] = result.expired_day
+        row["Status"] = "extended (confirmed by read-back)" if result.reconciled else "extended"
+
+    progress = Progress(
+        TextColumn("renewing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console,
+        transient=False,
+        disable=args.json,
+    )
+    with progress:
+        task = progress.add_task("renew", total=len(devices))
+
+        async def tracked(device: DeviceInfo) -> None:
+            await renew_one(device)
+            progress.advance(task)
+
+        async with asyncio.TaskGroup() as group:
+            for device in devices:
+                group.create_task(tracked(device), name=f"renew-{device.device_id}")
+
+    summary = {
+        "journal": str(journal_path),
+        "devices": len(devices),
+        "failed": failures,
+        "dry_run": args.dry_run,
+        "results": rows,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print_table(rows, COLUMNS, title=f"{len(devices)} licence(s) in the window; journal {journal_path}")
+        if failures:
+            stderr_console.print(f"{failures} device(s) failed; rerun the same command to retry them", markup=False)
+    return ExitCode.FAILED if failures else ExitCode.OK

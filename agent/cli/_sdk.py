@@ -1,0 +1,90 @@
+"""``cloud sdk``: build the offline SDK for an app, wait for it, download it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from pathlib import Path, PurePosixPath
+
+import httpx
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from agent.cli._exit import ExitCode
+from agent.cli._output import print_json, stderr_console
+from provisioning.cloudauth import CloudauthClient, NetworkError, RequestError, ServiceError
+
+__all__ = ["run_sdk"]
+
+FIRST_POLL = 1.0  # builds "usually finish within a minute": look early, then back off
+MAX_POLL = 15.0  # never wait longer than this between two looks
+DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)  # SDK archives are tens of MB
+
+
+async def run_sdk(client: CloudauthClient, args: argparse.Namespace) -> int:
+    """Start (or resume) a build, poll with backoff until ``--wait``, download, print path and sha256."""
+    if args.wait <= 0:
+        raise RequestError("--wait must be positive")
+    task_id = args.task_id or await client.create_verify_sdk(args.app_url, platform=args.platform)
+    if not args.json:
+        stderr_console.print(f"build task {task_id}; waiting up to {args.wait:.0f} s", markup=False)
+    deadline = time.monotonic() + args.wait
+    delay = FIRST_POLL
+    with stderr_console.status("waiting for the SDK build") if not args.json else contextlib.nullcontext():
+        while True:
+            status = await client.describe_verify_sdk(task_id)
+            if status.ready:
+                break
+            if time.monotonic() + delay > deadline:
+                raise ServiceError(
+                    f"the SDK build {task_id} did not finish within {args.wait:.0f} s; "
+                    f"resume with: provisioning-agent cloud sdk --task-id {task_id}",
+                    code="SdkBuildTimeout",
+                    request_id=status.request_id,
+                )
+            await asyncio.sleep(delay)
+            delay = min(MAX_POLL, delay * 2)
+    path, digest, size = await _download(status.sdk_url, args.output, task_id, quiet=args.json)
+    result = {"TaskId": task_id, "SdkUrl": status.sdk_url, "Path": str(path), "Sha256": digest, "Bytes": size}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{path}  sha256 {digest}  ({size} bytes)")
+    return ExitCode.OK
+
+
+async def _download(url: str, directory: Path, task_id: str, *, quiet: bool) -> tuple[Path, str, int]:
+    name = PurePosixPath(httpx.URL(url).path).name or f"verify-sdk-{task_id}.zip"
+    directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a one-shot command; nothing else waits on this loop
+    target = directory / name
+    partial = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    size = 0
+    progress = Progress(
+        TextColumn(name), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=stderr_console, disable=quiet
+    )
+    try:
+        async with (
+            httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as http,
+            http.stream("GET", url) as response,
+        ):
+            if response.status_code != httpx.codes.OK:
+                raise ServiceError(f"SDK download answered HTTP {response.status_code}", code="SdkDownloadFailed")
+            total = int(response.headers.get("content-length", 0)) or None
+            with progress, partial.open("wb") as handle:
+                task = progress.add_task("download", total=total)
+                async for chunk in response.aiter_bytes():
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    progress.advance(task, len(chunk))
+                handle.flush()
+                os.fsync(handle.fileno())
+    except httpx.TransportError as exc:
+        partial.unlink(missing_ok=True)
+        raise NetworkError(f"SDK download failed: {type(exc).__name__}", code="SdkDownloadFailed") from exc
+    partial.replace(target)
+    return target, digest.hexdigest(), size
