@@ -13,7 +13,7 @@ __all__ = ["ExitCode", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
-    from agent.cli import _cloud
+    from agent.cli import _cloud, _demo
     from agent.emulator import _cli as emulator_cli
 
     parser = argparse.ArgumentParser(
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _cloud.add_parser(commands)
     emulator_cli.add_parser(commands)
+    _demo.add_parser(commands)
     return parser
 
 
