@@ -339,10 +339,19 @@ class CloudauthClient:
                 SignatureNonce=nonce,
                 Timestamp=stamp,
             )
+            form: dict[str, str] = {}
             if credentials.security_token:
-                query["SecurityToken"] = credentials.security_token.reveal()
-            query["Signature"] = _signing.sign_v1("POST", query, credentials.access_key_secret.reveal())
-            return self._http.build_request("POST", self._url(query))
+                # The token travels in the form body, not the URL, so no request log can show it;
+                # V1 signs query and form parameters together.
+                form["SecurityToken"] = credentials.security_token.reveal()
+            signed = {**query, **form}
+            query["Signature"] = _signing.sign_v1("POST", signed, credentials.access_key_secret.reveal())
+            if not form:
+                return self._http.build_request("POST", self._url(query))
+            body = "&".join(f"{k}={_signing.percent_encode(v)}" for k, v in form.items()).encode()
+            return self._http.build_request(
+                "POST", self._url(query), content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+            )
         query = dict(params)
         if self._format != "JSON":
             query["Format"] = self._format

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -357,3 +358,22 @@ async def test_repr_of_client_and_key_hide_secrets(make_client: ClientFactory, e
     for text in (repr(client), repr(key), str(key), f"{key}"):
         assert key.key.reveal() not in text
         assert emulator.access_key_secret not in text
+
+
+async def test_debug_logs_never_show_a_secret(
+    make_client: ClientFactory, emulator: EmulatorProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = "sts-token-value-0123456789"
+    creds = Credentials(emulator.access_key_id, Secret(emulator.access_key_secret), Secret(token))
+    keys = []
+    for signature in ("v1", "v3"):
+        client = make_client(credentials=creds, signature=signature)
+        keys.append(await client.create_auth_key(term=LicenceTerm.trial(), user_device_id="log-1"))
+        await client.describe_device_info()
+    wrong = make_client(credentials=credentials(emulator, secret="wrong-secret-value"))
+    with pytest.raises(SignatureError):
+        await wrong.describe_device_info()
+    assert "HTTP Request" in caplog.text  # httpx did log the requests
+    for secret in (emulator.access_key_secret, token, "wrong-secret-value", *(k.key.reveal() for k in keys)):
+        assert secret not in caplog.text
