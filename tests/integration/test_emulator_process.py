@@ -159,3 +159,8 @@ def test_process_handle_lifecycle() -> None:
     assert process.pid is None
     with pytest.raises(RuntimeError):
         process.audit()
+    process.start()  # a stopped handle starts a fresh process
+    try:
+        assert process.health() == {"status": "ok"}
+    finally:
+        assert process.stop() == 0
