@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         emulator = Emulator(config)
     except (OSError, ValueError) as exc:
-        print(f"emulator: cannot load the state file: {exc}", file=sys.stderr)
+        print(f"emulator: cannot load or write the state file: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     try:
         asyncio.run(_main(emulator, args.host, args.port))

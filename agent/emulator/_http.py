@@ -207,8 +207,7 @@ async def _sdk_artifact(request: web.Request) -> web.Response:
     try:
         job = emulator.state.sdk_job(request.match_info["task_id"])
     except ApiError as error:
-        error.status = 404
-        return _admin_error(error)
+        return _admin_error(ApiError(error.code, error.message, 404))
     if not emulator.state.job_done(job):
         return _admin_error(ApiError("TaskNotFinished", "The SDK build has not finished yet.", 404))
     return web.Response(

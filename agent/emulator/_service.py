@@ -62,6 +62,7 @@ class Emulator:
             snapshot = load_state_file(config.state_path)
             if snapshot is not None:
                 self.state.load_dict(snapshot)
+            self.persist()  # an unwritable path fails now, at start-up, not on the first call
 
     def call_api(self, call: RawCall, base_url: str) -> dict[str, Any]:
         """Authenticate and run one API call; the success fields, or :class:`ApiError`."""

@@ -108,8 +108,10 @@ def test_corrupt_state_file_is_a_config_error(tmp_path: Path) -> None:
     result = run_cli("--state", str(state_file))
     assert result.returncode == ExitCode.CONFIG
     assert "state" in result.stderr
-    with pytest.raises(EmulatorStartError, match="cannot load the state file"):
+    with pytest.raises(EmulatorStartError, match="cannot load or write the state file"):
         EmulatorProcess(state_file=state_file).start()
+    unwritable = run_cli("--state", str(tmp_path / "no-such-dir" / "state.json"))
+    assert unwritable.returncode == ExitCode.CONFIG
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
