@@ -70,6 +70,7 @@ SignatureVersion = Literal["v1", "v3"]
 ResponseFormat = Literal["JSON", "XML"]
 
 _USER_AGENT = "provisioning-agent/0.1 (cloudauth)"
+_FORM_HEADERS = {"content-type": "application/x-www-form-urlencoded"}
 
 
 class CloudauthClient:
@@ -328,8 +329,8 @@ class CloudauthClient:
         stamp = _signing.timestamp(self._utcnow())
         nonce = _signing.new_nonce()
         if self._signature == "v1":
-            query = dict(params)
-            query.update(
+            form = dict(params)
+            form.update(
                 Action=action,
                 Version=self._version,
                 Format=self._format,
@@ -339,19 +340,12 @@ class CloudauthClient:
                 SignatureNonce=nonce,
                 Timestamp=stamp,
             )
-            form: dict[str, str] = {}
             if credentials.security_token:
-                # The token travels in the form body, not the URL, so no request log can show it;
-                # V1 signs query and form parameters together.
                 form["SecurityToken"] = credentials.security_token.reveal()
-            signed = {**query, **form}
-            query["Signature"] = _signing.sign_v1("POST", signed, credentials.access_key_secret.reveal())
-            if not form:
-                return self._http.build_request("POST", self._url(query))
-            body = "&".join(f"{k}={_signing.percent_encode(v)}" for k, v in form.items()).encode()
-            return self._http.build_request(
-                "POST", self._url(query), content=body, headers={"content-type": "application/x-www-form-urlencoded"}
-            )
+            form["Signature"] = _signing.sign_v1("POST", form, credentials.access_key_secret.reveal())
+            # Everything travels in the form body (the service signs query and form alike): no
+            # request log or proxy access log sees ids, the token or the signature in a URL.
+            return self._http.build_request("POST", self._endpoint, content=_encode(form), headers=_FORM_HEADERS)
         query = dict(params)
         if self._format != "JSON":
             query["Format"] = self._format
@@ -373,8 +367,9 @@ class CloudauthClient:
 
     def _url(self, query: Mapping[str, str]) -> httpx.URL:
         # Encode ourselves so the service sees exactly the bytes we signed.
-        raw = "&".join(f"{_signing.percent_encode(k)}={_signing.percent_encode(v)}" for k, v in query.items())
-        return self._endpoint.copy_with(raw_path=(self._endpoint.raw_path.rstrip(b"/") + b"/?" + raw.encode()))
+        if not query:
+            return self._endpoint
+        return self._endpoint.copy_with(raw_path=self._endpoint.raw_path.rstrip(b"/") + b"/?" + _encode(query))
 
 
 def _read_answer(action: str, response: httpx.Response) -> dict[str, Any]:
@@ -408,6 +403,11 @@ def _read_answer(action: str, response: httpx.Response) -> dict[str, Any]:
         request_id=answer.get("RequestId") or header_id,
         retry_after=retry_after,
     )
+
+
+def _encode(params: Mapping[str, str]) -> bytes:
+    """``name=value&...`` with the signers' percent-encoding, so the service reads what we signed."""
+    return "&".join(f"{_signing.percent_encode(k)}={_signing.percent_encode(v)}" for k, v in params.items()).encode()
 
 
 def _retry_after(response: httpx.Response) -> float | None:

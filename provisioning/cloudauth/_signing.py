@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,11 +46,14 @@ __all__ = [
 ]
 
 V3_ALGORITHM = "ACS3-HMAC-SHA256"
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 EMPTY_PAYLOAD_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 def percent_encode(value: str) -> str:
     """Encode as the Alibaba Cloud signers do: RFC 3986 unreserved kept, the rest %XX uppercase."""
+    if _UNRESERVED.fullmatch(value):  # most names and values: nothing to encode
+        return value
     return quote(value, safe="-_.~")
 
 
