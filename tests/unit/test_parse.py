@@ -52,7 +52,9 @@ def test_xml_describe_with_two_rows() -> None:
 
 
 def test_xml_documented_wrapper() -> None:
-    body = b"<CreateAuthKeyResponse><Data><AuthKey>auth.k</AuthKey></Data><Success>true</Success></CreateAuthKeyResponse>"
+    body = (
+        b"<CreateAuthKeyResponse><Data><AuthKey>auth.k</AuthKey></Data><Success>true</Success></CreateAuthKeyResponse>"
+    )
     assert unwrap(parse_body(body))["AuthKey"] == "auth.k"
 
 
