@@ -156,7 +156,8 @@ async def test_extension_guard_refuses_a_wrong_expired_day(
 async def test_lost_answer_of_an_extension_is_reconciled_not_repeated(
     make_client: ClientFactory, emulator: EmulatorProcess
 ) -> None:
-    client = make_client()
+    # Enough read-back attempts to outlast the moment until the test lifts the fault below.
+    client = make_client(retry=RetryPolicy(max_attempts=100, base_delay=0.01, max_delay=0.05, total_time=20))
     device_id = await licensed(client, emulator, "ambiguous")
     (device,) = (await client.describe_device_info(device_id=device_id)).devices
     emulator.set_faults(drop_after_rate=1.0)  # the service extends, then the connection drops
