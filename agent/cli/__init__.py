@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -20,11 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="provisioning-agent",
         description="Licenses edge devices on factory lines with Cloudauth offline-SDK AuthKeys.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _cloud.add_parser(commands)
     emulator_cli.add_parser(commands)
     _demo.add_parser(commands)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("provisioning-agent")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree without installing
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
