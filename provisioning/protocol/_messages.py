@@ -1,0 +1,263 @@
+"""Device protocol v1 messages (docs/protocol.md): decoding what devices send, encoding what we answer.
+
+Decoding is strict about what it needs and lenient about what it does not know: every
+member this version uses is type- and length-checked, unknown members are ignored. Every
+refusal is a :class:`ProtocolError` carrying the protocol error code, a message naming the
+field, and whatever ``id``/``device_id`` could still be read so the answer reaches the
+device.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from provisioning.secret import Secret
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
+    "AgentMessage",
+    "DeviceMessage",
+    "Done",
+    "ErrorCode",
+    "ErrorReply",
+    "Key",
+    "ProtocolError",
+    "Register",
+    "Result",
+    "Wait",
+    "WaitReason",
+    "decode_device_message",
+    "encode",
+    "is_valid_tid",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_MESSAGE_BYTES: Final = 4096  # fits one MQTT packet on the smallest MCU stacks and one serial frame
+
+ErrorCode = Literal[
+    "malformed",
+    "too_large",
+    "unsupported_version",
+    "unknown_type",
+    "invalid_field",
+    "unknown_profile",
+    "not_admitted",
+    "unknown_attempt",
+    "activation_failed",
+    "cloud_rejected",
+    "internal",
+]
+WaitReason = Literal["queued", "throttled", "cloud_unavailable", "in_progress"]
+
+_TID = re.compile(r"[A-Za-z0-9._:~@-][A-Za-z0-9._:~@$-]{0,63}")
+_ATTEMPT = re.compile(r"[0-9a-f]{16}")
+_DAY = re.compile(r"[0-9]{8}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ProtocolError(Exception):
+    """A device message we refuse; ``code`` is the protocol error code sent back."""
+
+    def __init__(self, code: ErrorCode, message: str, *, re_id: str | None = None, device_id: str | None = None):
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.re_id = re_id
+        self.device_id = device_id
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """A device asks to be licensed."""
+
+    id: str
+    device_id: str
+    hardware_id: str
+    model: str
+    fw: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A device reports how activation with a key went."""
+
+    id: str
+    device_id: str
+    attempt: str
+    ok: bool
+    sdk_device_id: str = ""
+    begin_day: str = ""
+    expired_day: str = ""
+    error: str = ""
+    detail: str = ""
+
+
+DeviceMessage = Register | Result
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """An AuthKey for one device; the key itself is a Secret until encoded."""
+
+    re: str
+    device_id: str
+    attempt: str
+    auth_key: Secret
+    expires_at: str
+    activate_within_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The device is licensed and the result is recorded."""
+
+    re: str | None
+    device_id: str
+    sdk_device_id: str
+    begin_day: str
+    expired_day: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Come back later."""
+
+    re: str | None
+    device_id: str
+    reason: WaitReason
+    retry_after_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A refusal with a code from docs/protocol.md."""
+
+    re: str | None
+    device_id: str | None
+    code: ErrorCode
+    message: str
+    retry: bool = False
+
+
+AgentMessage = Key | Done | Wait | ErrorReply
+
+
+def is_valid_tid(tid: str) -> bool:
+    """A topic id a device may use as its MQTT client id and topic level."""
+    return bool(_TID.fullmatch(tid))
+
+
+def decode_device_message(payload: bytes) -> DeviceMessage:
+    """Parse and check one device message; :class:`ProtocolError` says exactly what is wrong."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message is {len(payload)} bytes; at most {MAX_MESSAGE_BYTES} allowed")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError("malformed", "message is not UTF-8") from None
+    except ValueError as exc:
+        raise ProtocolError("malformed", f"message is not JSON ({exc.args[0].split(':')[0]})") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("malformed", f"message is a JSON {type(data).__name__}, not an object")
+    re_id = _peek(data, "id", 64)
+    device_id = _peek(data, "device_id", 64)
+    try:
+        return _decode(data)
+    except ProtocolError as exc:
+        exc.re_id, exc.device_id = re_id, device_id
+        raise
+
+
+def encode(message: AgentMessage) -> bytes:
+    """The JSON bytes of an agent message (the AuthKey is revealed only here)."""
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION}
+    match message:
+        case Key():
+            body |= {"type": "key", "re": message.re, "device_id": message.device_id, "attempt": message.attempt,
+                     "auth_key": message.auth_key.reveal(), "expires_at": message.expires_at,
+                     "activate_within_s": message.activate_within_s}  # fmt: skip
+        case Done():
+            body |= {"type": "done", "re": message.re, "device_id": message.device_id,
+                     "sdk_device_id": message.sdk_device_id, "begin_day": message.begin_day,
+                     "expired_day": message.expired_day}  # fmt: skip
+        case Wait():
+            body |= {"type": "wait", "re": message.re, "device_id": message.device_id, "reason": message.reason,
+                     "retry_after_s": message.retry_after_s}  # fmt: skip
+        case ErrorReply():
+            body |= {"type": "error", "re": message.re, "device_id": message.device_id, "code": message.code,
+                     "message": message.message, "retry": message.retry}  # fmt: skip
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _decode(data: dict[str, Any]) -> DeviceMessage:
+    version = data.get("v")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ProtocolError("malformed", "member 'v' must be an integer (the protocol version, 1)")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("unsupported_version", f"protocol version {version} is not supported; this agent speaks 1")
+    kind = _text(data, "type", 32)
+    message_id = _text(data, "id", 64)
+    device_id = _text(data, "device_id", 64)
+    if kind == "register":
+        return Register(
+            id=message_id,
+            device_id=device_id,
+            hardware_id=_text(data, "hardware_id", 128),
+            model=_text(data, "model", 64),
+            fw=_text(data, "fw", 64, required=False),
+        )
+    if kind == "result":
+        attempt = _text(data, "attempt", 16)
+        if not _ATTEMPT.fullmatch(attempt):
+            raise ProtocolError("invalid_field", "'attempt' must be the 16 hex characters of the key message")
+        ok = data.get("ok")
+        if not isinstance(ok, bool):
+            raise ProtocolError("invalid_field", "'ok' must be true or false")
+        if ok:
+            begin, expired = _day(data, "begin_day"), _day(data, "expired_day")
+            return Result(message_id, device_id, attempt, True, _text(data, "sdk_device_id", 64), begin, expired)
+        return Result(
+            message_id,
+            device_id,
+            attempt,
+            False,
+            error=_text(data, "error", 64),
+            detail=_text(data, "detail", 256, required=False),
+        )
+    raise ProtocolError("unknown_type", f"message type {kind!r} is not one of: register, result")
+
+
+def _text(data: dict[str, Any], name: str, limit: int, *, required: bool = True) -> str:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError("invalid_field", f"member '{name}' is required")
+        return ""
+    if not isinstance(value, str):
+        raise ProtocolError("invalid_field", f"member '{name}' must be a string, not {type(value).__name__}")
+    if required and not value:
+        raise ProtocolError("invalid_field", f"member '{name}' must not be empty")
+    if len(value) > limit:
+        raise ProtocolError("invalid_field", f"member '{name}' is {len(value)} characters; at most {limit} allowed")
+    if _CONTROL.search(value):
+        raise ProtocolError("invalid_field", f"member '{name}' contains control characters")
+    return value
+
+
+def _day(data: dict[str, Any], name: str) -> str:
+    value = _text(data, name, 8)
+    if not _DAY.fullmatch(value):
+        raise ProtocolError("invalid_field", f"member '{name}' must be a day as yyyyMMdd")
+    return value
+
+
+def _peek(data: dict[str, Any], name: str, limit: int) -> str | None:
+    """A member good enough to address a reply, even when the message is refused."""
+    value = data.get(name)
+    if isinstance(value, str) and 0 < len(value) <= limit and not _CONTROL.search(value):
+        return value
+    return None

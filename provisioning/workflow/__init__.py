@@ -1,0 +1,38 @@
+"""The per-device workflow (decisions) and its journal (durable records and the upstream outbox)."""
+
+from provisioning.workflow._journal import Journal, JournalError, OutboxRow
+from provisioning.workflow._report import REPORT_SCHEMA, build_report
+from provisioning.workflow._state import (
+    AUTH_KEY_LIFETIME_S,
+    Decision,
+    DeviceRecord,
+    Policy,
+    State,
+    after_mint_failure,
+    after_reconcile,
+    decide_register,
+    decide_result,
+    key_minted,
+    key_push_deadline,
+    result_overdue,
+)
+
+__all__ = [
+    "AUTH_KEY_LIFETIME_S",
+    "REPORT_SCHEMA",
+    "Decision",
+    "DeviceRecord",
+    "Journal",
+    "JournalError",
+    "OutboxRow",
+    "Policy",
+    "State",
+    "after_mint_failure",
+    "after_reconcile",
+    "build_report",
+    "decide_register",
+    "decide_result",
+    "key_minted",
+    "key_push_deadline",
+    "result_overdue",
+]
