@@ -1,0 +1,161 @@
+"""Hardware profiles: one TOML file per device model (``hardware-profiles/*.toml``).
+
+A profile says how to recognise a model, which transports it uses, the BizType and licence
+term its keys carry, and its timeouts and retry policy. Loading is strict: an unknown key,
+a wrong type or a value out of range is refused with the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+from provisioning.cloudauth import PERMANENT_YEARS, LicenceTerm
+from provisioning.workflow import Policy
+
+__all__ = ["Profile", "ProfileError", "load_profile", "load_profiles"]
+
+TRANSPORTS: Final = frozenset({"mqtt", "serial"})
+MAX_ACTIVATE_WITHIN_S: Final = 25 * 60  # a key lives 30 minutes; leave room for the safety margin
+_TOP_KEYS: Final = frozenset({"model", "description", "biz_type", "transports", "licence", "timeouts", "policy"})
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used; the message names file, key and reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One device model's settings."""
+
+    model: str
+    description: str
+    biz_type: str
+    transports: frozenset[str]
+    term: LicenceTerm
+    policy: Policy
+    verify: bool  # read the licence back from the cloud before answering done
+    source: Path
+
+    @property
+    def term_label(self) -> str:
+        """``test``, ``Ny`` or ``permanent`` for reports."""
+        if self.term.test:
+            return "test"
+        return "permanent" if self.term.years == PERMANENT_YEARS else f"{self.term.years}y"
+
+
+def load_profiles(directory: Path) -> dict[str, Profile]:
+    """Every ``*.toml`` in ``directory`` by model; two files for one model is an error."""
+    if not directory.is_dir():
+        raise ProfileError(f"hardware profile directory {directory} does not exist")
+    profiles: dict[str, Profile] = {}
+    for path in sorted(directory.glob("*.toml")):
+        profile = load_profile(path)
+        if profile.model in profiles:
+            raise ProfileError(
+                f"{path}: model {profile.model!r} is already defined in {profiles[profile.model].source}"
+            )
+        profiles[profile.model] = profile
+    if not profiles:
+        raise ProfileError(f"hardware profile directory {directory} has no *.toml profile")
+    return profiles
+
+
+def load_profile(path: Path) -> Profile:
+    """Read and check one profile file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"{path}: not valid TOML ({exc})") from None
+    reader = _Reader(path, data)
+    reader.only(_TOP_KEYS)
+    model = reader.text("model", limit=64)
+    transports = reader.strings("transports", default=["mqtt"])
+    unknown = sorted(set(transports) - TRANSPORTS)
+    if unknown or not transports:
+        reader.fail("transports", f"must list some of {sorted(TRANSPORTS)}, got {transports}")
+    licence = reader.table("licence")
+    licence.only({"test", "years"})
+    test = licence.boolean("test", default=False)
+    years = licence.integer("years", default=None, low=1, high=PERMANENT_YEARS)
+    if test == (years is not None):
+        licence.fail("years", "set exactly one of: test = true, or years = 1..100 (100 = permanent)")
+    timeouts = reader.table("timeouts")
+    timeouts.only({"activate_within_s", "key_safety_margin_s"})
+    policy_table = reader.table("policy")
+    policy_table.only({"max_attempts", "verify"})
+    policy = Policy(
+        activate_within_s=timeouts.number("activate_within_s", default=120, low=5, high=MAX_ACTIVATE_WITHIN_S),
+        key_safety_margin_s=timeouts.number("key_safety_margin_s", default=300, low=60, high=20 * 60),
+        max_attempts=policy_table.number("max_attempts", default=3, low=1, high=10),
+    )
+    return Profile(
+        model=model,
+        description=reader.text("description", limit=200, default=""),
+        biz_type=reader.text("biz_type", limit=64),
+        transports=frozenset(transports),
+        term=LicenceTerm(test=True) if test else LicenceTerm(years=years),
+        policy=policy,
+        verify=policy_table.boolean("verify", default=True),
+        source=path,
+    )
+
+
+class _Reader:
+    """Typed access to one TOML table, every failure naming the file and the dotted key."""
+
+    def __init__(self, path: Path, data: dict[str, Any], prefix: str = "") -> None:
+        self.path, self.data, self.prefix = path, data, prefix
+
+    def fail(self, key: str, reason: str) -> NoReturn:
+        raise ProfileError(f"{self.path}: key {self.prefix}{key}: {reason}")
+
+    def only(self, allowed: frozenset[str] | set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                self.fail(key, f"unknown key (known: {', '.join(sorted(allowed))})")
+
+    def table(self, key: str) -> _Reader:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            self.fail(key, "must be a table")
+        return _Reader(self.path, value, f"{self.prefix}{key}.")
+
+    def text(self, key: str, *, limit: int, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            self.fail(key, "is required")
+        if not isinstance(value, str) or (default is None and not value.strip()):
+            self.fail(key, "must be a non-empty string")
+        if len(value) > limit:
+            self.fail(key, f"is {len(value)} characters; at most {limit}")
+        return str(value)
+
+    def strings(self, key: str, *, default: list[str]) -> list[str]:
+        value = self.data.get(key, default)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.fail(key, "must be a list of strings")
+        return list(value)
+
+    def boolean(self, key: str, *, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, "must be true or false")
+        return bool(value)
+
+    def integer(self, key: str, *, default: int | None, low: int, high: int) -> int | None:
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(key, f"must be an integer from {low} to {high}, got {value!r}")
+        return int(value)
+
+    def number(self, key: str, *, default: int, low: int, high: int) -> int:
+        value = self.integer(key, default=default, low=low, high=high)
+        return default if value is None else value
