@@ -1,4 +1,4 @@
-"""The async Cloudauth client: the five offline-SDK actions over httpx.
+"""The async Cloudauth client: the five offline-SDK actions over HTTP.
 
 How it works
 ------------
@@ -20,23 +20,21 @@ guard refuses a second extension even when two attempts race.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self
-
-import httpx
+from urllib.parse import urlsplit
 
 from provisioning.cloudauth import _signing
 from provisioning.cloudauth._credentials import Credentials
 from provisioning.cloudauth._errors import (
     AmbiguousRequestError,
     CloudauthError,
-    NetworkError,
     RequestError,
-    RequestTimeout,
     ResponseError,
     RetryableError,
     ServiceError,
@@ -58,6 +56,7 @@ from provisioning.cloudauth._models import (
 from provisioning.cloudauth._parse import device_rows, parse_body, unwrap
 from provisioning.cloudauth._ratelimit import RateLimiter, shared_rate_limiter
 from provisioning.cloudauth._retry import DEFAULT_THROTTLE_PAUSE, RetryPolicy, Timeouts
+from provisioning.cloudauth._transport import HttpTransport, RawResponse
 from provisioning.secret import Secret
 
 __all__ = ["DEFAULT_ENDPOINT", "DEFAULT_VERSION", "CloudauthClient", "SignatureVersion"]
@@ -70,6 +69,7 @@ SignatureVersion = Literal["v1", "v3"]
 ResponseFormat = Literal["JSON", "XML"]
 
 _USER_AGENT = "provisioning-agent/0.1 (cloudauth)"
+log = logging.getLogger("provisioning.cloudauth")
 _FORM_HEADERS = {"content-type": "application/x-www-form-urlencoded"}
 
 
@@ -88,15 +88,15 @@ class CloudauthClient:
         retry: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
         max_connections: int = 10,
-        transport: httpx.AsyncBaseTransport | None = None,
         utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self._credentials = credentials
-        self._endpoint = httpx.URL(endpoint.rstrip("/") + "/")
-        if self._endpoint.scheme not in ("http", "https") or not self._endpoint.host:
-            raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"endpoint must be an http(s) URL without query, got {endpoint!r}")
+        self._endpoint = endpoint.rstrip("/") + "/"
         self._version = version
         self._signature = signature
         self._format = response_format
@@ -105,18 +105,17 @@ class CloudauthClient:
         self._utcnow = utcnow
         self._clock = clock
         self._rng = rng or random.Random()
-        self._host_header = self._endpoint.netloc.decode()
+        self._host_header = parts.netloc
         timeouts = timeouts or Timeouts()
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeouts.read, connect=timeouts.connect),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
-            headers={"user-agent": _USER_AGENT},
-            trust_env=False,
+        self._http = HttpTransport(
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read,
+            max_connections=max_connections,
+            user_agent=_USER_AGENT,
         )
 
     def __repr__(self) -> str:
-        return f"CloudauthClient(endpoint={str(self._endpoint)!r}, signature={self._signature!r})"
+        return f"CloudauthClient(endpoint={self._endpoint!r}, signature={self._signature!r})"
 
     async def __aenter__(self) -> Self:
         return self
@@ -255,18 +254,21 @@ class CloudauthClient:
             attempt += 1
             await self._limiter.acquire()
             try:
-                return await self._send(action, params)
+                answer = await self._send(action, params)
             except RetryableError as exc:
                 if isinstance(exc, ThrottledError):
                     self._limiter.pause(exc.retry_after if exc.retry_after is not None else DEFAULT_THROTTLE_PAUSE)
                 if not retry_ambiguous and _maybe_processed(exc):
                     raise
-                if attempt >= self._retry.max_attempts:
-                    raise
                 wait = self._retry.delay(attempt, exc, self._rng)
-                if self._clock() - started + wait > self._retry.total_time:
+                if attempt >= self._retry.max_attempts or self._clock() - started + wait > self._retry.total_time:
+                    log.warning("%s failed after %d attempt(s): %s", action, attempt, exc)
                     raise
+                log.info("%s attempt %d failed (%s); retrying in %.2f s", action, attempt, exc.code or exc, wait)
                 await asyncio.sleep(wait)
+            else:
+                log.debug("%s ok (attempt %d, RequestId %s)", action, attempt, answer.get("RequestId", ""))
+                return answer
 
     async def _extend_once(
         self, device_id: str, params: dict[str, str], current_expiry: date, years: int
@@ -311,20 +313,12 @@ class CloudauthClient:
         raise RequestError(f"DeviceId {device_id} is not known to the service", request_id=page.request_id)
 
     async def _send(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
-        request = self._build_request(action, params)
-        try:
-            response = await self._http.send(request)
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ReadTimeout):
-                raise RequestTimeout(f"{action}: no answer within the read timeout") from exc
-            raise NetworkError(f"{action}: {type(exc).__name__} reaching {self._host_header}") from exc
-        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-            raise NetworkError(f"{action}: cannot connect to {self._host_header}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise AmbiguousRequestError(f"{action}: connection lost before the answer ({type(exc).__name__})") from exc
+        url, body, headers = self._build_request(action, params)
+        response = await self._http.post(url, body=body, headers=headers, action=action, host=self._host_header)
         return _read_answer(action, response)
 
-    def _build_request(self, action: str, params: Mapping[str, str]) -> httpx.Request:
+    def _build_request(self, action: str, params: Mapping[str, str]) -> tuple[str, bytes, dict[str, str]]:
+        """URL, body and headers of one signed attempt."""
         credentials = self._credentials
         stamp = _signing.timestamp(self._utcnow())
         nonce = _signing.new_nonce()
@@ -345,7 +339,7 @@ class CloudauthClient:
             form["Signature"] = _signing.sign_v1("POST", form, credentials.access_key_secret.reveal())
             # Everything travels in the form body (the service signs query and form alike): no
             # request log or proxy access log sees ids, the token or the signature in a URL.
-            return self._http.build_request("POST", self._endpoint, content=_encode(form), headers=_FORM_HEADERS)
+            return self._endpoint, _encode(form), _FORM_HEADERS
         query = dict(params)
         if self._format != "JSON":
             query["Format"] = self._format
@@ -363,43 +357,39 @@ class CloudauthClient:
         canonical = _signing.canonical_request_v3("POST", query, headers, headers, _signing.EMPTY_PAYLOAD_SHA256)
         signature = _signing.sign_v3(canonical, credentials.access_key_secret.reveal())
         headers["authorization"] = _signing.v3_authorization(credentials.access_key_id, headers, signature)
-        return self._http.build_request("POST", self._url(query), headers=headers)
-
-    def _url(self, query: Mapping[str, str]) -> httpx.URL:
-        # Encode ourselves so the service sees exactly the bytes we signed.
-        if not query:
-            return self._endpoint
-        return self._endpoint.copy_with(raw_path=self._endpoint.raw_path.rstrip(b"/") + b"/?" + _encode(query))
+        # Encoded by us (and sent as is) so the service reads exactly the bytes we signed.
+        url = self._endpoint + "?" + _encode(query).decode() if query else self._endpoint
+        return url, b"", headers
 
 
-def _read_answer(action: str, response: httpx.Response) -> dict[str, Any]:
+def _read_answer(action: str, response: RawResponse) -> dict[str, Any]:
     header_id = response.headers.get("x-acs-request-id")
     content_type = response.headers.get("content-type", "")
     if response.is_success:
-        answer = unwrap(parse_body(response.content, content_type=content_type, request_id=header_id))
+        answer = unwrap(parse_body(response.body, content_type=content_type, request_id=header_id))
         if answer.get("Success") is False or str(answer.get("Success")).lower() == "false":
             code = str(answer.get("Code") or "UnknownError")
             raise error_for_code(
-                code, str(answer.get("Message", "")), http_status=response.status_code, request_id=_request_id(answer)
+                code, str(answer.get("Message", "")), http_status=response.status, request_id=_request_id(answer)
             )
         return answer
     try:
-        answer = unwrap(parse_body(response.content, content_type=content_type, request_id=header_id))
+        answer = unwrap(parse_body(response.body, content_type=content_type, request_id=header_id))
     except ResponseError:
-        if response.status_code >= 500:
+        if response.status >= 500:
             raise ServiceError(
-                f"{action}: HTTP {response.status_code} with an unreadable body",
-                code=f"HTTP{response.status_code}",
-                http_status=response.status_code,
+                f"{action}: HTTP {response.status} with an unreadable body",
+                code=f"HTTP{response.status}",
+                http_status=response.status,
                 request_id=header_id,
             ) from None
         raise
-    code = str(answer.get("Code") or f"HTTP{response.status_code}")
+    code = str(answer.get("Code") or f"HTTP{response.status}")
     retry_after = _retry_after(response)
     raise error_for_code(
         code,
         str(answer.get("Message", "")),
-        http_status=response.status_code,
+        http_status=response.status,
         request_id=answer.get("RequestId") or header_id,
         retry_after=retry_after,
     )
@@ -410,7 +400,7 @@ def _encode(params: Mapping[str, str]) -> bytes:
     return "&".join(f"{_signing.percent_encode(k)}={_signing.percent_encode(v)}" for k, v in params.items()).encode()
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: RawResponse) -> float | None:
     """``x-acs-retry-after`` (milliseconds, as tea reads it) or a standard ``Retry-After`` (seconds)."""
     for name, scale in (("x-acs-retry-after", 1000.0), ("retry-after", 1.0)):
         value = response.headers.get(name)
