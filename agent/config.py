@@ -1,0 +1,235 @@
+"""The agent's configuration: one TOML file (default /etc/provisioning-agent/agent.toml) plus environment.
+
+Every key can be overridden by ``PROVISIONING_AGENT_<SECTION>_<KEY>`` (top-level keys:
+``PROVISIONING_AGENT_<KEY>``), e.g. ``PROVISIONING_AGENT_MQTT_HOST=10.0.0.5``. Every
+problem is found at start-up and named with the file (or variable) and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, Literal, get_args, get_type_hints
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "AgentConfig",
+    "CloudConfig",
+    "ConfigError",
+    "LimitsConfig",
+    "MqttConfig",
+    "UpstreamConfig",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/provisioning-agent/agent.toml")
+ENV_PREFIX: Final = "PROVISIONING_AGENT_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file or variable and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloudConfig:
+    """How to reach Cloudauth."""
+
+    endpoint: str = "https://cloudauth.aliyuncs.com"
+    signature: Literal["v1", "v3"] = "v1"
+    qps: float = 5.0  # the account's limit is shared by every caller; see docs/cloudauth-client.md
+    burst: int = 5
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    credentials_file: str = ""  # TOML with access_key_id / access_key_secret (mode 600)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """The broker the devices talk to."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str = ""  # default: provisioning-agent-<gateway_id>
+    username: str = ""
+    password_file: str = ""  # the password, alone in a file (mode 600)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    topic_root: str = "prov/v1"
+    shared_group: str = ""  # MQTT 5: agents in one group share the devices ($share/<group>/...)
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """Where activation reports go (any combination; none disables reporting)."""
+
+    mqtt_topic: str = "prov/v1/reports"  # on the devices' broker; "" disables
+    webhook_url: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_secret_file: str = ""  # optional bearer token for the webhook, alone in a file
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Bounds that keep a busy line from overrunning the gateway or the cloud."""
+
+    max_in_flight: int = 32  # devices being minted or reconciled at once
+    max_queued: int = 2000  # devices waiting for a slot; beyond this they are told to come back
+    wait_retry_after_s: int = 5  # what a queued device is told to wait before registering again
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """The whole configuration."""
+
+    gateway_id: str
+    journal: str = "/var/lib/provisioning-agent/journal.sqlite3"
+    profiles: str = "/etc/provisioning-agent/hardware-profiles"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    source: str = "<defaults>"
+
+    @property
+    def mqtt_client_id(self) -> str:
+        """The agent's own MQTT client id."""
+        return self.mqtt.client_id or f"provisioning-agent-{self.gateway_id}"
+
+
+_SECTIONS: Final[dict[str, type[Any]]] = {
+    "cloud": CloudConfig,
+    "mqtt": MqttConfig,
+    "upstream": UpstreamConfig,
+    "limits": LimitsConfig,
+}
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read ``path`` and apply environment overrides; :class:`ConfigError` on the first problem."""
+    env = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found (give one with --config)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    _apply_environment(data, env)
+    top: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: key {key}: must be a table ([{key}])")
+            top[key] = _build(_SECTIONS[key], value, path, f"{key}.")
+        else:
+            top[key] = value
+    config = _build(AgentConfig, top, path, "", required={"gateway_id"})
+    return _check(config, path)
+
+
+def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            data[rest] = _EnvValue(name, value)
+        else:
+            data.setdefault(section, {})[rest[len(section) + 1 :]] = _EnvValue(name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class _EnvValue:
+    variable: str
+    text: str
+
+
+def _build(kind: type[Any], values: dict[str, Any], path: Path, prefix: str, required: set[str] | None = None) -> Any:
+    hints = get_type_hints(kind)
+    known = {f.name for f in fields(kind) if f.name != "source"}
+    arguments: dict[str, Any] = {}
+    for key, raw in values.items():
+        where = f"{raw.variable} (key {prefix}{key})" if isinstance(raw, _EnvValue) else f"{path}: key {prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+        if isinstance(raw, AgentConfig | CloudConfig | MqttConfig | UpstreamConfig | LimitsConfig):
+            arguments[key] = raw
+            continue
+        arguments[key] = _coerce(hints[key], raw, where)
+    for key in required or set():
+        if key not in arguments:
+            raise ConfigError(f"{path}: key {prefix}{key}: is required")
+    if kind is AgentConfig:
+        arguments["source"] = str(path)
+    return kind(**arguments)
+
+
+def _coerce(hint: Any, raw: Any, where: str) -> Any:
+    from_env = isinstance(raw, _EnvValue)
+    value = raw.text if from_env else raw
+    choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else ()
+    if choices:
+        if value not in choices:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    try:
+        if hint is bool:
+            if from_env:
+                return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[value.lower()]
+            if isinstance(value, bool):
+                return value
+        elif hint is int:
+            if from_env or (isinstance(value, int) and not isinstance(value, bool)):
+                return int(value)
+        elif hint is float:
+            if from_env or (isinstance(value, int | float) and not isinstance(value, bool)):
+                return float(value)
+        elif hint is str and isinstance(value, str):
+            return value
+    except (KeyError, ValueError):
+        pass
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where}: must be a {name}, got {value!r}")
+
+
+def _check(config: AgentConfig, path: Path) -> AgentConfig:
+    def fail(key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{path}: key {key}: {reason}")
+
+    if not config.gateway_id.strip() or any(c in config.gateway_id for c in "/+#"):
+        raise fail("gateway_id", "must be a non-empty name without / + #")
+    if not config.cloud.endpoint.startswith(("http://", "https://")):
+        raise fail("cloud.endpoint", "must be an http:// or https:// URL")
+    if config.cloud.qps <= 0 or config.cloud.burst < 1:
+        raise fail("cloud.qps", "qps must be positive and burst at least 1")
+    if not 0 < config.mqtt.port < 65536:
+        raise fail("mqtt.port", f"must be a TCP port, got {config.mqtt.port}")
+    if config.mqtt.shared_group and config.mqtt.protocol != "5":
+        raise fail("mqtt.shared_group", 'shared subscriptions need protocol = "5"')
+    if any(c in config.mqtt.topic_root for c in "+#") or not config.mqtt.topic_root.strip("/"):
+        raise fail("mqtt.topic_root", "must be a topic without wildcards")
+    for key in ("credentials_file",):
+        _file_exists(path, f"cloud.{key}", getattr(config.cloud, key))
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        _file_exists(path, f"mqtt.{key}", getattr(config.mqtt, key))
+    _file_exists(path, "upstream.webhook_secret_file", config.upstream.webhook_secret_file)
+    if config.upstream.webhook_url and not config.upstream.webhook_url.startswith(("http://", "https://")):
+        raise fail("upstream.webhook_url", "must be an http:// or https:// URL")
+    if config.limits.max_in_flight < 1 or config.limits.max_queued < 1:
+        raise fail("limits.max_in_flight", "limits must be at least 1")
+    return config
+
+
+def _file_exists(path: Path, key: str, value: str) -> None:
+    if value and not Path(value).is_file():
+        raise ConfigError(f"{path}: key {key}: file {value} does not exist")
