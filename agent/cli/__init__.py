@@ -14,7 +14,7 @@ __all__ = ["ExitCode", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
-    from agent.cli import _cloud, _demo
+    from agent.cli import _cloud, _demo, _run
     from agent.emulator import _cli as emulator_cli
 
     parser = argparse.ArgumentParser(
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cloud.add_parser(commands)
     emulator_cli.add_parser(commands)
     _demo.add_parser(commands)
+    _run.add_parsers(commands)
     return parser
 
 

@@ -1,0 +1,87 @@
+"""``provisioning-agent run`` (the daemon) and ``check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from agent.cli._exit import ExitCode
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from provisioning.cloudauth import CredentialsError, resolve_credentials
+from provisioning.profiles import Profile, ProfileError, load_profiles
+from provisioning.workflow import JournalError
+
+__all__ = ["add_parsers"]
+
+log = logging.getLogger("agent")
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``run`` and ``check-config``."""
+    for name, handler, text in (
+        ("run", _run, "run the provisioning daemon"),
+        ("check-config", _check, "check the configuration, profiles and credentials, then exit"),
+    ):
+        parser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        parser.add_argument(
+            "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="agent configuration (default %(default)s)"
+        )
+        parser.set_defaults(handler=handler)
+
+
+def _load(path: Path) -> tuple[AgentConfig, dict[str, Profile]]:
+    config = load_config(path)
+    profiles = load_profiles(Path(config.profiles))
+    resolve_credentials(credentials_file=Path(config.cloud.credentials_file) if config.cloud.credentials_file else None)
+    return config, profiles
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        config, profiles = _load(args.config)
+    except (ConfigError, ProfileError, CredentialsError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    print(f"{config.source}: ok; gateway {config.gateway_id}; profiles: {', '.join(sorted(profiles))}")
+    return ExitCode.OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config, profiles = _load(args.config)
+    except (ConfigError, ProfileError, CredentialsError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    _setup_logging(config.log_level)
+    from agent.daemon import ProvisioningAgent  # after logging is set up: imports log nothing, but stay cheap
+
+    try:
+        agent = ProvisioningAgent(config, profiles)
+    except (JournalError, CredentialsError, ValueError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    return asyncio.run(_serve(agent))
+
+
+async def _serve(agent: object) -> int:
+    from agent.daemon import ProvisioningAgent
+
+    assert isinstance(agent, ProvisioningAgent)  # noqa: S101 - narrowing for the type checker
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    await agent.run(stop, on_ready=lambda: print("ready", flush=True))
+    return ExitCode.OK
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

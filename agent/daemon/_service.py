@@ -1,0 +1,218 @@
+"""The daemon: one TaskGroup running the device transport, the sweeper, the upstream drainer and the status.
+
+Start-up checks everything a person must fix (config, profiles, credentials, journal)
+before serving; then the agent announces itself online (retained) with a last will that
+says offline, resumes unfinished devices from the journal, and serves until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from agent.config import AgentConfig
+from agent.daemon._devices import DeviceService
+from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
+from agent.daemon._worker import JournalWorker
+from agent.mqtt import InboundMessage, MqttConnection, MqttSettings, TlsSettings, Will
+from provisioning.cloudauth import CloudauthClient, RateLimiter, Timeouts, resolve_credentials
+from provisioning.profiles import Profile
+from provisioning.protocol import AgentMessage, encode, is_valid_tid
+from provisioning.secret import Secret
+from provisioning.workflow import Journal
+
+__all__ = ["ProvisioningAgent", "Topics"]
+
+log = logging.getLogger("agent")
+
+SWEEP_INTERVAL_S: Final = 1.0  # how late an overdue result or an expired key is noticed at most
+STATUS_INTERVAL_S: Final = 10.0  # the retained status is refreshed at least this often when something changed
+
+
+class Topics:
+    """The protocol's topics under a root (docs/protocol.md)."""
+
+    def __init__(self, root: str, gateway_id: str, shared_group: str = "") -> None:
+        self.root = root.strip("/")
+        self.gateway_id = gateway_id
+        up = f"{self.root}/dev/+/up"
+        self.subscription = f"$share/{shared_group}/{up}" if shared_group else up
+        self.status = f"{self.root}/gw/{gateway_id}/status"
+
+    def down(self, tid: str) -> str:
+        """Where a device listens."""
+        return f"{self.root}/dev/{tid}/down"
+
+    def tid_of(self, topic: str) -> str | None:
+        """The topic id of an up topic, or None when the topic is not one."""
+        prefix, suffix = f"{self.root}/dev/", "/up"
+        if topic.startswith(prefix) and topic.endswith(suffix):
+            tid = topic[len(prefix) : -len(suffix)]
+            return tid if is_valid_tid(tid) else None
+        return None
+
+
+class ProvisioningAgent:
+    """Everything the ``run`` command runs."""
+
+    def __init__(self, config: AgentConfig, profiles: dict[str, Profile], *, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.profiles = profiles
+        self._clock = clock
+        self.topics = Topics(config.mqtt.topic_root, config.gateway_id, config.mqtt.shared_group)
+        credentials = resolve_credentials(
+            credentials_file=Path(config.cloud.credentials_file) if config.cloud.credentials_file else None
+        )
+        self.cloud = CloudauthClient(
+            credentials,
+            endpoint=config.cloud.endpoint,
+            signature=config.cloud.signature,
+            timeouts=Timeouts(connect=config.cloud.connect_timeout_s, read=config.cloud.read_timeout_s),
+            rate_limiter=RateLimiter(qps=config.cloud.qps, burst=config.cloud.burst),
+            max_connections=max(2, min(config.limits.max_in_flight, 16)),
+        )
+        self.journal = JournalWorker(Journal.open(Path(config.journal)))
+        self.mqtt = MqttConnection(self._mqtt_settings(), [(self.topics.subscription, 1)])
+        sinks: list[ReportSink] = []
+        if config.upstream.mqtt_topic:
+            sinks.append(MqttSink(self.mqtt, config.upstream.mqtt_topic))
+        self._webhook: WebhookSink | None = None
+        if config.upstream.webhook_url:
+            self._webhook = WebhookSink(
+                config.upstream.webhook_url,
+                timeout_s=config.upstream.webhook_timeout_s,
+                token_file=config.upstream.webhook_secret_file,
+            )
+            sinks.append(self._webhook)
+        self.drainer = UpstreamDrainer(self.journal, sinks, clock=clock)
+        self.devices = DeviceService(
+            gateway_id=config.gateway_id,
+            profiles=profiles,
+            cloud=self.cloud,
+            journal=self.journal,
+            reply=self._reply,
+            on_report=self.drainer.kick,
+            max_in_flight=config.limits.max_in_flight,
+            max_queued=config.limits.max_queued,
+            queued_retry_after_s=config.limits.wait_retry_after_s,
+            clock=clock,
+        )
+        self._status_dirty = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until ``stop`` is set; then say offline and release everything."""
+        try:
+            await self.devices.resume()
+            await self.mqtt.connect()
+            await self._publish_status("online")
+            log.info(
+                "serving gateway %s: %d profile(s), devices on %s, cloud %s",
+                self.config.gateway_id, len(self.profiles), self.topics.subscription, self.config.cloud.endpoint,
+            )  # fmt: skip
+            if on_ready is not None:
+                on_ready()
+            async with asyncio.TaskGroup() as group:
+                serving = [
+                    group.create_task(self._inbound(group), name="mqtt-inbound"),
+                    group.create_task(self._sweeper(), name="sweeper"),
+                    group.create_task(self.drainer.run(), name="upstream-drainer"),
+                    group.create_task(self._status_loop(), name="status"),
+                ]
+                await stop.wait()
+                log.info("stopping: no new devices; answering those in flight")
+                for task in serving:
+                    task.cancel()
+        finally:
+            await self._shutdown()
+
+    def status(self) -> dict[str, Any]:
+        """The gateway's status: why the line waits, counts, outbox depth."""
+        line = self.devices.status
+        return {
+            "v": 1,
+            "gateway_id": self.config.gateway_id,
+            "state": "online",
+            "cloud": line.cloud,
+            "cloud_detail": line.cloud_detail,
+            "waiting_for_cloud": line.waiting,
+            "upstream_error": self.drainer.last_error,
+            "counters": dict(sorted(line.counters.items())),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
+        }
+
+    async def _inbound(self, group: asyncio.TaskGroup) -> None:
+        async for message in self.mqtt.messages():
+            tid = self.topics.tid_of(message.topic)
+            if tid is None:
+                log.warning("ignored a message on %r: not a device topic this agent answers", message.topic)
+                continue
+            group.create_task(self._handle(tid, message), name=f"device-{tid}")
+
+    async def _handle(self, tid: str, message: InboundMessage) -> None:
+        await self.devices.handle(tid, message.payload)
+        self._status_dirty.set()
+
+    async def _reply(self, tid: str, message: AgentMessage, expiry_s: int | None) -> None:
+        await self.mqtt.publish(self.topics.down(tid), encode(message), qos=1, message_expiry=expiry_s)
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await self.devices.sweep()
+
+    async def _status_loop(self) -> None:
+        last = ""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_dirty.wait(), timeout=STATUS_INTERVAL_S)
+            self._status_dirty.clear()
+            status = self.status()
+            summary = json.dumps({k: v for k, v in status.items() if k != "at"}, sort_keys=True)
+            if summary != last:
+                last = summary
+                with contextlib.suppress(Exception):
+                    await self._publish_status("online")
+            await asyncio.sleep(1.0)  # at most one status message a second on a busy line
+
+    async def _publish_status(self, state: str) -> None:
+        status = self.status() | {"state": state}
+        await self.mqtt.publish(self.topics.status, json.dumps(status).encode(), qos=1, retain=True)
+
+    async def _shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._publish_status("offline"), timeout=2.0)
+        await self.mqtt.aclose()
+        await self.cloud.aclose()
+        if self._webhook is not None:
+            await self._webhook.aclose()
+        self.journal.close()
+        log.info("stopped")
+
+    def _mqtt_settings(self) -> MqttSettings:
+        mqtt = self.config.mqtt
+        password = Secret(Path(mqtt.password_file).read_text(encoding="utf-8").strip()) if mqtt.password_file else None
+        tls = None
+        if mqtt.ca_file or mqtt.cert_file:
+            tls = TlsSettings(
+                ca_file=Path(mqtt.ca_file) if mqtt.ca_file else None,
+                cert_file=Path(mqtt.cert_file) if mqtt.cert_file else None,
+                key_file=Path(mqtt.key_file) if mqtt.key_file else None,
+            )
+        offline = json.dumps({"v": 1, "gateway_id": self.config.gateway_id, "state": "offline"}).encode()
+        return MqttSettings(
+            host=mqtt.host,
+            port=mqtt.port,
+            client_id=self.config.mqtt_client_id,
+            protocol=mqtt.protocol,
+            username=mqtt.username or None,
+            password=password,
+            tls=tls,
+            keepalive=mqtt.keepalive_s,
+            will=Will(topic=self.topics.status, payload=offline, qos=1, retain=True),
+        )

@@ -1,0 +1,135 @@
+"""Delivering activation reports upstream from the journal's outbox, at least once, in order per device.
+
+A report leaves the outbox only when every configured sink acknowledged it: the MQTT topic
+(PUBACK) and/or the webhook (2xx, or 409 for a report it already has). A failure leaves it
+in place with a growing delay; days of an unreachable MES lose nothing. Each report carries
+its idempotency key (in the body, and as the webhook's ``Idempotency-Key`` header) so a
+consumer that sees one twice can drop the second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import httpx
+
+from agent.daemon._worker import JournalWorker
+
+__all__ = ["MqttSink", "ReportSink", "UpstreamDrainer", "WebhookSink"]
+
+log = logging.getLogger("agent.upstream")
+
+BATCH: Final = 50  # reports read from the outbox per round
+IDLE_POLL_S: Final = 5.0  # look again at least this often even without a kick
+MAX_BACKOFF_S: Final = 300.0  # a down upstream is retried at least every five minutes
+
+
+class ReportSink(Protocol):
+    """Somewhere a report is delivered."""
+
+    name: str
+
+    async def deliver(self, key: str, report: dict[str, Any]) -> None:
+        """Return once the sink acknowledged; raise on failure."""
+
+
+class Publisher(Protocol):
+    """What :class:`MqttSink` needs of an MQTT connection."""
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None: ...
+
+
+class MqttSink:
+    """Publishes each report (QoS 1, not retained) to one topic."""
+
+    def __init__(self, connection: Publisher, topic: str) -> None:
+        self.name = f"mqtt:{topic}"
+        self._connection, self._topic = connection, topic
+
+    async def deliver(self, key: str, report: dict[str, Any]) -> None:
+        payload = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
+        await self._connection.publish(self._topic, payload, qos=1)
+
+
+class WebhookSink:
+    """POSTs each report as JSON with an ``Idempotency-Key`` header."""
+
+    def __init__(self, url: str, *, timeout_s: float, token_file: str = "") -> None:
+        self.name = f"webhook:{httpx.URL(url).host}"
+        self._url = url
+        headers = {"content-type": "application/json"}
+        if token_file:
+            headers["authorization"] = "Bearer " + Path(token_file).read_text(encoding="utf-8").strip()
+        self._http = httpx.AsyncClient(timeout=timeout_s, headers=headers, trust_env=False)
+
+    async def deliver(self, key: str, report: dict[str, Any]) -> None:
+        response = await self._http.post(
+            self._url, content=json.dumps(report).encode(), headers={"idempotency-key": key}
+        )
+        if response.status_code == httpx.codes.CONFLICT or response.is_success:
+            return
+        raise RuntimeError(f"webhook answered HTTP {response.status_code}")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class UpstreamDrainer:
+    """Empties the outbox into the sinks; :meth:`kick` wakes it when a report was written."""
+
+    def __init__(
+        self, journal: JournalWorker, sinks: Sequence[ReportSink], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._journal = journal
+        self._sinks = list(sinks)
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self.last_error = ""
+        self.delivered = 0
+
+    def kick(self) -> None:
+        """A report was journaled."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        if not self._sinks:
+            log.warning("no upstream configured: reports stay in the journal's outbox")
+            return
+        while True:
+            self._wake.clear()
+            rows = await self._journal.run(self._journal.journal.due_reports, now=self._clock(), limit=BATCH)
+            for row in rows:
+                await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts)
+            if len(rows) == BATCH:
+                continue
+            next_due = await self._journal.run(self._journal.journal.next_report_due)
+            wait = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, max(0.05, next_due - self._clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    async def _deliver(self, row_id: int, key: str, report: dict[str, Any], attempts: int) -> None:
+        try:
+            for sink in self._sinks:
+                await sink.deliver(key, report)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any sink failure: keep the report, try again later
+            delay = min(MAX_BACKOFF_S, 2.0**attempts) * random.uniform(0.5, 1.0)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("report %s not delivered (%s); retry in %.1f s", key, self.last_error, delay)
+            await self._journal.run(
+                self._journal.journal.mark_retry, row_id, next_attempt_at=self._clock() + delay, error=self.last_error
+            )
+            return
+        await self._journal.run(self._journal.journal.mark_delivered, row_id, now=self._clock())
+        self.delivered += 1
+        self.last_error = ""
