@@ -156,3 +156,9 @@ def signed(emulator: EmulatorProcess) -> Iterator[SignedRequests]:
     helper = SignedRequests(emulator.url, emulator.access_key_id, emulator.access_key_secret)
     yield helper
     helper.http.close()
+
+
+# A real Mosquitto per test that needs one (tests/broker.py): mqtt_broker, broker_factory, mqtt_pki.
+from tests.broker import broker_factory_fixture, mqtt_broker_fixture, mqtt_pki_fixture  # noqa: E402
+
+__all__ = ["broker_factory_fixture", "mqtt_broker_fixture", "mqtt_pki_fixture"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -275,18 +276,28 @@ class DeviceService:
 
     async def _on_result(self, tid: str, message: Result) -> None:
         record = await self._journal.run(self._journal.journal.get, message.device_id)
-        profile = self.profiles.get(record.model) if record else None
-        if record is None or profile is None:
+        model = record.model if record is not None else message.model
+        profile = self.profiles.get(model)
+        if profile is None:
             await self._send(
                 tid, ErrorReply(message.id, message.device_id, "unknown_attempt", "no key was issued to this device")
             )
             return
         decision = decide_result(record, message, policy=profile.policy, now=self._clock())
+        if decision.record is not None:
+            decision = dataclasses.replace(decision, record=decision.record.replace(tid=tid))
+        if decision.action == "adopt" and decision.record is not None:
+            # A key another agent issued (or one this agent forgot in a crash): the cloud must agree.
+            if await self._verified(tid, message, decision.record):
+                self.status.count("results_adopted")
+                await self._complete(tid, message.id, decision.record, profile)
+            return
         verify = decision.action == "complete" and decision.record is not None and profile.verify
         if verify and decision.record is not None and not await self._verified(tid, message, decision.record):
             return
-        if decision.action == "retry_later" and decision.record is not None:
-            await self._journal.run(self._journal.journal.put, decision.record)
+        if decision.action == "retry_later":
+            if decision.record is not None:
+                await self._journal.run(self._journal.journal.put, decision.record)
             self._keys.pop(message.device_id, None)
             self._due.pop(message.device_id, None)
             self.status.count("activations_failed")

@@ -128,8 +128,9 @@ class AgentProcess:
 
 def _drain(stream: IO[str], on_line: Callable[[str], None], on_end: Callable[[], None] | None = None) -> None:
     def pump() -> None:
-        for line in stream:
-            on_line(line.rstrip("\n"))
+        with stream:  # closed here at EOF, so no pipe outlives the child
+            for line in stream:
+                on_line(line.rstrip("\n"))
         if on_end is not None:
             on_end()
 

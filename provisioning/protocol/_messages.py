@@ -94,6 +94,8 @@ class Result:
     expired_day: str = ""
     error: str = ""
     detail: str = ""
+    hardware_id: str = ""  # as in register: lets any agent of a cluster adopt the result
+    model: str = ""
 
 
 DeviceMessage = Register | Result
@@ -217,9 +219,13 @@ def _decode(data: dict[str, Any]) -> DeviceMessage:
         ok = data.get("ok")
         if not isinstance(ok, bool):
             raise ProtocolError("invalid_field", "'ok' must be true or false")
+        hardware_id = _text(data, "hardware_id", 128, required=False)
+        model = _text(data, "model", 64, required=False)
         if ok:
             begin, expired = _day(data, "begin_day"), _day(data, "expired_day")
-            return Result(message_id, device_id, attempt, True, _text(data, "sdk_device_id", 64), begin, expired)
+            sdk_device_id = _text(data, "sdk_device_id", 64)
+            return Result(message_id, device_id, attempt, True, sdk_device_id, begin, expired,
+                          hardware_id=hardware_id, model=model)  # fmt: skip
         return Result(
             message_id,
             device_id,
@@ -227,6 +233,8 @@ def _decode(data: dict[str, Any]) -> DeviceMessage:
             False,
             error=_text(data, "error", 64),
             detail=_text(data, "detail", 256, required=False),
+            hardware_id=hardware_id,
+            model=model,
         )
     raise ProtocolError("unknown_type", f"message type {kind!r} is not one of: register, result")
 

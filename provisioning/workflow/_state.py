@@ -100,8 +100,9 @@ class Decision:
     ``record`` as the intent, then mint and push), ``resend_key`` (push the key held in
     memory again), ``reconcile`` (ask the cloud whether the device is licensed, then
     :func:`after_reconcile`), ``wait`` (answer wait/in_progress), ``complete`` (journal
-    ``record`` with its report, then answer done), ``retry_later`` (journal ``record``,
-    answer an error the device may retry), ``reject`` (answer ``error_code``; terminal).
+    ``record`` with its report, then answer done), ``adopt`` (a result of a key another agent
+    issued: confirm with the cloud, then complete), ``retry_later`` (journal ``record`` if
+    any, answer an error the device may retry), ``reject`` (answer ``error_code``; terminal).
     """
 
     action: str
@@ -179,9 +180,14 @@ def decide_result(record: DeviceRecord | None, message: Result, *, policy: Polic
     if record is None or message.attempt != record.attempt:
         if record is not None and record.state is State.ACTIVATED:
             return Decision("done", record)  # a stale duplicate from an earlier attempt
-        return Decision(
-            "reject", record, "unknown_attempt", f"attempt {message.attempt} was not issued to {message.device_id!r}"
-        )
+        if message.ok:
+            # Another agent of the cluster issued this key (shared subscriptions route each message
+            # to any agent): adopt the result once the cloud confirms the licence.
+            return Decision("adopt", _adopted(record, message, now))
+        if record is not None and record.state is State.FAILED:
+            return Decision("reject", record, "activation_failed", record.error or "an operator must re-provision")
+        return Decision("retry_later", record, "activation_failed",
+                        f"activation failed: {message.error}; register again for a new key")  # fmt: skip
     if record.state is State.ACTIVATED:
         return Decision("done", record)  # a resend: same answer
     if record.state not in (State.PUSHED, State.UNSURE):
@@ -203,6 +209,23 @@ def decide_result(record: DeviceRecord | None, message: Result, *, policy: Polic
         return Decision("reject", failed, "activation_failed", f"{reason}; no attempts left, an operator must look")
     unsure = record.replace(state=State.UNSURE, error=reason, updated_at=now)
     return Decision("retry_later", unsure, "activation_failed", f"{reason}; register again for a new key")
+
+
+def _adopted(record: DeviceRecord | None, message: Result, now: float) -> DeviceRecord:
+    """The record an agent keeps for a result of a key it did not issue."""
+    base = record or DeviceRecord(message.device_id, message.hardware_id, message.model, "", State.PUSHED)
+    return base.replace(
+        hardware_id=base.hardware_id or message.hardware_id,
+        model=base.model or message.model,
+        state=State.ACTIVATED,
+        attempt=message.attempt,
+        sdk_device_id=message.sdk_device_id,
+        begin_day=message.begin_day,
+        expired_day=message.expired_day,
+        reconciled=False,
+        error="",
+        updated_at=now,
+    )
 
 
 def result_overdue(record: DeviceRecord, now: float) -> DeviceRecord | None:

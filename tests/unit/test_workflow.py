@@ -82,10 +82,21 @@ def test_late_result_of_the_current_attempt_is_accepted() -> None:
     assert decide_result(overdue, result(), policy=POLICY, now=T0 + 200).action == "complete"
 
 
-def test_result_for_another_attempt_is_refused() -> None:
-    decision = decide_result(pushed(), result(attempt="ffffffffffffffff"), policy=POLICY, now=T0 + 1)
-    assert (decision.action, decision.error_code) == ("reject", "unknown_attempt")
-    assert decide_result(None, result(), policy=POLICY, now=T0).error_code == "unknown_attempt"
+def test_a_result_of_a_key_this_agent_did_not_issue_is_adopted_after_checking() -> None:
+    # Shared subscriptions send a device's result to any agent of the cluster.
+    foreign = decide_result(pushed(), result(attempt="ffffffffffffffff"), policy=POLICY, now=T0 + 1)
+    assert foreign.action == "adopt"
+    assert foreign.record is not None
+    assert (foreign.record.state, foreign.record.attempt) == (State.ACTIVATED, "ffffffffffffffff")
+    unknown = decide_result(None, result(), policy=POLICY, now=T0)
+    assert unknown.action == "adopt"
+    assert unknown.record is not None
+    assert unknown.record.sdk_device_id == "wd.1"
+
+
+def test_a_failed_result_of_an_unknown_attempt_invites_a_new_registration() -> None:
+    decision = decide_result(None, result(ok=False), policy=POLICY, now=T0)
+    assert (decision.action, decision.error_code, decision.record) == ("retry_later", "activation_failed", None)
 
 
 def test_failed_result_allows_another_key_then_stops() -> None:

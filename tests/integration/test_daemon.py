@@ -1,0 +1,393 @@
+"""The daemon end to end: a real agent process, a real Mosquitto, the emulator over HTTP, simulated devices.
+
+Each test tries to break an invariant of DESIGN.md: one licence per device, keys fresh and
+bound, nothing lost, bad input answered, secrets kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from aiohttp import web
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from agent.daemon._process import AgentProcess, write_config
+from agent.emulator import EmulatorProcess
+from agent.simulator import FleetReport, Timing, fleet_specs, run_fleet
+from provisioning.workflow import Journal, State
+from tests.broker import MosquittoBroker
+
+PROFILES = str(Path(__file__).parents[2] / "hardware-profiles")
+MODEL = "face-terminal-x1"
+FAST = Timing(time_scale=0.05)  # device-side timeouts (10 s register resend) scaled to test speed
+
+
+class Watcher:
+    """A plain MQTT client recording every message on some topics (reports, status, device answers)."""
+
+    def __init__(self, port: int, *topics: str) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{random.getrandbits(32):x}",
+                                   protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        for topic in topics:
+            self._client.subscribe(topic, qos=1)
+        self._client.loop_start()
+        time.sleep(0.2)
+
+    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            payload = json.loads(message.payload)
+        except ValueError:
+            payload = {"raw": message.payload.decode("utf-8", "replace")}
+        with self._lock:
+            self.messages.append((message.topic, payload))
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [payload for name, payload in self.messages if name == topic]
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return predicate()
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+class Line:
+    """One provisioning line: broker, emulator, agent configuration; agents started on demand."""
+
+    def __init__(self, tmp_path: Path, broker: MosquittoBroker, emulator: EmulatorProcess) -> None:
+        self.tmp_path, self.broker, self.emulator = tmp_path, broker, emulator
+        self.agents: list[AgentProcess] = []
+        self.env = dict(os.environ, ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
+                        ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret)  # fmt: skip
+
+    def config(self, name: str = "gw1", **sections: dict[str, Any]) -> Path:
+        values: dict[str, Any] = {
+            "gateway_id": name,
+            "journal": str(self.tmp_path / f"{name}.sqlite3"),
+            "profiles": PROFILES,
+            "log_level": "debug",
+            "cloud": {"endpoint": self.emulator.url, "qps": 200.0, "burst": 20},
+            "mqtt": {"host": "127.0.0.1", "port": self.broker.port},
+        }
+        for section, table in sections.items():
+            values[section] = {**values.get(section, {}), **table}
+        return write_config(self.tmp_path / f"{name}.toml", values)
+
+    def start_agent(self, name: str = "gw1", **sections: dict[str, Any]) -> AgentProcess:
+        agent = AgentProcess(self.config(name, **sections), env=self.env).start()
+        self.agents.append(agent)
+        return agent
+
+    def fleet(self, specs: list[Any], deadline_s: float = 60.0) -> FleetReport:
+        return asyncio.run(
+            run_fleet(
+                specs,
+                mqtt_host="127.0.0.1",
+                mqtt_port=self.broker.port,
+                emulator_url=self.emulator.url,
+                deadline_s=deadline_s,
+                timing=FAST,
+            )  # fmt: skip
+        )
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+
+
+@pytest.fixture
+def line(tmp_path: Path, mqtt_broker: MosquittoBroker, emulator: EmulatorProcess) -> Iterator[Line]:
+    provisioning_line = Line(tmp_path, mqtt_broker, emulator)
+    yield provisioning_line
+    provisioning_line.stop()
+
+
+def assert_one_licence_each(emulator: EmulatorProcess, device_ids: set[str]) -> None:
+    audit = emulator.audit()
+    by_device = {row["UserDeviceId"]: row for row in audit["devices"]}
+    assert set(by_device) == device_ids
+    licences = {name: row["licences_consumed"] - row["extensions"] for name, row in by_device.items()}
+    doubled = {name: count for name, count in licences.items() if count != 1}
+    assert doubled == {}
+
+
+def licensed_ids(report: FleetReport) -> set[str]:
+    return {device.device_id for device in report.devices if device.status == "licensed"}
+
+
+def test_a_fleet_is_licensed_exactly_once_and_reported(line: Line) -> None:
+    line.start_agent()
+    watcher = Watcher(line.broker.port, "prov/v1/reports")
+    specs = fleet_specs(40, model=MODEL, misbehave={"garbage": 3, "re_register": 3, "duplicate": 3})
+    specs += fleet_specs(20, model=MODEL, protocol="3.1.1", id_prefix="V311")
+    report = line.fleet(specs)
+    ids = {spec.device_id for spec in specs}
+    assert licensed_ids(report) == ids
+    assert report.totals()["keys_used_after_expiry"] == 0
+    assert report.totals()["violations"] == 0
+    assert_one_licence_each(line.emulator, ids)
+    assert line.emulator.audit()["keys"]["minted"] == len(ids)  # repeats and duplicates never minted again
+    assert watcher.wait_for(lambda: len(watcher.on("prov/v1/reports")) >= len(ids))
+    reports = watcher.on("prov/v1/reports")
+    assert {r["device_id"] for r in reports} == ids
+    assert len({r["idempotency_key"] for r in reports}) == len(ids)
+    assert all(r["schema"] == "provisioning-report/1" for r in reports)
+    watcher.close()
+
+
+def test_two_agents_share_the_devices_without_double_licences(line: Line) -> None:
+    shared = {"mqtt": {"shared_group": "line-agents"}}
+    line.start_agent("gw-a", **shared)
+    line.start_agent("gw-b", **shared)
+    specs = fleet_specs(60, model=MODEL, misbehave={"duplicate": 10})
+    report = line.fleet(specs)
+    ids = {spec.device_id for spec in specs}
+    assert licensed_ids(report) == ids
+    assert_one_licence_each(line.emulator, ids)
+    line.stop()
+    served = [Journal.open(line.tmp_path / f"{name}.sqlite3").counts().get("activated", 0) for name in ("gw-a", "gw-b")]
+    assert all(count > 0 for count in served), served  # both agents took a share
+    assert sum(served) >= len(ids)
+
+
+def test_broker_restart_mid_run(line: Line) -> None:
+    line.start_agent()
+    specs = fleet_specs(60, model=MODEL)
+    result: list[FleetReport] = []
+    runner = threading.Thread(target=lambda: result.append(line.fleet(specs, deadline_s=90)))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and line.emulator.audit()["keys"]["used"] < 10:
+        time.sleep(0.02)
+    line.broker.restart()
+    runner.join(120)
+    (report,) = result
+    ids = {spec.device_id for spec in specs}
+    assert licensed_ids(report) == ids
+    assert_one_licence_each(line.emulator, ids)
+
+
+def test_cloud_outage_is_announced_then_recovered(line: Line) -> None:
+    line.start_agent()
+    watcher = Watcher(line.broker.port, "prov/v1/gw/gw1/status")
+    line.emulator.set_faults(errors={"ServiceUnavailable": 1.0})
+    specs = fleet_specs(10, model=MODEL)
+    result: list[FleetReport] = []
+    runner = threading.Thread(target=lambda: result.append(line.fleet(specs, deadline_s=90)))
+    runner.start()
+    assert watcher.wait_for(lambda: any(s.get("cloud") == "unavailable" for s in watcher.on("prov/v1/gw/gw1/status")))
+    assert line.emulator.audit()["keys"]["minted"] == 0
+    line.emulator.set_faults(errors={"Throttling.User": 0.2}, qps_cap=15)
+    runner.join(120)
+    (report,) = result
+    ids = {spec.device_id for spec in specs}
+    assert licensed_ids(report) == ids
+    assert report.totals()["waits_received"] > 0  # devices were told to wait, not left guessing
+    assert_one_licence_each(line.emulator, ids)
+    assert watcher.wait_for(lambda: watcher.on("prov/v1/gw/gw1/status")[-1].get("cloud") == "ok")
+    watcher.close()
+
+
+class Webhook:
+    """A real HTTP consumer of reports that can be down; counts each idempotency key."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _post(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        assert request.headers["Idempotency-Key"] == body["idempotency_key"]
+        self.keys.append(body["idempotency_key"])
+        return web.Response(status=201)
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_post("/reports", self._post)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def test_upstream_down_for_a_while_loses_nothing(line: Line) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    line.start_agent(upstream={"mqtt_topic": "", "webhook_url": f"http://127.0.0.1:{port}/reports"})
+    specs = fleet_specs(15, model=MODEL)
+    report = line.fleet(specs)
+    ids = {spec.device_id for spec in specs}
+    assert licensed_ids(report) == ids  # devices are done although the MES is down
+
+    webhook = Webhook()
+
+    async def serve_until_all_delivered() -> None:
+        await webhook.start(port)
+        deadline = time.monotonic() + 60
+        while len(set(webhook.keys)) < len(ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        await webhook.stop()
+
+    asyncio.run(serve_until_all_delivered())
+    assert len(set(webhook.keys)) == len(ids)
+    line.stop()
+    journal = Journal.open(line.tmp_path / "gw1.sqlite3")
+    assert journal.outbox_depth() == 0
+
+
+HOSTILE: list[tuple[bytes, str]] = [
+    (b"not json at all", "malformed"),
+    (b"\xff\xfe\xfa", "malformed"),
+    (b"[1, 2, 3]", "malformed"),
+    (json.dumps({"v": 1, "type": "register", "id": "x" * 5000}).encode(), "too_large"),
+    (json.dumps({"v": 2, "type": "register", "id": "r"}).encode(), "unsupported_version"),
+    (json.dumps({"v": 1, "type": "reboot", "id": "r", "device_id": "d"}).encode(), "unknown_type"),
+    (json.dumps({"v": 1, "type": "register", "id": "r", "device_id": "d"}).encode(), "invalid_field"),
+    (
+        json.dumps(
+            {"v": 1, "type": "register", "id": "r", "device_id": "d\u0000x", "hardware_id": "h", "model": MODEL}
+        ).encode(),
+        "invalid_field",
+    ),  # fmt: skip
+    (
+        json.dumps(
+            {"v": 1, "type": "register", "id": "r", "device_id": "d", "hardware_id": "h", "model": "toaster-9000"}
+        ).encode(),
+        "unknown_profile",
+    ),  # fmt: skip
+    (
+        json.dumps(
+            {
+                "v": 1,
+                "type": "result",
+                "id": "r",
+                "device_id": "nobody",
+                "attempt": "0123456789abcdef",
+                "ok": True,
+                "sdk_device_id": "wd.x",
+                "begin_day": "20260101",
+                "expired_day": "20270101",
+            }
+        ).encode(),
+        "unknown_attempt",
+    ),  # fmt: skip
+]
+
+
+def test_hostile_messages_are_answered_and_the_line_keeps_working(line: Line) -> None:
+    agent = line.start_agent()
+    watcher = Watcher(line.broker.port, "prov/v1/dev/hostile/down")
+    for payload, _ in HOSTILE:
+        watcher.publish("prov/v1/dev/hostile/up", payload)
+    watcher.publish("prov/v1/dev/bad tid $/up", b"{}")  # not a topic id the agent answers: ignored
+    assert watcher.wait_for(lambda: len(watcher.on("prov/v1/dev/hostile/down")) >= len(HOSTILE))
+    answers = watcher.on("prov/v1/dev/hostile/down")
+    assert [a["code"] for a in answers] == [code for _, code in HOSTILE]
+    assert all(a["type"] == "error" and a["message"] for a in answers)
+    assert line.emulator.audit()["keys"]["minted"] == 0
+    specs = fleet_specs(5, model=MODEL)
+    assert licensed_ids(line.fleet(specs)) == {spec.device_id for spec in specs}
+    assert agent.running()
+    assert "refused message" in agent.log_text()
+    watcher.close()
+
+
+def test_kill_9_at_random_moments_never_doubles_a_licence_or_loses_a_device(line: Line) -> None:
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
+    watcher = Watcher(line.broker.port, "prov/v1/reports")
+    line.start_agent()
+    specs = fleet_specs(120, model=MODEL, misbehave={"duplicate": 10, "re_register": 10})
+    result: list[FleetReport] = []
+    runner = threading.Thread(target=lambda: result.append(line.fleet(specs, deadline_s=150)))
+    runner.start()
+    kills = 0
+    while runner.is_alive() and kills < 5:
+        time.sleep(rng.uniform(0.05, 0.6))
+        line.agents[-1].kill()
+        kills += 1
+        line.start_agent()
+    runner.join(200)
+    (report,) = result
+    ids = {spec.device_id for spec in specs}
+    assert kills >= 1
+    assert licensed_ids(report) == ids, report.counts()
+    assert report.totals()["keys_used_after_expiry"] == 0
+    assert report.totals()["keys_expired_on_arrival"] == 0
+    assert_one_licence_each(line.emulator, ids)
+    assert watcher.wait_for(lambda: {r["device_id"] for r in watcher.on("prov/v1/reports")} == ids, timeout=60)
+    watcher.close()
+    line.stop()
+    journal = Journal.open(line.tmp_path / "gw1.sqlite3")
+    assert {r.device_id for r in journal.all_records() if r.state is State.ACTIVATED} == ids
+    assert journal.outbox_depth() == 0
+
+
+def test_secrets_never_reach_the_log_the_journal_or_reports(line: Line) -> None:
+    agent = line.start_agent()
+    watcher = Watcher(line.broker.port, "prov/v1/reports", "prov/v1/dev/+/down")
+    specs = fleet_specs(8, model=MODEL)
+    assert licensed_ids(line.fleet(specs)) == {spec.device_id for spec in specs}
+    keys = [payload["auth_key"] for _, payload in watcher.messages if payload.get("type") == "key"]
+    assert len(keys) >= len(specs)
+    assert watcher.wait_for(lambda: len(watcher.on("prov/v1/reports")) >= len(specs))
+    log = agent.log_text()
+    agent.stop()
+    journal_bytes = b"".join(p.read_bytes() for p in line.tmp_path.glob("gw1.sqlite3*"))
+    reports = json.dumps(watcher.on("prov/v1/reports"))
+    for secret in [*keys, line.emulator.access_key_secret]:
+        assert secret not in log
+        assert secret.encode() not in journal_bytes
+        assert secret not in reports
+    watcher.close()
+
+
+def test_configuration_errors_stop_the_start_with_exit_3(line: Line, tmp_path: Path) -> None:
+    bad = line.config(mqtt={"port": 70000})
+    result = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(bad)],
+                            capture_output=True, text=True, env=line.env, timeout=30)  # fmt: skip
+    assert result.returncode == 3
+    assert f"{bad}: key mqtt.port" in result.stderr
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "x.toml").write_text('model = "x"\nbiz_type = "B"\n[licence]\nyears = 0\n')
+    config = write_config(tmp_path / "p.toml", {"gateway_id": "g", "profiles": str(profiles)})
+    result = subprocess.run([sys.executable, "-m", "agent", "check-config", "--config", str(config)],
+                            capture_output=True, text=True, env=line.env, timeout=30)  # fmt: skip
+    assert result.returncode == 3
+    assert "x.toml: key licence.years" in result.stderr
