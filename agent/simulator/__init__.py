@@ -1,0 +1,37 @@
+"""Simulated devices speaking the device protocol (docs/protocol.md) to a gateway, for tests and load.
+
+Each device is an independent MQTT client (its own connection and persistent session) that
+registers, activates the key it gets through the Cloudauth emulator's SDK step, reports its
+result and waits for ``done``, following the protocol's device-side timeouts and retries; some
+misbehave on demand (``Behaviour``). ``run_fleet`` runs many at once on one event loop and
+returns a ``FleetReport``; ``provisioning-agent simulate`` is its command line (docs/simulator.md).
+"""
+
+from agent.simulator._fleet import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DEADLINE_S,
+    DEFAULT_MODEL,
+    DEFAULT_TOPIC_ROOT,
+    fleet_specs,
+    run_fleet,
+)
+from agent.simulator._outcome import Counters, DeviceOutcome, FleetReport, Status
+from agent.simulator._spec import Behaviour, DeviceSpec, MqttProtocol, Timing, derive_tid
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_DEADLINE_S",
+    "DEFAULT_MODEL",
+    "DEFAULT_TOPIC_ROOT",
+    "Behaviour",
+    "Counters",
+    "DeviceOutcome",
+    "DeviceSpec",
+    "FleetReport",
+    "MqttProtocol",
+    "Status",
+    "Timing",
+    "derive_tid",
+    "fleet_specs",
+    "run_fleet",
+]
