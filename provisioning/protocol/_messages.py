@@ -219,8 +219,8 @@ def _decode(data: dict[str, Any]) -> DeviceMessage:
         ok = data.get("ok")
         if not isinstance(ok, bool):
             raise ProtocolError("invalid_field", "'ok' must be true or false")
-        hardware_id = _text(data, "hardware_id", 128, required=False)
-        model = _text(data, "model", 64, required=False)
+        hardware_id = _text(data, "hardware_id", 128)
+        model = _text(data, "model", 64)
         if ok:
             begin, expired = _day(data, "begin_day"), _day(data, "expired_day")
             sdk_device_id = _text(data, "sdk_device_id", 64)

@@ -298,6 +298,8 @@ HOSTILE: list[tuple[bytes, str]] = [
                 "type": "result",
                 "id": "r",
                 "device_id": "nobody",
+                "hardware_id": "h",
+                "model": MODEL,
                 "attempt": "0123456789abcdef",
                 "ok": True,
                 "sdk_device_id": "wd.x",
@@ -305,7 +307,7 @@ HOSTILE: list[tuple[bytes, str]] = [
                 "expired_day": "20270101",
             }
         ).encode(),
-        "unknown_attempt",
+        "activation_failed",
     ),  # fmt: skip
 ]
 

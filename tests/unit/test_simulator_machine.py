@@ -98,6 +98,8 @@ def test_normal_exchange_register_key_activate_result_done() -> None:
         "type": "result",
         "id": "r-0002",
         "device_id": "3iJ1AY$oHcu7mC69",
+        "hardware_id": "a1b2c3d4e5f6",
+        "model": "face-terminal-x1",
         "attempt": ATTEMPT,
         "ok": True,
         "sdk_device_id": LICENCE.sdk_device_id,
@@ -393,8 +395,9 @@ def test_device_messages_are_what_the_agent_codec_reads() -> None:
     )
     ok = result_ok_message(spec(), "r-2", ATTEMPT, LICENCE.sdk_device_id, "20261123", "20271122")
     assert decode_device_message(ok) == Result(
-        "r-2", "3iJ1AY$oHcu7mC69", ATTEMPT, True, LICENCE.sdk_device_id, "20261123", "20271122"
-    )
+        "r-2", "3iJ1AY$oHcu7mC69", ATTEMPT, True, LICENCE.sdk_device_id, "20261123", "20271122",
+        hardware_id="a1b2c3d4e5f6", model="face-terminal-x1",
+    )  # fmt: skip
     failed = result_failed_message(spec(), "r-3", ATTEMPT, "E" * 100, "d" * 300)
     decoded = decode_device_message(failed)
     assert isinstance(decoded, Result)
