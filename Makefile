@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean broker-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "provisioning-agent needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m agent demo
 
-## test: lint, type-check and the whole test suite
-test: lint typecheck
+## test: lint, type-check and the whole test suite (tests start their own Mosquitto brokers)
+test: lint typecheck broker-check
 	$(PY) -m pytest
+
+broker-check:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  echo "make test needs the mosquitto binary (the tests start their own brokers on free ports):"; \
+	  echo "  Debian/Ubuntu: sudo apt-get install mosquitto    macOS: brew install mosquitto"; exit 2; }
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
