@@ -1,153 +1,225 @@
 """``provisioning-agent demo``: the embedded default behind ``make demo``.
 
-Starts the Cloudauth emulator as a real subprocess, then takes simulated devices through
-the cloud side of their path (mint a key, the device activates with it, the result is
-read back and checked) while the emulator injects faults and throttles, renews the
-licences about to expire, builds the SDK, and ends with a table. Exit 0 only when the
-emulator's audit shows every device holding exactly one licence.
+A whole provisioning line on this machine, no account needed: the Cloudauth emulator
+(with cloud faults injected), a Mosquitto broker, the agent daemon, and simulated devices
+(some misbehaving). Midway the agent is killed with SIGKILL and restarted, as a power cut
+would. The demo ends with a table and exits 0 only when the emulator's audit shows every
+device holding exactly one licence and the upstream topic received every device's report.
+
+Without Mosquitto, it says so and runs the cloud side of the path only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from dataclasses import dataclass
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from agent.cli._demo_cloud import run_cloud_only
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_table
+from agent.daemon._process import AgentProcess, write_config
 from agent.emulator import EmulatorProcess
-from provisioning.cloudauth import (
-    CloudauthClient,
-    CloudauthError,
-    Credentials,
-    LicenceTerm,
-    RateLimiter,
-    RetryPolicy,
-)
-from provisioning.secret import Secret
+from agent.mqtt import MqttConnection, MqttSettings
+from agent.mqtt.broker import MosquittoBroker, MosquittoNotFound
+from agent.simulator import Behaviour, FleetReport, Timing, fleet_specs, run_fleet
 
 __all__ = ["add_parser"]
 
-DEMO_QPS = 20.0  # the emulator's throttling cap in the demo; our limiter stays just under it
-DEMO_FAULTS = {"ServiceUnavailable": 0.2, "InternalError": 0.05}  # what a bad day at the cloud looks like
+PROFILES: Final = Path(__file__).resolve().parents[2] / "hardware-profiles"
+DEMO_FAULTS: Final = {"ServiceUnavailable": 0.15, "InternalError": 0.05}  # a bad day at the cloud
+DEMO_QPS_CAP: Final = 40.0  # the emulated account's limit; the agent keeps under it
+REPORTS_TOPIC: Final = "prov/v1/reports"
+REPORT_WAIT_S: Final = 30.0  # the upstream drainer delivers within a second; generous for a loaded machine
+MISBEHAVING: Final = {
+    Behaviour.GARBAGE: 2,
+    Behaviour.RE_REGISTER: 2,
+    Behaviour.DUPLICATE: 2,
+    Behaviour.FAIL_ONCE: 2,
+    Behaviour.DIE_MID_ACTIVATION: 2,
+}
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``demo``."""
     demo = commands.add_parser(
         "demo",
-        help="run the embedded demo (emulated cloud, simulated devices, no account needed)",
-        description="Start the Cloudauth emulator, license simulated devices through it under injected "
-        "faults, renew and build the SDK, and check that every device holds exactly one licence.",
+        help="run the embedded demo (emulated cloud, broker, agent, simulated devices; no account needed)",
+        description="Run a provisioning line on this machine: the Cloudauth emulator with injected faults, "
+        "a Mosquitto broker, the agent (killed and restarted midway) and simulated devices. Exit 0 only "
+        "when every device holds exactly one licence and was reported upstream.",
     )
-    demo.add_argument("--devices", type=int, default=12, help="simulated devices (default %(default)s)")
-    demo.add_argument("--no-faults", action="store_true", help="run without injected cloud faults")
+    demo.add_argument("--devices", type=int, default=40, help="simulated devices (default %(default)s)")
+    demo.add_argument("--no-faults", action="store_true", help="no injected cloud faults")
+    demo.add_argument("--no-crash", action="store_true", help="do not kill the agent midway")
     demo.set_defaults(handler=_run)
 
 
 @dataclass
-class _Device:
-    serial: str
-    hardware_id: str
-    device_id: str = ""
-    expired_day: str = ""
-    outcome: str = "pending"
+class _Upstream:
+    """The MES's side: every report that reached the upstream topic."""
+
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    received: int = 0
+    expected: int = -1  # set once the fleet is done
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, report: dict[str, Any]) -> None:
+        self.received += 1
+        self.keys.setdefault(report["idempotency_key"], report)
+        self.check()
+
+    def check(self) -> None:
+        if 0 <= self.expected <= len(self.keys):
+            self.complete.set()
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.devices < 1:
-        print("error: --devices must be at least 1", file=sys.stderr)
-        return ExitCode.USAGE
     console = Console(highlight=False)
-    console.print("[bold]provisioning-agent demo[/]: emulated Cloudauth, simulated devices, no account needed")
-    console.print(
-        "This shows the cloud side of each device's path and the operator commands; the MQTT and "
-        "serial daemon will take devices through the same path."
-    )
-    with EmulatorProcess(
-        ["--sdk-delay", "1"],
-        access_key_id="demo-id",
-        access_key_secret="demo-secret",  # noqa: S106 - demo account
-    ) as emulator:
-        console.print(f"emulator listening on {emulator.url}")
-        if not args.no_faults:
-            emulator.set_faults(errors=DEMO_FAULTS, qps_cap=DEMO_QPS)
-            console.print(f"injected faults: {DEMO_FAULTS}, throttling above {DEMO_QPS:.0f} calls/s")
-        devices = [_Device(f"SN-{number:04d}", f"hw-{number:04d}") for number in range(args.devices)]
+    if args.devices < 1:
+        console.print("error: --devices must be at least 1")
+        return ExitCode.USAGE
+    console.print("[bold]provisioning-agent demo[/]: a provisioning line on this machine, no account needed")
+    with tempfile.TemporaryDirectory(prefix="provisioning-demo-") as workdir:
         try:
-            asyncio.run(_provision_all(emulator, devices, console))
-        except CloudauthError as exc:
-            console.print(f"[red]demo failed[/]: {exc}")
-            return ExitCode.FAILED
-        emulator.set_faults(errors={}, qps_cap=None)
-        audit = emulator.audit()
+            broker = MosquittoBroker(Path(workdir) / "broker").start()
+        except MosquittoNotFound as exc:
+            console.print(f"[yellow]{exc}[/]")
+            console.print("Without a broker the demo shows the cloud side of each device's path only.")
+            return run_cloud_only(args.devices, console)
+        try:
+            with EmulatorProcess(["--sdk-delay", "1"], access_key_id="demo-id", access_key_secret="demo-secret") as emu:  # noqa: S106
+                return asyncio.run(_line(args, Path(workdir), broker, emu, console))
+        finally:
+            broker.stop()
 
-    rows = [
-        {"Serial": d.serial, "DeviceId": d.device_id, "ExpiredDay": d.expired_day, "Outcome": d.outcome}
-        for d in devices
-    ]
-    print_table(rows, ("Serial", "DeviceId", "ExpiredDay", "Outcome"), title="devices")
+
+async def _line(
+    args: argparse.Namespace, workdir: Path, broker: MosquittoBroker, emulator: EmulatorProcess, console: Console
+) -> int:
+    console.print(f"Cloudauth emulator on {emulator.url}; Mosquitto on {broker.host}:{broker.port}")
+    if not args.no_faults:
+        emulator.set_faults(errors=DEMO_FAULTS, qps_cap=DEMO_QPS_CAP)
+        console.print(f"cloud faults injected: {DEMO_FAULTS}; throttling above {DEMO_QPS_CAP:.0f} calls/s")
+    config = write_config(
+        workdir / "agent.toml",
+        {
+            "gateway_id": "demo-line",
+            "journal": str(workdir / "journal.sqlite3"),
+            "profiles": str(PROFILES),
+            "cloud": {"endpoint": emulator.url, "qps": DEMO_QPS_CAP * 0.8, "burst": 4},
+            "mqtt": {"host": broker.host, "port": broker.port},
+            "upstream": {"mqtt_topic": REPORTS_TOPIC},
+        },
+    )
+    env = dict(os.environ, ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
+               ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret)  # fmt: skip
+    upstream = _Upstream()
+    watcher = MqttConnection(MqttSettings(host=broker.host, port=broker.port, client_id="demo-mes"),
+                             [(REPORTS_TOPIC, 1)])  # fmt: skip
+    await watcher.connect()
+    collecting = asyncio.create_task(_collect(watcher, upstream), name="demo-upstream")
+    agent = AgentProcess(config, env=env).start()
+    console.print(f"agent running (pid {agent.pid}); {args.devices} devices registering, some misbehaving")
+    specs = fleet_specs(args.devices, model="face-terminal-x1", misbehave=_misbehaving(args.devices), comeback=True)
+    started = time.monotonic()
+    fleet = asyncio.create_task(
+        run_fleet(
+            specs,
+            mqtt_host=broker.host,
+            mqtt_port=broker.port,
+            emulator_url=emulator.url,
+            deadline_s=180,
+            timing=Timing(time_scale=0.1),
+        ),
+        name="demo-fleet",
+    )
+    restarts = 0
+    with console.status("devices at work") as status:
+        while not fleet.done():
+            used = (await asyncio.to_thread(emulator.audit))["keys"]["used"]
+            status.update(f"devices at work: {used}/{args.devices} activated")
+            if not args.no_crash and restarts == 0 and used >= args.devices // 3:
+                agent.kill()
+                console.print(f"[red]agent killed with SIGKILL[/] after {used} activations; restarting it")
+                agent = AgentProcess(config, env=env).start()
+                restarts += 1
+            await asyncio.sleep(0.1)
+    report = fleet.result()
+    elapsed = time.monotonic() - started
+    emulator.set_faults()
+    upstream.expected = len({d.device_id for d in report.devices if d.status == "licensed"})
+    upstream.check()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(upstream.complete.wait(), timeout=REPORT_WAIT_S)
+    agent.stop()
+    collecting.cancel()
+    await watcher.aclose()
+    return _summary(console, report, emulator.audit(), upstream, restarts, elapsed)
+
+
+async def _collect(connection: MqttConnection, upstream: _Upstream) -> None:
+    async for message in connection.messages():
+        upstream.add(json.loads(message.payload))
+
+
+def _misbehaving(count: int) -> dict[Behaviour, int]:
+    budget = count // 2
+    chosen: dict[Behaviour, int] = {}
+    for behaviour, wanted in MISBEHAVING.items():
+        take = min(wanted, budget)
+        if take:
+            chosen[behaviour] = take
+            budget -= take
+    return chosen
+
+
+def _summary(
+    console: Console,
+    report: FleetReport,
+    audit: dict[str, Any],
+    upstream: _Upstream,
+    restarts: int,
+    elapsed: float,
+) -> int:
     licences = {row["UserDeviceId"]: row["licences_consumed"] - row["extensions"] for row in audit["devices"]}
-    exactly_once = all(licences.get(d.serial) == 1 for d in devices)
+    reported = {r["device_id"] for r in upstream.keys.values()}
+    rows = [
+        {"Device": d.device_id, "Behaviour": str(d.behaviour), "Outcome": d.status, "Keys": d.counters.keys_received,
+         "ExpiredDay": d.expired_day, "Licences": licences.get(d.device_id, 0),
+         "Reported": "yes" if d.device_id in reported else "no"}
+        for d in report.devices
+    ]  # fmt: skip
+    print_table(rows, ("Device", "Behaviour", "Outcome", "Keys", "ExpiredDay", "Licences", "Reported"),
+                title="devices")  # fmt: skip
+    totals = report.totals()
+    exactly_once = all(licences.get(d.device_id) == 1 for d in report.devices)
+    all_reported = reported == {d.device_id for d in report.devices}
     print_table(
         [
-            {"what": "devices licensed", "value": sum(1 for d in devices if d.device_id)},
-            {"what": "devices holding exactly one activation licence", "value": sum(v == 1 for v in licences.values())},
+            {"what": "devices licensed", "value": f"{report.counts()['licensed']} / {len(report.devices)}"},
+            {"what": "devices holding exactly one licence (audit)", "value": sum(v == 1 for v in licences.values())},
             {"what": "keys minted / used", "value": f"{audit['keys']['minted']} / {audit['keys']['used']}"},
-            {"what": "cloud errors absorbed by retries", "value": sum(audit["errors"].values())},
+            {"what": "keys used after their deadline", "value": totals["keys_used_after_expiry"]},
+            {"what": "reports upstream (distinct / received)", "value": f"{len(upstream.keys)} / {upstream.received}"},
+            {"what": "cloud errors absorbed", "value": sum(audit["errors"].values())},
+            {"what": "agent killed and restarted", "value": restarts},
+            {"what": "wall time", "value": f"{elapsed:.1f} s"},
         ],
         ("what", "value"),
-        title="summary (from the emulator's audit view)",
-    )
-    if exactly_once:
-        console.print("[green]every device holds exactly one licence[/]")
+        title="summary",
+    )  # fmt: skip
+    if exactly_once and all_reported and totals["keys_used_after_expiry"] == 0:
+        console.print("[green]every device holds exactly one licence and was reported upstream[/]")
         return ExitCode.OK
-    console.print("[red]a device does not hold exactly one licence[/]")
+    console.print("[red]the line did not finish cleanly: see the tables above[/]")
     return ExitCode.FAILED
-
-
-async def _provision_all(emulator: EmulatorProcess, devices: list[_Device], console: Console) -> None:
-    credentials = Credentials(emulator.access_key_id, Secret(emulator.access_key_secret))
-    retry = RetryPolicy(max_attempts=10, base_delay=0.05, max_delay=1.0)
-    limiter = RateLimiter(qps=DEMO_QPS * 0.9, burst=2)
-    async with CloudauthClient(credentials, endpoint=emulator.url, retry=retry, rate_limiter=limiter) as cloud:
-        with Progress(TextColumn("licensing"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
-            task = progress.add_task("licensing", total=len(devices))
-
-            async def provision(device: _Device) -> None:
-                key = await cloud.create_auth_key(
-                    term=LicenceTerm.of_years(1), user_device_id=device.serial, biz_type="DEMO_LINE"
-                )
-                # The device's SDK activates with the key (the daemon pushes it over MQTT or serial).
-                activation = await asyncio.to_thread(emulator.activate, key.key.reveal(), device.hardware_id)
-                (record,) = (await cloud.describe_device_info(device_id=activation["DeviceId"])).devices
-                device.device_id, device.expired_day = record.device_id, record.expired_day
-                device.outcome = "licensed"
-                progress.advance(task)
-
-            async with asyncio.TaskGroup() as group:
-                for device in devices:
-                    group.create_task(provision(device), name=f"provision-{device.serial}")
-
-        # A device that registers again (reflashed, rebooted) re-activates without a second licence.
-        again = devices[0]
-        key = await cloud.create_auth_key(term=LicenceTerm.of_years(1), user_device_id=again.serial)
-        repeat = await asyncio.to_thread(emulator.activate, key.key.reveal(), again.hardware_id)
-        console.print(
-            f"{again.serial} activated again: same DeviceId {repeat['DeviceId'] == again.device_id}, "
-            f"no second licence (Reactivated={repeat['Reactivated']})"
-        )
-
-        renewed = devices[1]
-        result = await cloud.modify_device_info(renewed.device_id, extend_years=1, expired_day=renewed.expired_day)
-        console.print(f"{renewed.serial} renewed: {renewed.expired_day} -> {result.expired_day}")
-        renewed.expired_day, renewed.outcome = result.expired_day, "licensed, renewed"
-
-        task_id = await cloud.create_verify_sdk("https://apps.example.com/face-terminal.apk", platform="android")
-        while not (status := await cloud.describe_verify_sdk(task_id)).ready:  # noqa: ASYNC110 - polling the cloud
-            await asyncio.sleep(0.5)
-        console.print(f"SDK build {task_id} ready at {status.sdk_url}")

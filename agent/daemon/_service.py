@@ -20,7 +20,7 @@ from agent.config import AgentConfig
 from agent.daemon._devices import DeviceService
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
 from agent.daemon._worker import JournalWorker
-from agent.mqtt import InboundMessage, MqttConnection, MqttSettings, TlsSettings, Will
+from agent.mqtt import InboundMessage, MqttConnection, MqttRetryableError, MqttSettings, TlsSettings, Will
 from provisioning.cloudauth import CloudauthClient, RateLimiter, Timeouts, resolve_credentials
 from provisioning.profiles import Profile
 from provisioning.protocol import AgentMessage, encode, is_valid_tid
@@ -32,6 +32,8 @@ __all__ = ["ProvisioningAgent", "Topics"]
 log = logging.getLogger("agent")
 
 SWEEP_INTERVAL_S: Final = 1.0  # how late an overdue result or an expired key is noticed at most
+BROKER_RETRY_MIN_S: Final = 1.0  # first wait when the broker is not up yet at start
+BROKER_RETRY_MAX_S: Final = 30.0  # the longest wait between two start-up connection attempts
 STATUS_INTERVAL_S: Final = 10.0  # the retained status is refreshed at least this often when something changed
 
 
@@ -109,7 +111,8 @@ class ProvisioningAgent:
         """Serve until ``stop`` is set; then say offline and release everything."""
         try:
             await self.devices.resume()
-            await self.mqtt.connect()
+            if not await self._connect(stop):
+                return
             await self._publish_status("online")
             log.info(
                 "serving gateway %s: %d profile(s), devices on %s, cloud %s",
@@ -130,6 +133,22 @@ class ProvisioningAgent:
                     task.cancel()
         finally:
             await self._shutdown()
+
+    async def _connect(self, stop: asyncio.Event) -> bool:
+        """Connect to the broker, waiting out an unreachable one (it may boot after us); False if stopped."""
+        delay = BROKER_RETRY_MIN_S
+        while not stop.is_set():
+            try:
+                await self.mqtt.connect()
+            except MqttRetryableError as exc:
+                log.warning("broker %s:%d unreachable (%s); retrying in %.0f s",
+                            self.config.mqtt.host, self.config.mqtt.port, exc, delay)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(BROKER_RETRY_MAX_S, delay * 2)
+            else:
+                return True
+        return False
 
     def status(self) -> dict[str, Any]:
         """The gateway's status: why the line waits, counts, outbox depth."""

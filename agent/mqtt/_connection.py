@@ -519,7 +519,10 @@ class MqttConnection:
         )
         self._inbox.append(_Delivery(inbound, message.mid if message.qos == 1 else None, self._bridge.generation))
         self._inbox_changed.set()
-        if len(self._inbox) >= MESSAGE_QUEUE_SIZE and not self._bridge.reading_paused:
+        # Never pause while connecting: the SUBACK that ends connect() may sit behind the messages a
+        # persistent session delivers first, and nobody takes messages before connect() returns.
+        connecting = self._state is not ConnectionState.CONNECTED
+        if len(self._inbox) >= MESSAGE_QUEUE_SIZE and not self._bridge.reading_paused and not connecting:
             self._bridge.pause_reading()
             logger.warning(
                 "MQTT %s: %d messages wait for the consumer; reading paused (the broker holds the rest)",
