@@ -338,6 +338,7 @@ class MqttConnection:
         protocol = "MQTT 5" if self._v5 else "MQTT 3.1.1"
         session = "session resumed" if session_present else "new session"
         self._set_state(ConnectionState.CONNECTED, f"{protocol}, {session}")
+        self._apply_backpressure()  # a session's backlog may have filled the queue during the attempt
 
     async def _subscribe_all(self) -> None:
         """Subscribe to every filter in one SUBSCRIBE; MqttSubscribeRefused if the broker refuses one."""
@@ -519,16 +520,7 @@ class MqttConnection:
         )
         self._inbox.append(_Delivery(inbound, message.mid if message.qos == 1 else None, self._bridge.generation))
         self._inbox_changed.set()
-        # Never pause while connecting: the SUBACK that ends connect() may sit behind the messages a
-        # persistent session delivers first, and nobody takes messages before connect() returns.
-        connecting = self._state is not ConnectionState.CONNECTED
-        if len(self._inbox) >= MESSAGE_QUEUE_SIZE and not self._bridge.reading_paused and not connecting:
-            self._bridge.pause_reading()
-            logger.warning(
-                "MQTT %s: %d messages wait for the consumer; reading paused (the broker holds the rest)",
-                self._settings.client_id,
-                len(self._inbox),
-            )
+        self._apply_backpressure()
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Properties
@@ -557,6 +549,20 @@ class MqttConnection:
         paho_logger.debug("%s: %s", self._settings.client_id, text)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        """Stop reading while the queue is full, but never while connecting: the SUBACK that ends an
+        attempt may sit behind the messages a persistent session delivers first, and nobody takes
+        messages before connect() returns."""
+        if self._state is not ConnectionState.CONNECTED or self._bridge.reading_paused:
+            return
+        if len(self._inbox) >= MESSAGE_QUEUE_SIZE:
+            self._bridge.pause_reading()
+            logger.warning(
+                "MQTT %s: %d messages wait for the consumer; reading paused (the broker holds the rest)",
+                self._settings.client_id,
+                len(self._inbox),
+            )
 
     def _check_can_publish(self) -> asyncio.AbstractEventLoop:
         if self._closed():

@@ -302,6 +302,25 @@ async def test_resumed_session_delivers_a_queued_message_once(broker_factory: Br
     assert sorted(message.payload for message in received) == [b"0", b"1", b"2"]
 
 
+@PROTOCOLS
+async def test_a_full_queue_does_not_block_the_reconnect(broker_factory: BrokerFactory, protocol: str) -> None:
+    """A session with a full window of unacknowledged messages: the broker resends them all before
+    the SUBACK, so reading must not pause while connect() waits for it."""
+    broker = broker_factory(extra_config=["max_inflight_messages 0"])  # only our Receive Maximum holds it back
+    agent = settings_for(broker, "agent", protocol=protocol)
+    total = MESSAGE_QUEUE_SIZE * 2
+    async with connected(agent, ("dev/+/up", 1)) as first:
+        async with connected(settings_for(broker, "device")) as device:
+            for index in range(total):
+                await device.publish(f"dev/d{index}/up", b"%d" % index)
+        async with asyncio.timeout(GUARD_SECONDS):
+            while first.queued < MESSAGE_QUEUE_SIZE:  # noqa: ASYNC110 - no event: a full window, none taken
+                await asyncio.sleep(0.01)
+    async with connected(agent, ("dev/+/up", 1)) as back:
+        received = await take(back.messages(), total)
+    assert sorted(int(message.payload) for message in received) == list(range(total))
+
+
 async def test_clean_start_forgets_the_session(mqtt_broker: MosquittoBroker) -> None:
     agent = settings_for(mqtt_broker, "agent", clean_start=True)
     async with connected(agent, ("dev/+/up", 1)):
