@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agent.cli._exit import ExitCode
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from agent.logs import setup_logging
 from provisioning.cloudauth import CredentialsError, resolve_credentials
 from provisioning.profiles import Profile, ProfileError, load_profiles
 from provisioning.workflow import JournalError
@@ -56,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, ProfileError, CredentialsError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     from agent.daemon import ProvisioningAgent  # after logging is set up: imports log nothing, but stay cheap
 
     try:
@@ -77,11 +78,3 @@ async def _serve(agent: object) -> int:
         loop.add_signal_handler(number, stop.set)
     await agent.run(stop, on_ready=lambda: print("ready", flush=True))
     return ExitCode.OK
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
