@@ -20,7 +20,16 @@ from agent.config import AgentConfig
 from agent.daemon._devices import DeviceService
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
 from agent.daemon._worker import JournalWorker
-from agent.mqtt import InboundMessage, MqttConnection, MqttRetryableError, MqttSettings, TlsSettings, Will
+from agent.mqtt import (
+    ConnectionState,
+    InboundMessage,
+    MqttConnection,
+    MqttError,
+    MqttRetryableError,
+    MqttSettings,
+    TlsSettings,
+    Will,
+)
 from provisioning.cloudauth import CloudauthClient, RateLimiter, Timeouts, resolve_credentials
 from provisioning.profiles import Profile
 from provisioning.protocol import AgentMessage, encode, is_valid_tid
@@ -106,6 +115,7 @@ class ProvisioningAgent:
             clock=clock,
         )
         self._status_dirty = asyncio.Event()
+        self._status_forced = False
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until ``stop`` is set; then say offline and release everything."""
@@ -113,20 +123,22 @@ class ProvisioningAgent:
             await self.devices.resume()
             if not await self._connect(stop):
                 return
-            await self._publish_status("online")
-            log.info(
-                "serving gateway %s: %d profile(s), devices on %s, cloud %s",
-                self.config.gateway_id, len(self.profiles), self.topics.subscription, self.config.cloud.endpoint,
-            )  # fmt: skip
-            if on_ready is not None:
-                on_ready()
             async with asyncio.TaskGroup() as group:
+                # Take messages first: a persistent session's backlog must not wait behind anything
+                # (the transport stops reading, PUBACKs included, while its queue is full).
                 serving = [
                     group.create_task(self._inbound(group), name="mqtt-inbound"),
                     group.create_task(self._sweeper(), name="sweeper"),
                     group.create_task(self.drainer.run(), name="upstream-drainer"),
                     group.create_task(self._status_loop(), name="status"),
+                    group.create_task(self._announce_after_reconnects(), name="status-on-reconnect"),
                 ]
+                log.info(
+                    "serving gateway %s: %d profile(s), devices on %s, cloud %s",
+                    self.config.gateway_id, len(self.profiles), self.topics.subscription, self.config.cloud.endpoint,
+                )  # fmt: skip
+                if on_ready is not None:
+                    on_ready()
                 await stop.wait()
                 log.info("stopping: no new devices; answering those in flight")
                 for task in serving:
@@ -187,17 +199,29 @@ class ProvisioningAgent:
 
     async def _status_loop(self) -> None:
         last = ""
+        self._status_dirty.set()  # announce online at once
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_dirty.wait(), timeout=STATUS_INTERVAL_S)
             self._status_dirty.clear()
             status = self.status()
             summary = json.dumps({k: v for k, v in status.items() if k != "at"}, sort_keys=True)
-            if summary != last:
-                last = summary
-                with contextlib.suppress(Exception):
+            if summary != last or self._status_forced:
+                self._status_forced = False
+                try:
                     await self._publish_status("online")
+                except MqttError as exc:  # disconnected: the next change or reconnect tries again
+                    log.debug("status not published: %s", exc)
+                else:
+                    last = summary
             await asyncio.sleep(1.0)  # at most one status message a second on a busy line
+
+    async def _announce_after_reconnects(self) -> None:
+        """A broker may have published our last will (offline) while we were away: say online again."""
+        async for state in self.mqtt.state_changes():
+            if state is ConnectionState.CONNECTED:
+                self._status_forced = True
+                self._status_dirty.set()
 
     async def _publish_status(self, state: str) -> None:
         status = self.status() | {"state": state}

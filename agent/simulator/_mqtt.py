@@ -272,6 +272,8 @@ class MqttLink:
                     await asyncio.to_thread(self._client.reconnect)
                 except OSError:
                     delay = min(delay * 2, RECONNECT_MAX_S)
+                except RuntimeError:
+                    return  # the event loop is shutting down (its executor refuses work): stop trying
                 else:
                     return  # CONNACK (or a new loss) arrives through the callbacks
         finally:

@@ -7,6 +7,7 @@ bound, nothing lost, bad input answered, secrets kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -40,8 +41,11 @@ class Watcher:
     def __init__(self, port: int, *topics: str) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{random.getrandbits(32):x}",
-                                   protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"watcher-{random.getrandbits(32):x}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
         for topic in topics:
@@ -73,8 +77,11 @@ class Watcher:
         return predicate()
 
     def close(self) -> None:
-        self._client.loop_stop()
         self._client.disconnect()
+        self._client.loop_stop()
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
 
 
 class Line:
@@ -83,8 +90,12 @@ class Line:
     def __init__(self, tmp_path: Path, broker: MosquittoBroker, emulator: EmulatorProcess) -> None:
         self.tmp_path, self.broker, self.emulator = tmp_path, broker, emulator
         self.agents: list[AgentProcess] = []
-        self.env = dict(os.environ, ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
-                        ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret)  # fmt: skip
+        self.watchers: list[Watcher] = []
+        self.env = dict(
+            os.environ,
+            ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
+            ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret,
+        )
 
     def config(self, name: str = "gw1", **sections: dict[str, Any]) -> Path:
         values: dict[str, Any] = {
@@ -113,19 +124,29 @@ class Line:
                 emulator_url=self.emulator.url,
                 deadline_s=deadline_s,
                 timing=FAST,
-            )  # fmt: skip
+            )
         )
+
+    def watch(self, *topics: str) -> Watcher:
+        watcher = Watcher(self.broker.port, *topics)
+        self.watchers.append(watcher)
+        return watcher
 
     def stop(self) -> None:
         for agent in self.agents:
             agent.stop()
+
+    def close(self) -> None:
+        self.stop()
+        for watcher in self.watchers:
+            watcher.close()
 
 
 @pytest.fixture
 def line(tmp_path: Path, mqtt_broker: MosquittoBroker, emulator: EmulatorProcess) -> Iterator[Line]:
     provisioning_line = Line(tmp_path, mqtt_broker, emulator)
     yield provisioning_line
-    provisioning_line.stop()
+    provisioning_line.close()
 
 
 def assert_one_licence_each(emulator: EmulatorProcess, device_ids: set[str]) -> None:
@@ -143,7 +164,7 @@ def licensed_ids(report: FleetReport) -> set[str]:
 
 def test_a_fleet_is_licensed_exactly_once_and_reported(line: Line) -> None:
     line.start_agent()
-    watcher = Watcher(line.broker.port, "prov/v1/reports")
+    watcher = line.watch("prov/v1/reports")
     specs = fleet_specs(40, model=MODEL, misbehave={"garbage": 3, "re_register": 3, "duplicate": 3})
     specs += fleet_specs(20, model=MODEL, protocol="3.1.1", id_prefix="V311")
     report = line.fleet(specs)
@@ -158,7 +179,6 @@ def test_a_fleet_is_licensed_exactly_once_and_reported(line: Line) -> None:
     assert {r["device_id"] for r in reports} == ids
     assert len({r["idempotency_key"] for r in reports}) == len(ids)
     assert all(r["schema"] == "provisioning-report/1" for r in reports)
-    watcher.close()
 
 
 def test_two_agents_share_the_devices_without_double_licences(line: Line) -> None:
@@ -195,7 +215,7 @@ def test_broker_restart_mid_run(line: Line) -> None:
 
 def test_cloud_outage_is_announced_then_recovered(line: Line) -> None:
     line.start_agent()
-    watcher = Watcher(line.broker.port, "prov/v1/gw/gw1/status")
+    watcher = line.watch("prov/v1/gw/gw1/status")
     line.emulator.set_faults(errors={"ServiceUnavailable": 1.0})
     specs = fleet_specs(10, model=MODEL)
     result: list[FleetReport] = []
@@ -211,14 +231,15 @@ def test_cloud_outage_is_announced_then_recovered(line: Line) -> None:
     assert report.totals()["waits_received"] > 0  # devices were told to wait, not left guessing
     assert_one_licence_each(line.emulator, ids)
     assert watcher.wait_for(lambda: watcher.on("prov/v1/gw/gw1/status")[-1].get("cloud") == "ok")
-    watcher.close()
 
 
 class Webhook:
     """A real HTTP consumer of reports that can be down; counts each idempotency key."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
         self.keys: list[str] = []
+        self.expected = expected
+        self.all_received = asyncio.Event()
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -226,6 +247,8 @@ class Webhook:
         body = await request.json()
         assert request.headers["Idempotency-Key"] == body["idempotency_key"]
         self.keys.append(body["idempotency_key"])
+        if len(set(self.keys)) >= self.expected:
+            self.all_received.set()
         return web.Response(status=201)
 
     async def start(self, port: int = 0) -> None:
@@ -254,18 +277,18 @@ def test_upstream_down_for_a_while_loses_nothing(line: Line) -> None:
     ids = {spec.device_id for spec in specs}
     assert licensed_ids(report) == ids  # devices are done although the MES is down
 
-    webhook = Webhook()
+    webhook = Webhook(expected=len(ids))
 
     async def serve_until_all_delivered() -> None:
         await webhook.start(port)
-        deadline = time.monotonic() + 60
-        while len(set(webhook.keys)) < len(ids) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(webhook.all_received.wait(), timeout=60)
+        await asyncio.sleep(0.5)  # anything delivered twice would arrive now
         await webhook.stop()
 
     asyncio.run(serve_until_all_delivered())
     assert len(set(webhook.keys)) == len(ids)
+    assert len(webhook.keys) == len(ids)  # and each only once: delivered reports leave the outbox
     line.stop()
     journal = Journal.open(line.tmp_path / "gw1.sqlite3")
     assert journal.outbox_depth() == 0
@@ -284,13 +307,13 @@ HOSTILE: list[tuple[bytes, str]] = [
             {"v": 1, "type": "register", "id": "r", "device_id": "d\u0000x", "hardware_id": "h", "model": MODEL}
         ).encode(),
         "invalid_field",
-    ),  # fmt: skip
+    ),
     (
         json.dumps(
             {"v": 1, "type": "register", "id": "r", "device_id": "d", "hardware_id": "h", "model": "toaster-9000"}
         ).encode(),
         "unknown_profile",
-    ),  # fmt: skip
+    ),
     (
         json.dumps(
             {
@@ -308,13 +331,13 @@ HOSTILE: list[tuple[bytes, str]] = [
             }
         ).encode(),
         "activation_failed",
-    ),  # fmt: skip
+    ),
 ]
 
 
 def test_hostile_messages_are_answered_and_the_line_keeps_working(line: Line) -> None:
     agent = line.start_agent()
-    watcher = Watcher(line.broker.port, "prov/v1/dev/hostile/down")
+    watcher = line.watch("prov/v1/dev/hostile/down")
     for payload, _ in HOSTILE:
         watcher.publish("prov/v1/dev/hostile/up", payload)
     watcher.publish("prov/v1/dev/bad tid $/up", b"{}")  # not a topic id the agent answers: ignored
@@ -327,12 +350,11 @@ def test_hostile_messages_are_answered_and_the_line_keeps_working(line: Line) ->
     assert licensed_ids(line.fleet(specs)) == {spec.device_id for spec in specs}
     assert agent.running()
     assert "refused message" in agent.log_text()
-    watcher.close()
 
 
 def test_kill_9_at_random_moments_never_doubles_a_licence_or_loses_a_device(line: Line) -> None:
     rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
-    watcher = Watcher(line.broker.port, "prov/v1/reports")
+    watcher = line.watch("prov/v1/reports")
     line.start_agent()
     specs = fleet_specs(120, model=MODEL, misbehave={"duplicate": 10, "re_register": 10})
     result: list[FleetReport] = []
@@ -353,7 +375,6 @@ def test_kill_9_at_random_moments_never_doubles_a_licence_or_loses_a_device(line
     assert report.totals()["keys_expired_on_arrival"] == 0
     assert_one_licence_each(line.emulator, ids)
     assert watcher.wait_for(lambda: {r["device_id"] for r in watcher.on("prov/v1/reports")} == ids, timeout=60)
-    watcher.close()
     line.stop()
     journal = Journal.open(line.tmp_path / "gw1.sqlite3")
     assert {r.device_id for r in journal.all_records() if r.state is State.ACTIVATED} == ids
@@ -362,7 +383,7 @@ def test_kill_9_at_random_moments_never_doubles_a_licence_or_loses_a_device(line
 
 def test_secrets_never_reach_the_log_the_journal_or_reports(line: Line) -> None:
     agent = line.start_agent()
-    watcher = Watcher(line.broker.port, "prov/v1/reports", "prov/v1/dev/+/down")
+    watcher = line.watch("prov/v1/reports", "prov/v1/dev/+/down")
     specs = fleet_specs(8, model=MODEL)
     assert licensed_ids(line.fleet(specs)) == {spec.device_id for spec in specs}
     keys = [payload["auth_key"] for _, payload in watcher.messages if payload.get("type") == "key"]
@@ -376,20 +397,29 @@ def test_secrets_never_reach_the_log_the_journal_or_reports(line: Line) -> None:
         assert secret not in log
         assert secret.encode() not in journal_bytes
         assert secret not in reports
-    watcher.close()
 
 
 def test_configuration_errors_stop_the_start_with_exit_3(line: Line, tmp_path: Path) -> None:
     bad = line.config(mqtt={"port": 70000})
-    result = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(bad)],
-                            capture_output=True, text=True, env=line.env, timeout=30)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=line.env,
+        timeout=30,
+    )
     assert result.returncode == 3
     assert f"{bad}: key mqtt.port" in result.stderr
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "x.toml").write_text('model = "x"\nbiz_type = "B"\n[licence]\nyears = 0\n')
     config = write_config(tmp_path / "p.toml", {"gateway_id": "g", "profiles": str(profiles)})
-    result = subprocess.run([sys.executable, "-m", "agent", "check-config", "--config", str(config)],
-                            capture_output=True, text=True, env=line.env, timeout=30)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=line.env,
+        timeout=30,
+    )
     assert result.returncode == 3
     assert "x.toml: key licence.years" in result.stderr
