@@ -19,6 +19,7 @@ __all__ = [
     "AgentConfig",
     "CloudConfig",
     "ConfigError",
+    "HttpConfig",
     "LimitsConfig",
     "MqttConfig",
     "UpstreamConfig",
@@ -84,6 +85,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The local HTTP endpoint: /metrics (Prometheus), /health, /status."""
+
+    listen: str = "127.0.0.1:9464"  # host:port; "" disables it
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration."""
 
@@ -96,6 +104,7 @@ class AgentConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     source: str = "<defaults>"
 
     @property
@@ -109,6 +118,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "mqtt": MqttConfig,
     "upstream": UpstreamConfig,
     "limits": LimitsConfig,
+    "http": HttpConfig,
 }
 
 
@@ -162,7 +172,7 @@ def _build(kind: type[Any], values: dict[str, Any], path: Path, prefix: str, req
         where = f"{raw.variable} (key {prefix}{key})" if isinstance(raw, _EnvValue) else f"{path}: key {prefix}{key}"
         if key not in known:
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
-        if isinstance(raw, AgentConfig | CloudConfig | MqttConfig | UpstreamConfig | LimitsConfig):
+        if isinstance(raw, AgentConfig | CloudConfig | MqttConfig | UpstreamConfig | LimitsConfig | HttpConfig):
             arguments[key] = raw
             continue
         arguments[key] = _coerce(hints[key], raw, where)
@@ -225,9 +235,16 @@ def _check(config: AgentConfig, path: Path) -> AgentConfig:
     _file_exists(path, "upstream.webhook_secret_file", config.upstream.webhook_secret_file)
     if config.upstream.webhook_url and not config.upstream.webhook_url.startswith(("http://", "https://")):
         raise fail("upstream.webhook_url", "must be an http:// or https:// URL")
+    if config.http.listen and not _is_host_port(config.http.listen):
+        raise fail("http.listen", f"must be host:port (e.g. 127.0.0.1:9464) or empty, got {config.http.listen!r}")
     if config.limits.max_in_flight < 1 or config.limits.max_queued < 1:
         raise fail("limits.max_in_flight", "limits must be at least 1")
     return config
+
+
+def _is_host_port(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def _file_exists(path: Path, key: str, value: str) -> None:

@@ -14,7 +14,7 @@ __all__ = ["ExitCode", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
-    from agent.cli import _cloud, _demo, _run
+    from agent.cli import _cloud, _demo, _ops, _run
     from agent.emulator import _cli as emulator_cli
     from agent.simulator import _cli as simulator_cli
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     emulator_cli.add_parser(commands)
     _demo.add_parser(commands)
     _run.add_parsers(commands)
+    _ops.add_parsers(commands)
     simulator_cli.add_parser(commands)
     return parser
 

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.cli._exit import ExitCode
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
@@ -15,6 +16,9 @@ from agent.logs import setup_logging
 from provisioning.cloudauth import CredentialsError, resolve_credentials
 from provisioning.profiles import Profile, ProfileError, load_profiles
 from provisioning.workflow import JournalError
+
+if TYPE_CHECKING:
+    from agent.daemon import ProvisioningAgent
 
 __all__ = ["add_parsers"]
 
@@ -58,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     setup_logging(config.log_level, config.log_format)
-    from agent.daemon import ProvisioningAgent  # after logging is set up: imports log nothing, but stay cheap
+    from agent.daemon import ProvisioningAgent  # the daemon's imports are heavy: only for `run`
 
     try:
         agent = ProvisioningAgent(config, profiles)
@@ -68,13 +72,11 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(agent))
 
 
-async def _serve(agent: object) -> int:
-    from agent.daemon import ProvisioningAgent
-
-    assert isinstance(agent, ProvisioningAgent)  # noqa: S101 - narrowing for the type checker
+async def _serve(agent: ProvisioningAgent) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload)
     await agent.run(stop, on_ready=lambda: print("ready", flush=True))
     return ExitCode.OK

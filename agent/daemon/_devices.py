@@ -13,6 +13,7 @@ Ordering rules that make the invariants hold:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -20,9 +21,10 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from agent.daemon._worker import JournalWorker
+from agent.metrics import Metrics
 from provisioning.cloudauth import CloudauthClient, CloudauthError, RetryableError, ThrottledError
 from provisioning.profiles import Profile
 from provisioning.protocol import (
@@ -59,6 +61,7 @@ log = logging.getLogger("agent.devices")
 CLOUD_RETRY_AFTER_S: Final = 30  # told to devices while the cloud is unreachable: long enough not to hammer it
 THROTTLED_RETRY_AFTER_S: Final = 10  # told to devices while the cloud throttles us
 INTERNAL_RETRY_AFTER_S: Final = 60  # after an unexpected failure of ours
+LAST_ERRORS_KEPT: Final = 20  # recent problems shown by `provisioning-agent status`
 
 Reply = Callable[[str, AgentMessage, int | None], Awaitable[None]]
 
@@ -81,10 +84,18 @@ class LineStatus:
     cloud_detail: str = ""
     waiting: int = 0  # devices waiting for a cloud slot
     counters: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics | None = None
+    last_errors: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LAST_ERRORS_KEPT))
 
     def count(self, name: str) -> None:
-        """Add one to a counter."""
+        """Add one to a counter (and to the Prometheus events counter)."""
         self.counters[name] = self.counters.get(name, 0) + 1
+        if self.metrics is not None:
+            self.metrics.events.labels(name).inc()
+
+    def error(self, text: str) -> None:
+        """Remember a recent problem for ``provisioning-agent status``."""
+        self.last_errors.append(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + text)
 
 
 class DeviceService:
@@ -133,6 +144,7 @@ class DeviceService:
         except ProtocolError as exc:
             self.status.count(f"refused_{exc.code}")
             log.warning("tid %s: refused message: %s: %s", tid, exc.code, exc.message)
+            self.status.error(f"tid {tid}: {exc.code}: {exc.message}")
             await self._send(tid, ErrorReply(exc.re_id, exc.device_id, exc.code, exc.message))
             return
         if self._locks.busy(message.device_id) and isinstance(message, Register):
@@ -154,6 +166,14 @@ class DeviceService:
                 tid,
                 ErrorReply(message.id, message.device_id, "internal", "the gateway failed; try again later", True),
             )
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Devices with a key attempt open: their id and when their result is due."""
+        return [
+            {"device_id": device_id, "result_due": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)),
+             "key_held": device_id in self._keys}
+            for device_id, due in sorted(self._due.items(), key=lambda item: item[1])
+        ]  # fmt: skip
 
     async def sweep(self) -> None:
         """Expire what time has run out on: held keys past their push deadline, results past due."""
@@ -219,6 +239,7 @@ class DeviceService:
 
     async def _mint(self, tid: str, re: str, record: DeviceRecord, profile: Profile) -> None:
         await self._journal.run(self._journal.journal.put, record)  # the intent, before any key exists
+        intent_at = self._clock()
         try:
             async with self._cloud_slot(tid, re, record.device_id) as admitted:
                 if not admitted:
@@ -239,6 +260,8 @@ class DeviceService:
         self._keys[record.device_id] = HeldKey(attempt, key.key, re, key_push_deadline(pushed, profile.policy))
         self._due[record.device_id] = pushed.result_due
         self.status.count("keys_minted")
+        if self.status.metrics is not None:
+            self.status.metrics.steps.labels("mint").observe(max(0.0, now - intent_at))
         log.info("device %r: key %s minted (fingerprint %s)", record.device_id, attempt, pushed.key_fingerprint)
         await self._push(tid, re, pushed, profile)
 
@@ -335,6 +358,10 @@ class DeviceService:
         self._keys.pop(record.device_id, None)
         self._due.pop(record.device_id, None)
         self.status.count("activated")
+        if self.status.metrics is not None:
+            self.status.metrics.activated.labels(profile.model).inc()
+            if not record.reconciled and record.minted_at:
+                self.status.metrics.steps.labels("activation").observe(max(0.0, now - record.minted_at))
         log.info("device %r: activated as %s until %s%s", record.device_id, record.sdk_device_id,
                  record.expired_day, " (read back from the cloud)" if record.reconciled else "")  # fmt: skip
         self._on_report()
@@ -360,9 +387,11 @@ class DeviceService:
         else:
             self.status.cloud, self.status.cloud_detail = "rejected", str(exc)
             log.error("cloud refused a request for %r: %s", device_id, exc)
+            self.status.error(f"cloud refused a request for {device_id!r}: {exc}")
             await self._send(tid, ErrorReply(re, device_id, "cloud_rejected", f"the cloud refused: {exc.code}", False))
             return
         self.status.cloud_detail = str(exc)
+        self.status.error(f"cloud {self.status.cloud}: {exc}")
         log.warning("device %r waits: cloud %s (%s)", device_id, self.status.cloud, exc)
         reason: WaitReason = "throttled" if self.status.cloud == "throttled" else "cloud_unavailable"
         await self._send(tid, Wait(re, device_id, reason, retry_after))

@@ -18,8 +18,10 @@ from typing import Any, Final
 
 from agent.config import AgentConfig
 from agent.daemon._devices import DeviceService
+from agent.daemon._http import StatusServer
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
 from agent.daemon._worker import JournalWorker
+from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
     InboundMessage,
@@ -30,8 +32,9 @@ from agent.mqtt import (
     TlsSettings,
     Will,
 )
+from agent.sdnotify import Notifier
 from provisioning.cloudauth import CloudauthClient, RateLimiter, Timeouts, resolve_credentials
-from provisioning.profiles import Profile
+from provisioning.profiles import Profile, ProfileError, load_profiles
 from provisioning.protocol import AgentMessage, encode, is_valid_tid
 from provisioning.secret import Secret
 from provisioning.workflow import Journal
@@ -76,6 +79,9 @@ class ProvisioningAgent:
         self.config = config
         self.profiles = profiles
         self._clock = clock
+        self.metrics = Metrics()
+        self.notifier = Notifier()
+        self._started = clock()
         self.topics = Topics(config.mqtt.topic_root, config.gateway_id, config.mqtt.shared_group)
         credentials = resolve_credentials(
             credentials_file=Path(config.cloud.credentials_file) if config.cloud.credentials_file else None
@@ -87,6 +93,7 @@ class ProvisioningAgent:
             timeouts=Timeouts(connect=config.cloud.connect_timeout_s, read=config.cloud.read_timeout_s),
             rate_limiter=RateLimiter(qps=config.cloud.qps, burst=config.cloud.burst),
             max_connections=max(2, min(config.limits.max_in_flight, 16)),
+            observer=self.metrics.cloud_call,
         )
         self.journal = JournalWorker(Journal.open(Path(config.journal)))
         self.mqtt = MqttConnection(self._mqtt_settings(), [(self.topics.subscription, 1)])
@@ -114,6 +121,10 @@ class ProvisioningAgent:
             queued_retry_after_s=config.limits.wait_retry_after_s,
             clock=clock,
         )
+        self.devices.status.metrics = self.metrics
+        self._http: StatusServer | None = None
+        if config.http.listen:
+            self._http = StatusServer(config.http.listen, self.metrics, self.detailed_status, self.health)
         self._status_dirty = asyncio.Event()
         self._status_forced = False
 
@@ -121,6 +132,8 @@ class ProvisioningAgent:
         """Serve until ``stop`` is set; then say offline and release everything."""
         try:
             await self.devices.resume()
+            if self._http is not None:
+                await self._http.start()
             if not await self._connect(stop):
                 return
             async with asyncio.TaskGroup() as group:
@@ -132,14 +145,18 @@ class ProvisioningAgent:
                     group.create_task(self.drainer.run(), name="upstream-drainer"),
                     group.create_task(self._status_loop(), name="status"),
                     group.create_task(self._announce_after_reconnects(), name="status-on-reconnect"),
+                    group.create_task(self._watchdog(), name="watchdog"),
                 ]
                 log.info(
                     "serving gateway %s: %d profile(s), devices on %s, cloud %s",
                     self.config.gateway_id, len(self.profiles), self.topics.subscription, self.config.cloud.endpoint,
                 )  # fmt: skip
+                self.notifier.ready(self._summary_line())
+                log.info("ready %.2f s after start", self._clock() - self._started)
                 if on_ready is not None:
                     on_ready()
                 await stop.wait()
+                self.notifier.stopping()
                 log.info("stopping: no new devices; answering those in flight")
                 for task in serving:
                     task.cancel()
@@ -161,6 +178,57 @@ class ProvisioningAgent:
             else:
                 return True
         return False
+
+    def reload(self) -> bool:
+        """SIGHUP: load the hardware profiles again; a broken set is refused and the old one kept."""
+        self.notifier.reloading()
+        try:
+            profiles = load_profiles(Path(self.config.profiles))
+        except ProfileError as exc:
+            log.error("reload refused, keeping the %d profile(s) in use: %s", len(self.profiles), exc)  # noqa: TRY400 - the message says it all; no traceback for a config typo
+            self.devices.status.error(f"reload refused: {exc}")
+            self.notifier.ready(self._summary_line())
+            return False
+        self.profiles = profiles
+        self.devices.profiles = profiles  # devices in flight keep the policy they started with
+        log.info("reloaded %d profile(s): %s", len(profiles), ", ".join(sorted(profiles)))
+        self.notifier.ready(self._summary_line())
+        return True
+
+    def health(self) -> tuple[bool, str]:
+        """/health: the broker connection is up and the event loop answers (it just did)."""
+        if not self.mqtt.connected:
+            return False, "not connected to the MQTT broker"
+        return True, "serving"
+
+    def detailed_status(self) -> dict[str, Any]:
+        """/status and ``provisioning-agent status``: counts, in-flight devices, outbox, last errors."""
+        line = self.devices.status
+        return self.status() | {
+            "broker_connected": self.mqtt.connected,
+            "in_flight": self.devices.in_flight(),
+            "outbox_depth": self.drainer.depth,
+            "reports_delivered": self.drainer.delivered,
+            "profiles": sorted(self.profiles),
+            "last_errors": list(line.last_errors),
+            "uptime_s": round(self._clock() - self._started, 1),
+        }
+
+    def _summary_line(self) -> str:
+        counters = self.devices.status.counters
+        return (
+            f"{counters.get('activated', 0)} licensed, {len(self.devices.in_flight())} in flight, "
+            f"cloud {self.devices.status.cloud}, outbox {self.drainer.depth}"
+        )
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and systemd restarts us."""
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
 
     def status(self) -> dict[str, Any]:
         """The gateway's status: why the line waits, counts, outbox depth."""
@@ -204,6 +272,10 @@ class ProvisioningAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_dirty.wait(), timeout=STATUS_INTERVAL_S)
             self._status_dirty.clear()
+            self.metrics.waiting.set(self.devices.status.waiting)
+            self.metrics.outbox_depth.set(self.drainer.depth)
+            self.metrics.broker_connected.set(1 if self.mqtt.connected else 0)
+            self.notifier.status(self._summary_line())
             status = self.status()
             summary = json.dumps({k: v for k, v in status.items() if k != "at"}, sort_keys=True)
             if summary != last or self._status_forced:
@@ -232,9 +304,12 @@ class ProvisioningAgent:
             await asyncio.wait_for(self._publish_status("offline"), timeout=2.0)
         await self.mqtt.aclose()
         await self.cloud.aclose()
+        if self._http is not None:
+            await self._http.stop()
         if self._webhook is not None:
             await self._webhook.aclose()
         self.journal.close()
+        self.notifier.close()
         log.info("stopped")
 
     def _mqtt_settings(self) -> MqttSettings:

@@ -94,6 +94,7 @@ class UpstreamDrainer:
         self._wake = asyncio.Event()
         self.last_error = ""
         self.delivered = 0
+        self.depth = 0  # reports waiting, as of the last round
 
     def kick(self) -> None:
         """A report was journaled."""
@@ -103,12 +104,14 @@ class UpstreamDrainer:
         """Deliver until cancelled."""
         if not self._sinks:
             log.warning("no upstream configured: reports stay in the journal's outbox")
+            self.depth = await self._journal.run(self._journal.journal.outbox_depth)
             return
         while True:
             self._wake.clear()
             rows = await self._journal.run(self._journal.journal.due_reports, now=self._clock(), limit=BATCH)
             for row in rows:
                 await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts)
+            self.depth = await self._journal.run(self._journal.journal.outbox_depth)
             if len(rows) == BATCH:
                 continue
             next_due = await self._journal.run(self._journal.journal.next_report_due)

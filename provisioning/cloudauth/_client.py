@@ -91,6 +91,7 @@ class CloudauthClient:
         utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        observer: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self._credentials = credentials
         parts = urlsplit(endpoint)
@@ -105,6 +106,7 @@ class CloudauthClient:
         self._utcnow = utcnow
         self._clock = clock
         self._rng = rng or random.Random()
+        self._observer = observer  # sees every attempt: (action, "ok" or the error code, seconds)
         self._host_header = parts.netloc
         timeouts = timeouts or Timeouts()
         self._http = HttpTransport(
@@ -253,9 +255,13 @@ class CloudauthClient:
         while True:
             attempt += 1
             await self._limiter.acquire()
+            sent = self._clock()
             try:
                 answer = await self._send(action, params)
-            except RetryableError as exc:
+            except CloudauthError as exc:
+                self._observe(action, exc.code or type(exc).__name__, sent)
+                if not isinstance(exc, RetryableError):
+                    raise
                 if isinstance(exc, ThrottledError):
                     self._limiter.pause(exc.retry_after if exc.retry_after is not None else DEFAULT_THROTTLE_PAUSE)
                 if not retry_ambiguous and _maybe_processed(exc):
@@ -267,8 +273,13 @@ class CloudauthClient:
                 log.info("%s attempt %d failed (%s); retrying in %.2f s", action, attempt, exc.code or exc, wait)
                 await asyncio.sleep(wait)
             else:
+                self._observe(action, "ok", sent)
                 log.debug("%s ok (attempt %d, RequestId %s)", action, attempt, answer.get("RequestId", ""))
                 return answer
+
+    def _observe(self, action: str, outcome: str, sent: float) -> None:
+        if self._observer is not None:
+            self._observer(action, outcome, self._clock() - sent)
 
     async def _extend_once(
         self, device_id: str, params: dict[str, str], current_expiry: date, years: int

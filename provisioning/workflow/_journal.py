@@ -87,6 +87,23 @@ class Journal:
             raise JournalError(f"journal {path}: {exc}") from exc
         return journal
 
+    @classmethod
+    def open_readonly(cls, path: Path) -> Journal:
+        """Open an existing journal for reading only (export, status): safe beside a running agent."""
+        if not path.exists():
+            raise JournalError(f"journal {path} does not exist")
+        try:
+            connection = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {path}: {exc}") from exc
+        if version != SCHEMA_VERSION:
+            raise JournalError(f"journal {path} has schema {version}; this agent reads schema {SCHEMA_VERSION}")
+        return cls(connection, path)
+
     def close(self) -> None:
         """Close the file."""
         with self._lock:

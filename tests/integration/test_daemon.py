@@ -15,138 +15,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as paho
-import pytest
 from aiohttp import web
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.daemon._process import AgentProcess, write_config
+from agent.daemon._process import write_config
 from agent.emulator import EmulatorProcess
-from agent.simulator import FleetReport, Timing, fleet_specs, run_fleet
+from agent.simulator import FleetReport, fleet_specs
 from provisioning.workflow import Journal, State
-from tests.broker import MosquittoBroker
+from tests.integration.provisioning_line import MODEL, Line, line_fixture
 
-PROFILES = str(Path(__file__).parents[2] / "hardware-profiles")
-MODEL = "face-terminal-x1"
-FAST = Timing(time_scale=0.05)  # device-side timeouts (10 s register resend) scaled to test speed
-
-
-class Watcher:
-    """A plain MQTT client recording every message on some topics (reports, status, device answers)."""
-
-    def __init__(self, port: int, *topics: str) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"watcher-{random.getrandbits(32):x}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        for topic in topics:
-            self._client.subscribe(topic, qos=1)
-        self._client.loop_start()
-        time.sleep(0.2)
-
-    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
-        try:
-            payload = json.loads(message.payload)
-        except ValueError:
-            payload = {"raw": message.payload.decode("utf-8", "replace")}
-        with self._lock:
-            self.messages.append((message.topic, payload))
-
-    def on(self, topic: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [payload for name, payload in self.messages if name == topic]
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self._client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return predicate()
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-        sock = self._client.socket()
-        if sock is not None:
-            sock.close()
-
-
-class Line:
-    """One provisioning line: broker, emulator, agent configuration; agents started on demand."""
-
-    def __init__(self, tmp_path: Path, broker: MosquittoBroker, emulator: EmulatorProcess) -> None:
-        self.tmp_path, self.broker, self.emulator = tmp_path, broker, emulator
-        self.agents: list[AgentProcess] = []
-        self.watchers: list[Watcher] = []
-        self.env = dict(
-            os.environ,
-            ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
-            ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret,
-        )
-
-    def config(self, name: str = "gw1", **sections: dict[str, Any]) -> Path:
-        values: dict[str, Any] = {
-            "gateway_id": name,
-            "journal": str(self.tmp_path / f"{name}.sqlite3"),
-            "profiles": PROFILES,
-            "log_level": "debug",
-            "cloud": {"endpoint": self.emulator.url, "qps": 200.0, "burst": 20},
-            "mqtt": {"host": "127.0.0.1", "port": self.broker.port},
-        }
-        for section, table in sections.items():
-            values[section] = {**values.get(section, {}), **table}
-        return write_config(self.tmp_path / f"{name}.toml", values)
-
-    def start_agent(self, name: str = "gw1", **sections: dict[str, Any]) -> AgentProcess:
-        agent = AgentProcess(self.config(name, **sections), env=self.env).start()
-        self.agents.append(agent)
-        return agent
-
-    def fleet(self, specs: list[Any], deadline_s: float = 60.0) -> FleetReport:
-        return asyncio.run(
-            run_fleet(
-                specs,
-                mqtt_host="127.0.0.1",
-                mqtt_port=self.broker.port,
-                emulator_url=self.emulator.url,
-                deadline_s=deadline_s,
-                timing=FAST,
-            )
-        )
-
-    def watch(self, *topics: str) -> Watcher:
-        watcher = Watcher(self.broker.port, *topics)
-        self.watchers.append(watcher)
-        return watcher
-
-    def stop(self) -> None:
-        for agent in self.agents:
-            agent.stop()
-
-    def close(self) -> None:
-        self.stop()
-        for watcher in self.watchers:
-            watcher.close()
-
-
-@pytest.fixture
-def line(tmp_path: Path, mqtt_broker: MosquittoBroker, emulator: EmulatorProcess) -> Iterator[Line]:
-    provisioning_line = Line(tmp_path, mqtt_broker, emulator)
-    yield provisioning_line
-    provisioning_line.close()
+__all__ = ["line_fixture"]  # the fixture, imported so pytest finds it here
 
 
 def assert_one_licence_each(emulator: EmulatorProcess, device_ids: set[str]) -> None:

@@ -1,0 +1,139 @@
+"""``provisioning-agent status`` (a running agent's state) and ``export`` (provisioned devices for the MES)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from agent.cli._exit import ExitCode
+from agent.cli._output import print_json, print_table
+from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from provisioning.workflow import Journal, JournalError, State
+
+__all__ = ["add_parsers"]
+
+DEFAULT_STATUS_URL: Final = "http://127.0.0.1:9464"
+EXPORT_COLUMNS: Final = (
+    "device_id", "sdk_device_id", "begin_day", "expired_day", "model", "hardware_id", "attempts", "reconciled",
+    "activated_at",
+)  # fmt: skip
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``status`` and ``export``."""
+    status = commands.add_parser(
+        "status", help="show a running agent's state", description="Counts, devices in flight, outbox depth, "
+        "cloud and broker state and the last errors of a running agent (its local HTTP endpoint).",
+    )  # fmt: skip
+    status.add_argument("--url", help=f"the agent's HTTP endpoint (default: from --config, else {DEFAULT_STATUS_URL})")
+    status.add_argument("--config", type=Path, help="read http.listen from this agent configuration")
+    status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    status.set_defaults(handler=_status)
+
+    export = commands.add_parser(
+        "export", help="export provisioned devices (CSV or JSON) for the MES",
+        description="Read the journal (safe while the agent runs) and print every licensed device.",
+    )  # fmt: skip
+    export.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="agent configuration")
+    export.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+    export.add_argument("--since", help="only devices recorded on or after this day (YYYY-MM-DD, UTC)")
+    export.add_argument("--until", help="only devices recorded before this day (YYYY-MM-DD, UTC)")
+    export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    export.set_defaults(handler=_export)
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = args.url
+    if url is None and args.config is not None:
+        try:
+            listen = load_config(args.config).http.listen
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return ExitCode.CONFIG
+        url = f"http://{listen}" if listen else None
+        if url is None:
+            print(f"{args.config}: key http.listen is empty: the agent serves no status endpoint", file=sys.stderr)
+            return ExitCode.CONFIG
+    url = (url or DEFAULT_STATUS_URL).rstrip("/")
+    try:
+        document: dict[str, Any] = httpx.get(f"{url}/status", timeout=5.0).json()
+    except httpx.HTTPError as exc:
+        print(f"agent not running (no answer on {url}: {type(exc).__name__})", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    if args.json:
+        print_json(document)
+        return ExitCode.OK
+    overview = [
+        {"what": "gateway", "value": document.get("gateway_id", "")},
+        {"what": "broker connected", "value": document.get("broker_connected", "")},
+        {"what": "cloud", "value": f"{document.get('cloud', '')} {document.get('cloud_detail', '')}".strip()},
+        {"what": "devices waiting for the cloud", "value": document.get("waiting_for_cloud", 0)},
+        {"what": "outbox depth (reports not yet upstream)", "value": document.get("outbox_depth", 0)},
+        {"what": "uptime", "value": f"{document.get('uptime_s', 0)} s"},
+        *({"what": name, "value": count} for name, count in document.get("counters", {}).items()),
+    ]
+    print_table(overview, ("what", "value"), title="agent")
+    if document.get("in_flight"):
+        print_table(document["in_flight"], ("device_id", "result_due", "key_held"), title="devices in flight")
+    if document.get("last_errors"):
+        print_table([{"error": e} for e in document["last_errors"]], ("error",), title="last errors")
+    return ExitCode.OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        since, until = _day(args.since, "--since"), _day(args.until, "--until")
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG if isinstance(exc, ConfigError) else ExitCode.USAGE
+    try:
+        journal = Journal.open_readonly(Path(config.journal))
+    except JournalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    try:
+        rows = [
+            {
+                "device_id": r.device_id, "sdk_device_id": r.sdk_device_id, "begin_day": r.begin_day,
+                "expired_day": r.expired_day, "model": r.model, "hardware_id": r.hardware_id, "attempts": r.attempts,
+                "reconciled": r.reconciled,
+                "activated_at": datetime.fromtimestamp(r.updated_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            for r in journal.all_records()
+            if r.state is State.ACTIVATED and (since is None or r.updated_at >= since)
+            and (until is None or r.updated_at < until)
+        ]  # fmt: skip
+    finally:
+        journal.close()
+    output = args.output.open("w", encoding="utf-8", newline="") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, output, ensure_ascii=False, indent=2)
+            output.write("\n")
+        else:
+            writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if args.output:
+            output.close()
+    if args.output:
+        print(f"{len(rows)} device(s) written to {args.output}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _day(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise ValueError(f"{flag} must be a day as YYYY-MM-DD, got {value!r}") from None

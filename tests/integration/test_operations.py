@@ -1,0 +1,179 @@
+"""Running on a gateway: sd_notify over a real notify socket, SIGHUP reload, SIGTERM drain, /metrics /health /status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.daemon._process import AgentProcess
+from agent.simulator import fleet_specs
+from tests.integration.provisioning_line import MODEL, PROFILES, Line, line_fixture
+
+__all__ = ["line_fixture"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class NotifySocket:
+    """What systemd listens on: a datagram socket; collects every notification."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.05)
+        self.messages: list[str] = []
+
+    def collect(self, until: str, timeout: float = 20.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(until in m for m in self.messages):
+            try:
+                self.messages.append(self._socket.recv(4096).decode())
+            except TimeoutError:
+                continue
+        return self.messages
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def test_sd_notify_ready_status_watchdog_and_stopping(line: Line, tmp_path: Path) -> None:
+    notify = NotifySocket(tmp_path / "notify.sock")
+    agent = line.start_agent(env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"})
+    messages = notify.collect("READY=1")
+    ready = next(m for m in messages if "READY=1" in m)
+    assert "STATUS=0 licensed, 0 in flight, cloud ok" in ready
+    assert len([m for m in notify.collect("WATCHDOG=1", timeout=5) if m == "WATCHDOG=1"]) >= 1
+    specs = fleet_specs(3, model=MODEL)
+    line.fleet(specs)
+    notify.collect("STATUS=3 licensed")
+    assert agent.stop() == 0
+    assert any(m == "STOPPING=1" for m in notify.collect("STOPPING=1", timeout=5))
+    notify.close()
+
+
+def test_sighup_reloads_profiles_and_refuses_a_broken_set(line: Line, tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    shutil.copytree(PROFILES, profiles)
+    agent = line.start_agent(profiles=str(profiles))
+    new_model = 'model = "kiosk-k7"\nbiz_type = "KIOSK"\n[licence]\nyears = 2\n'
+    (profiles / "kiosk-k7.toml").write_text(new_model)
+    pid = agent.pid
+    os.kill(pid, signal.SIGHUP)
+    assert _wait_for_log(agent, "reloaded 3 profile(s)")
+    assert {d.status for d in line.fleet(fleet_specs(2, model="kiosk-k7")).devices} == {"licensed"}
+
+    (profiles / "broken.toml").write_text('model = "x"\nbiz_type = "B"\n[licence]\nyears = 0\n')
+    os.kill(pid, signal.SIGHUP)
+    assert _wait_for_log(agent, "reload refused, keeping the 3 profile(s) in use")
+    assert "broken.toml: key licence.years" in agent.log_text()
+    assert {d.status for d in line.fleet(fleet_specs(2, model="kiosk-k7", id_prefix="K2")).devices} == {"licensed"}
+    assert agent.running()
+
+
+def _wait_for_log(agent: AgentProcess, text: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in agent.log_text():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_metrics_health_and_status_endpoints(line: Line) -> None:
+    port = free_port()
+    agent = line.start_agent(http={"listen": f"127.0.0.1:{port}"})
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/health").json() == {"ok": True, "reason": "serving"}
+    line.fleet(fleet_specs(4, model=MODEL, misbehave={"garbage": 1}))
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'provisioning_devices_activated_total{model="face-terminal-x1"} 4.0' in metrics
+    assert 'provisioning_events_total{event="keys_minted"} 4.0' in metrics
+    assert 'provisioning_events_total{event="refused_malformed"}' in metrics
+    assert 'provisioning_cloud_calls_total{action="CreateAuthKey",outcome="ok"} 4.0' in metrics
+    assert 'provisioning_step_seconds_count{step="activation"} 4.0' in metrics
+    assert "provisioning_broker_connected 1.0" in metrics
+    status = httpx.get(f"{base}/status").json()
+    assert status["counters"]["activated"] == 4
+    assert status["broker_connected"] is True
+    assert status["in_flight"] == []
+    assert any("malformed" in error for error in status["last_errors"])
+    line.broker.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and httpx.get(f"{base}/health").status_code == 200:
+        time.sleep(0.1)
+    unhealthy = httpx.get(f"{base}/health")
+    assert unhealthy.status_code == 503
+    assert "broker" in unhealthy.json()["reason"]
+    line.broker.start()
+    assert agent.running()
+
+
+def test_status_command_reads_a_running_agent(line: Line) -> None:
+    port = free_port()
+    line.start_agent(http={"listen": f"127.0.0.1:{port}"})
+    line.fleet(fleet_specs(2, model=MODEL))
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--url", f"http://127.0.0.1:{port}", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["counters"]["activated"] == 2
+    table = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--url", f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "activated" in table.stdout
+    down = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--url", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 5
+    assert "not running" in down.stderr
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_export_lists_provisioned_devices(line: Line, fmt: str) -> None:
+    agent = line.start_agent()
+    specs = fleet_specs(3, model=MODEL)
+    line.fleet(specs)
+    agent.stop()
+    config = line.tmp_path / "gw1.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "export", "--config", str(config), "--format", fmt],
+        capture_output=True,
+        text=True,
+        env=line.env,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    for spec in specs:
+        assert spec.device_id in result.stdout
+    if fmt == "json":
+        rows = json.loads(result.stdout)
+        assert {row["device_id"] for row in rows} == {spec.device_id for spec in specs}
+        assert all(row["sdk_device_id"].startswith("wd.") for row in rows)
+    else:
+        header, *lines = result.stdout.strip().splitlines()
+        assert header.startswith("device_id,")
+        assert len(lines) == 3
