@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import signal
 import sys
@@ -78,5 +79,14 @@ async def _serve(agent: ProvisioningAgent) -> int:
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
     loop.add_signal_handler(signal.SIGHUP, agent.reload)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     await agent.run(stop, on_ready=lambda: print("ready", flush=True))
     return ExitCode.OK
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log every task and where it waits (for a stuck agent, before restarting it)."""
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(limit=8, file=stack)
+        log.warning("task %s: %s", task.get_name(), stack.getvalue().replace("\n", " | "))

@@ -47,6 +47,9 @@ SWEEP_INTERVAL_S: Final = 1.0  # how late an overdue result or an expired key is
 BROKER_RETRY_MIN_S: Final = 1.0  # first wait when the broker is not up yet at start
 BROKER_RETRY_MAX_S: Final = 30.0  # the longest wait between two start-up connection attempts
 STATUS_INTERVAL_S: Final = 10.0  # the retained status is refreshed at least this often when something changed
+# On SIGTERM devices in flight get this long; what is cut off resumes from the journal. systemd's
+# TimeoutStopSec must exceed it.
+DRAIN_S: Final = 20.0
 
 
 class Topics:
@@ -127,6 +130,7 @@ class ProvisioningAgent:
             self._http = StatusServer(config.http.listen, self.metrics, self.detailed_status, self.health)
         self._status_dirty = asyncio.Event()
         self._status_forced = False
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until ``stop`` is set; then say offline and release everything."""
@@ -157,7 +161,15 @@ class ProvisioningAgent:
                     on_ready()
                 await stop.wait()
                 self.notifier.stopping()
-                log.info("stopping: no new devices; answering those in flight")
+                serving[0].cancel()  # no new messages; the broker keeps them for the next start
+                log.info("stopping: no new devices; %d in flight get %.0f s to finish", len(self._handlers), DRAIN_S)
+                if self._handlers:
+                    _, unfinished = await asyncio.wait(set(self._handlers), timeout=DRAIN_S)
+                    for handler in unfinished:  # safe: every step was journaled before its side effect
+                        handler.cancel()
+                    if unfinished:
+                        log.warning("%d device(s) cut off at the drain deadline; they resume from the journal",
+                                    len(unfinished))  # fmt: skip
                 for task in serving:
                     task.cancel()
         finally:
@@ -173,7 +185,8 @@ class ProvisioningAgent:
                 log.warning("broker %s:%d unreachable (%s); retrying in %.0f s",
                             self.config.mqtt.host, self.config.mqtt.port, exc, delay)  # fmt: skip
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):  # not wait_for: 3.11 can swallow a cancel
+                        await stop.wait()
                 delay = min(BROKER_RETRY_MAX_S, delay * 2)
             else:
                 return True
@@ -251,7 +264,9 @@ class ProvisioningAgent:
             if tid is None:
                 log.warning("ignored a message on %r: not a device topic this agent answers", message.topic)
                 continue
-            group.create_task(self._handle(tid, message), name=f"device-{tid}")
+            handler = group.create_task(self._handle(tid, message), name=f"device-{tid}")
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
 
     async def _handle(self, tid: str, message: InboundMessage) -> None:
         await self.devices.handle(tid, message.payload)
@@ -270,7 +285,8 @@ class ProvisioningAgent:
         self._status_dirty.set()  # announce online at once
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_dirty.wait(), timeout=STATUS_INTERVAL_S)
+                async with asyncio.timeout(STATUS_INTERVAL_S):  # not wait_for: 3.11 can swallow a cancel
+                    await self._status_dirty.wait()
             self._status_dirty.clear()
             self.metrics.waiting.set(self.devices.status.waiting)
             self.metrics.outbox_depth.set(self.drainer.depth)
@@ -301,7 +317,8 @@ class ProvisioningAgent:
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._publish_status("offline"), timeout=2.0)
+            async with asyncio.timeout(2.0):
+                await self._publish_status("offline")
         await self.mqtt.aclose()
         await self.cloud.aclose()
         if self._http is not None:

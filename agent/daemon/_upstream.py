@@ -117,7 +117,8 @@ class UpstreamDrainer:
             next_due = await self._journal.run(self._journal.journal.next_report_due)
             wait = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, max(0.05, next_due - self._clock()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):  # not wait_for: 3.11 can swallow a cancel
+                    await self._wake.wait()
 
     async def _deliver(self, row_id: int, key: str, report: dict[str, Any], attempts: int) -> None:
         try:

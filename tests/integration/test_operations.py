@@ -177,3 +177,21 @@ def test_export_lists_provisioned_devices(line: Line, fmt: str) -> None:
         header, *lines = result.stdout.strip().splitlines()
         assert header.startswith("device_id,")
         assert len(lines) == 3
+
+
+def test_sigterm_lets_a_device_in_flight_finish(line: Line) -> None:
+    agent = line.start_agent()
+    watcher = line.watch("prov/v1/dev/+/down")
+    line.emulator.set_faults(latency_ms=1500)
+    watcher.publish(
+        "prov/v1/dev/SN-DRAIN/up",
+        json.dumps({"v": 1, "type": "register", "id": "r1", "device_id": "SN-DRAIN", "hardware_id": "hw-d",
+                    "model": MODEL}).encode(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and line.emulator.audit()["api_calls"].get("CreateAuthKey", 0) < 1:
+        time.sleep(0.02)
+    assert agent.stop() == 0  # SIGTERM while CreateAuthKey is on the wire
+    assert "1 in flight get" in agent.log_text()
+    keys = [m for _, m in watcher.messages if m.get("type") == "key" and m.get("device_id") == "SN-DRAIN"]
+    assert len(keys) == 1  # the device in flight got its key before the agent left
