@@ -60,6 +60,7 @@ def test_a_fleet_is_licensed_exactly_once_and_reported(line: Line) -> None:
     assert all(r["schema"] == "provisioning-report/1" for r in reports)
 
 
+@pytest.mark.timeout(240)  # a whole line on a loaded 2-core machine; the fleet's own deadline ends it first
 def test_two_agents_share_the_devices_without_double_licences(line: Line) -> None:
     shared = {"mqtt": {"shared_group": "line-agents"}}
     line.start_agent("gw-a", **shared)
@@ -75,6 +76,7 @@ def test_two_agents_share_the_devices_without_double_licences(line: Line) -> Non
     assert sum(served) >= len(ids)
 
 
+@pytest.mark.timeout(240)  # a whole line on a loaded 2-core machine; the fleet's own deadline ends it first
 def test_broker_restart_mid_run(line: Line) -> None:
     line.start_agent()
     specs = fleet_specs(60, model=MODEL)
@@ -92,6 +94,7 @@ def test_broker_restart_mid_run(line: Line) -> None:
     assert_one_licence_each(line.emulator, ids)
 
 
+@pytest.mark.timeout(240)  # a whole line on a loaded 2-core machine; the fleet's own deadline ends it first
 def test_cloud_outage_is_announced_then_recovered(line: Line) -> None:
     line.start_agent()
     watcher = line.watch("prov/v1/gw/gw1/status")
@@ -231,6 +234,7 @@ def test_hostile_messages_are_answered_and_the_line_keeps_working(line: Line) ->
     assert "refused message" in agent.log_text()
 
 
+@pytest.mark.timeout(240)  # a whole line on a loaded 2-core machine; the fleet's own deadline ends it first
 def test_kill_9_at_random_moments_never_doubles_a_licence_or_loses_a_device(line: Line) -> None:
     rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
     watcher = line.watch("prov/v1/reports")
