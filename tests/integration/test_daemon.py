@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from agent.daemon._process import write_config
