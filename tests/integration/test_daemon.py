@@ -22,7 +22,7 @@ from aiohttp import web
 
 from agent.daemon._process import write_config
 from agent.emulator import EmulatorProcess
-from agent.simulator import FleetReport, fleet_specs
+from agent.simulator import DeviceSpec, FleetReport, fleet_specs
 from provisioning.workflow import Journal, State
 from tests.integration.provisioning_line import MODEL, Line, line_fixture
 
@@ -47,6 +47,8 @@ def test_a_fleet_is_licensed_exactly_once_and_reported(line: Line) -> None:
     watcher = line.watch("prov/v1/reports")
     specs = fleet_specs(40, model=MODEL, misbehave={"garbage": 3, "re_register": 3, "duplicate": 3})
     specs += fleet_specs(20, model=MODEL, protocol="3.1.1", id_prefix="V311")
+    # Ids as factories use them: the API reference's own example, and one a topic cannot carry.
+    specs += [DeviceSpec("3iJ1AY$oHcu7mC69", "hw-seed", MODEL), DeviceSpec("设备/0001 #1", "hw-utf8", MODEL)]
     report = line.fleet(specs)
     ids = {spec.device_id for spec in specs}
     assert licensed_ids(report) == ids
