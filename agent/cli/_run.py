@@ -67,7 +67,10 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         agent = ProvisioningAgent(config, profiles)
-    except (JournalError, CredentialsError, ValueError) as exc:
+    except JournalError as exc:
+        print(f"cannot use the journal (check its owner, permissions and free disk space): {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    except (CredentialsError, ValueError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     return asyncio.run(_serve(agent))

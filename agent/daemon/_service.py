@@ -182,8 +182,15 @@ class ProvisioningAgent:
             try:
                 await self.mqtt.connect()
             except MqttRetryableError as exc:
-                log.warning("broker %s:%d unreachable (%s); retrying in %.0f s",
-                            self.config.mqtt.host, self.config.mqtt.port, exc, delay)  # fmt: skip
+                log.warning(
+                    "broker %s:%d unreachable (%s); retrying in %.0f s",
+                    self.config.mqtt.host,
+                    self.config.mqtt.port,
+                    exc,
+                    delay,
+                )
+                broker = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
+                self.notifier.status(f"waiting for the MQTT broker {broker}")  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):  # not wait_for: 3.11 can swallow a cancel
                         await stop.wait()

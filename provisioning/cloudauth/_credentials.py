@@ -89,9 +89,11 @@ def resolve_credentials(
 
     files = [credentials_file] if credentials_file is not None else list(default_files)
     for path in files:
-        if path.exists() or credentials_file is not None:
+        if credentials_file is not None:
             return load_credentials_file(path)
-        looked.append(f"file {path}")
+        if path.exists() and os.access(path, os.R_OK):
+            return load_credentials_file(path)
+        looked.append(f"file {path}" + (" (not readable by this user)" if path.exists() else ""))
 
     directory = env.get("CREDENTIALS_DIRECTORY")
     if directory:
@@ -117,8 +119,12 @@ def load_credentials_file(path: Path, *, source: str | None = None) -> Credentia
             f"run: chmod 600 {path}"
         )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CredentialsError(f"credentials file {path}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         # The parser's message may quote a line of the file: keep only its position.
         where = f" (line {exc.lineno})" if isinstance(exc, tomllib.TOMLDecodeError) and hasattr(exc, "lineno") else ""
         raise CredentialsError(f"credentials file {path} is not valid TOML{where}") from None

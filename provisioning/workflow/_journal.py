@@ -83,6 +83,8 @@ class Journal:
             connection.execute("PRAGMA synchronous = FULL")
             journal = cls(connection, path)
             journal._migrate()
+            connection.execute("BEGIN IMMEDIATE")  # can we write? (a file restored as another user cannot)
+            connection.execute("ROLLBACK")
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"journal {path}: {exc}") from exc
         return journal

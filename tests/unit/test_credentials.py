@@ -99,3 +99,14 @@ def test_reprs_never_show_the_secret() -> None:
         assert SECRET not in text
         assert "tok-1" not in text
         assert "LTAI5tExampleId" not in text
+
+
+def test_an_unreadable_default_file_falls_through_to_systemd_credentials(tmp_path: Path) -> None:
+    locked = write_file(tmp_path / "credentials.toml", 'access_key_id = "file"\naccess_key_secret = "x"\n', 0o000)
+    systemd_dir = tmp_path / "creds"
+    systemd_dir.mkdir()
+    write_file(systemd_dir / "cloudauth", f'access_key_id = "systemd-id"\naccess_key_secret = "{SECRET}"\n', 0o400)
+    if os.access(locked, os.R_OK):
+        pytest.skip("running as root: file modes do not stop reads")
+    creds = resolve_credentials(environ={"CREDENTIALS_DIRECTORY": str(systemd_dir)}, default_files=[locked])
+    assert creds.access_key_id == "systemd-id"

@@ -80,3 +80,18 @@ def test_report_never_carries_the_key_fingerprint(tmp_path: Path) -> None:
     record = activated("d").replace(key_fingerprint="abcdef123456")
     report = build_report(record, gateway_id="g", biz_type="B", term="1y", now=T0)
     assert "abcdef123456" not in str(report)
+
+
+def test_a_journal_this_user_cannot_write_is_refused_at_open(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "j.sqlite3"
+    Journal.open(path).close()
+    path.chmod(0o444)
+    try:
+        if os.access(path, os.W_OK):  # root ignores file modes: make the directory read-only instead
+            pytest.skip("running as root: file modes do not stop writes")
+        with pytest.raises(JournalError, match="readonly"):
+            Journal.open(path)
+    finally:
+        path.chmod(0o644)

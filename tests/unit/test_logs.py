@@ -25,3 +25,13 @@ def test_a_traceback_stays_inside_one_event() -> None:
     line = JsonFormatter().format(record)
     assert "\n" not in line
     assert "ValueError: boom" in json.loads(line)["exc"]
+
+
+def test_under_journald_each_line_starts_with_its_priority() -> None:
+    from agent.logs import JournaldFormatter
+
+    formatter = JournaldFormatter(logging.Formatter("%(message)s"))
+    warning = logging.LogRecord("agent", logging.WARNING, __file__, 1, "slow", (), None)
+    debug = logging.LogRecord("agent", logging.DEBUG, __file__, 1, "detail", (), None)
+    assert formatter.format(warning) == "<4>slow"
+    assert formatter.format(debug) == "<7>detail"
