@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ async def _line(
             "cloud": {"endpoint": emulator.url, "qps": DEMO_QPS_CAP * 0.8, "burst": 4},
             "mqtt": {"host": broker.host, "port": broker.port},
             "upstream": {"mqtt_topic": REPORTS_TOPIC},
+            "http": {"listen": f"127.0.0.1:{_free_port()}"},  # not 9464: a real agent may run on this machine
         },
     )
     env = dict(os.environ, ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
@@ -170,6 +172,12 @@ async def _line(
 async def _collect(connection: MqttConnection, upstream: _Upstream) -> None:
     async for message in connection.messages():
         upstream.add(json.loads(message.payload))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _misbehaving(count: int) -> dict[Behaviour, int]:

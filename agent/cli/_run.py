@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
     setup_logging(config.log_level, config.log_format)
     from agent.daemon import ProvisioningAgent  # the daemon's imports are heavy: only for `run`
+    from agent.daemon._http import HttpListenError
 
     try:
         agent = ProvisioningAgent(config, profiles)
@@ -73,7 +74,13 @@ def _run(args: argparse.Namespace) -> int:
     except (CredentialsError, ValueError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    return asyncio.run(_serve(agent))
+    try:
+        return asyncio.run(_serve(agent))
+    except HttpListenError as exc:
+        print(
+            f"configuration error: {exc} (another agent running? set http.listen in {config.source})", file=sys.stderr
+        )
+        return ExitCode.CONFIG
 
 
 async def _serve(agent: ProvisioningAgent) -> int:

@@ -11,7 +11,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.metrics import Metrics
 
-__all__ = ["StatusServer"]
+__all__ = ["HttpListenError", "StatusServer"]
+
+
+class HttpListenError(OSError):
+    """The status endpoint cannot listen (the port is taken, or the address is not ours)."""
 
 
 class StatusServer:
@@ -37,7 +41,11 @@ class StatusServer:
         app.router.add_get("/status", self._get_status)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise HttpListenError(f"http.listen {self._host}:{self._port}: {exc.strerror or exc}") from None
 
     async def stop(self) -> None:
         """Stop serving."""

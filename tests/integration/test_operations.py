@@ -195,3 +195,16 @@ def test_sigterm_lets_a_device_in_flight_finish(line: Line) -> None:
     assert "1 in flight get" in agent.log_text()
     keys = [m for _, m in watcher.messages if m.get("type") == "key" and m.get("device_id") == "SN-DRAIN"]
     assert len(keys) == 1  # the device in flight got its key before the agent left
+
+
+def test_a_taken_status_port_is_a_clear_configuration_error(line: Line) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        config = line.config(http={"listen": f"127.0.0.1:{port}"})
+        result = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(config)],
+                                capture_output=True, text=True, env=line.env, timeout=60)  # fmt: skip
+    assert result.returncode == 3
+    assert f"http.listen 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
