@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self
+
+from agent._children import kill, terminate
 
 __all__ = ["AgentProcess", "AgentStartError", "write_config"]
 
@@ -97,23 +98,13 @@ class AgentProcess:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
         process, self._process = self._process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return None if process is None else terminate(process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash, as a power cut would leave things."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+        if process is not None:
+            kill(process)
 
     def log_text(self) -> str:
         """The last lines the agent logged."""

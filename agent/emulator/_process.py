@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 import httpx
+
+from agent._children import kill, terminate
 
 __all__ = ["ActivationError", "EmulatorProcess", "EmulatorStartError"]
 
@@ -123,15 +124,9 @@ class EmulatorProcess:
         if process is None:
             return None
         self._close_http()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        code = terminate(process, timeout)
         self._process = None
-        return process.returncode
+        return code
 
     def kill(self) -> None:
         """SIGKILL the process (a crash, for persistence tests)."""
@@ -225,10 +220,8 @@ class EmulatorProcess:
 
     def _kill(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
         if process is not None:
-            process.wait()
+            kill(process)
 
 
 def _drain(stream: IO[str], sink: Callable[[str | None], None], name: str) -> threading.Thread:

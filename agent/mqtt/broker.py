@@ -20,7 +20,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
+
+from agent._children import terminate
 
 __all__ = [
     "MOSQUITTO_MISSING",
@@ -191,16 +192,7 @@ class MosquittoBroker:
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
         """SIGTERM (mosquitto saves persistence), SIGKILL after ``timeout``; the exit code."""
         process, self._process = self._process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return None if process is None else terminate(process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash (nothing saved since the last autosave)."""
