@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -958,22 +959,21 @@ def run_rounds_phase(line: Line, sizes: Sizes, results: dict[str, Any]) -> None:
     """Idle figures, then the rounds, with the main agent and the tmpfs-journal agent side by side."""
     if not TMPFS_DIR.is_dir():
         raise SystemExit(f"{TMPFS_DIR} is missing: the benchmark keeps one agent's journal on tmpfs")
-    echo = EchoProcess(line.broker.port)
-    with tempfile.TemporaryDirectory(prefix="bench-daemon-", dir=TMPFS_DIR) as shm:
+    with contextlib.ExitStack() as stack:  # whatever started is stopped, even when a later start fails
+        shm = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-daemon-", dir=TMPFS_DIR))
+        echo = EchoProcess(line.broker.port)
+        stack.callback(echo.stop)
         agent = line.start_agent("gw-rounds", {"qps": FAST_QPS, "burst": FAST_BURST})
+        stack.callback(line.stop_agent, agent)
         tmpfs_agent = line.start_agent(
             "gw-tmpfs", {"qps": FAST_QPS, "burst": FAST_BURST}, topic_root=TMPFS_ROOT, journal_dir=Path(shm)
         )
-        try:
-            results["idle"] = idle_figures(agent)
-            log(f"idle: RSS {results['idle']['rss_kib'] / 1024:.1f} MB, CPU {results['idle']['cpu_ms_per_s']:.2f} ms/s")
-            cpu_rounds, latency_rounds = run_rounds(line, sizes, agent, tmpfs_agent)
-            time.sleep(IDLE_SETTLE_S)
-            results["idle_after_kib"] = rss_kib(agent.pid)
-        finally:
-            line.stop_agent(agent)
-            line.stop_agent(tmpfs_agent)
-            echo.stop()
+        stack.callback(line.stop_agent, tmpfs_agent)
+        results["idle"] = idle_figures(agent)
+        log(f"idle: RSS {results['idle']['rss_kib'] / 1024:.1f} MB, CPU {results['idle']['cpu_ms_per_s']:.2f} ms/s")
+        cpu_rounds, latency_rounds = run_rounds(line, sizes, agent, tmpfs_agent)
+        time.sleep(IDLE_SETTLE_S)
+        results["idle_after_kib"] = rss_kib(agent.pid)
     results["cpu_rounds"] = [asdict(r) | {"agent_ms_per_device": r.agent_ms_per_device} for r in cpu_rounds]
     results["latency_rounds"] = serialise_rounds(latency_rounds)
 
