@@ -36,9 +36,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-## bench: the benchmarks of bench/ (results go to docs/performance.md by hand)
-bench: $(STAMP)
+## bench: the benchmarks of bench/ (results go to docs/performance.md by hand; about 10 minutes)
+bench: $(STAMP) broker-check
 	$(PY) bench/cloudauth_client.py
+	$(PY) bench/daemon.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
