@@ -15,15 +15,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from provisioning.cloudauth import DeviceInfo, RequestError, parse_day
+from provisioning.cloudauth import GUARD_DAYS, DeviceInfo, RequestError, extended_past_guard, parse_day
 
 __all__ = ["GUARD_DAYS", "RenewalDecision", "RenewalEntry", "RenewalJournal", "decide"]
-
-GUARD_DAYS = 7  # the service refuses an ExpiredDay more than a week off its record
 
 Outcome = Literal["intent", "extended", "failed"]
 
@@ -95,6 +92,6 @@ def decide(device: DeviceInfo, previous: RenewalEntry | None) -> RenewalDecision
         before = parse_day("ExpiredDay", previous.from_day)
     except RequestError:
         return RenewalDecision("skip", f"unreadable expiry {device.expired_day!r}")
-    if current > before + timedelta(days=GUARD_DAYS):
+    if extended_past_guard(current, before):
         return RenewalDecision("skip", f"already extended from {previous.from_day} to {device.expired_day}")
     return RenewalDecision("extend")

@@ -315,8 +315,9 @@ class DeviceService:
                 self.status.count("results_adopted")
                 await self._complete(tid, message.id, decision.record, profile)
             return
-        verify = decision.action == "complete" and decision.record is not None and profile.verify
-        if verify and decision.record is not None and not await self._verified(tid, message, decision.record):
+        record = decision.record
+        checked = decision.action == "complete" and profile.verify and record is not None
+        if checked and record is not None and not await self._verified(tid, message, record):
             return
         if decision.action == "retry_later":
             if decision.record is not None:

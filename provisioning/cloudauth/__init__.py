@@ -19,6 +19,7 @@ from provisioning.cloudauth._errors import (
     redact,
 )
 from provisioning.cloudauth._models import (
+    GUARD_DAYS,
     PERMANENT_YEARS,
     AuthKey,
     DeviceInfo,
@@ -26,6 +27,7 @@ from provisioning.cloudauth._models import (
     LicenceTerm,
     ModifyResult,
     VerifySdkStatus,
+    extended_past_guard,
     format_day,
     parse_day,
 )
@@ -35,6 +37,7 @@ from provisioning.cloudauth._retry import RetryPolicy, Timeouts
 __all__ = [
     "DEFAULT_ENDPOINT",
     "DEFAULT_VERSION",
+    "GUARD_DAYS",
     "PERMANENT_YEARS",
     "AmbiguousRequestError",
     "AuthKey",
@@ -61,6 +64,7 @@ __all__ = [
     "ThrottledError",
     "Timeouts",
     "VerifySdkStatus",
+    "extended_past_guard",
     "format_day",
     "load_credentials_file",
     "parse_day",

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
@@ -51,6 +51,7 @@ from provisioning.cloudauth._models import (
     VerifySdkStatus,
     check_id,
     check_years,
+    extended_past_guard,
     parse_day,
 )
 from provisioning.cloudauth._parse import device_rows, parse_body, unwrap
@@ -63,7 +64,6 @@ __all__ = ["DEFAULT_ENDPOINT", "DEFAULT_VERSION", "CloudauthClient", "SignatureV
 
 DEFAULT_ENDPOINT = "https://cloudauth.aliyuncs.com"
 DEFAULT_VERSION = "2019-03-07"
-GUARD_DAYS = 7  # ModifyDeviceInfo refuses an ExpiredDay more than a week off the record
 MAX_PAGE_SIZE = 100  # page size used to walk every page of DescribeDeviceInfo
 SignatureVersion = Literal["v1", "v3"]
 ResponseFormat = Literal["JSON", "XML"]
@@ -431,7 +431,7 @@ def _was_extended(record: DeviceInfo, current_expiry: date, years: int) -> bool:
         recorded = parse_day("ExpiredDay", record.expired_day)
     except RequestError:
         return years == PERMANENT_YEARS  # an unparseable far-future marker of a permanent licence
-    return recorded > current_expiry + timedelta(days=GUARD_DAYS)
+    return extended_past_guard(recorded, current_expiry)
 
 
 def _present(**params: str) -> dict[str, str]:
@@ -460,11 +460,6 @@ def _device(row: Mapping[str, Any]) -> DeviceInfo:
 
 
 def _modify_result(answer: Mapping[str, Any]) -> ModifyResult:
-    return ModifyResult(
-        device_id=_text(answer, "DeviceId"),
-        user_device_id=_text(answer, "UserDeviceId"),
-        biz_type=_text(answer, "BizType"),
-        begin_day=_text(answer, "BeginDay"),
-        expired_day=_text(answer, "ExpiredDay"),
-        request_id=_request_id(answer),
-    )
+    device = _device(answer)
+    return ModifyResult(device.device_id, device.user_device_id, device.biz_type, device.begin_day,
+                        device.expired_day, _request_id(answer))  # fmt: skip

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from provisioning.cloudauth._errors import RequestError
 from provisioning.secret import Secret
 
 __all__ = [
+    "GUARD_DAYS",
     "MAX_ID_LENGTH",
     "PERMANENT_YEARS",
     "AuthKey",
@@ -18,12 +19,14 @@ __all__ = [
     "ModifyResult",
     "VerifySdkStatus",
     "check_id",
+    "extended_past_guard",
     "format_day",
     "parse_day",
 ]
 
 MAX_ID_LENGTH = 64  # BizType and UserDeviceId limit stated by the API reference
 PERMANENT_YEARS = 100  # AuthYears/Duration of 100 means a permanent licence
+GUARD_DAYS = 7  # ModifyDeviceInfo refuses an ExpiredDay more than a week off the service's record
 _DAY_FORMAT = "%Y%m%d"
 
 
@@ -138,6 +141,12 @@ def parse_day(name: str, value: str) -> date:
         return datetime.strptime(value, _DAY_FORMAT).date()
     except ValueError:
         raise RequestError(f"{name} is not a real calendar day: {value!r}") from None
+
+
+def extended_past_guard(recorded: date, previous_expiry: date) -> bool:
+    """The record's expiry is beyond the one-week guard around ``previous_expiry``: an extension happened
+    (and the service would refuse another one sent with ``previous_expiry``)."""
+    return recorded > previous_expiry + timedelta(days=GUARD_DAYS)
 
 
 def format_day(day: date) -> str:

@@ -144,11 +144,10 @@ def decide_register(
     if record.state is State.MINTING:
         # Minting now (same process) or a crash between intent and key: the runtime knows which.
         return Decision("wait" if key_in_memory else "reconcile", record)
-    if record.state is State.PUSHED and now < record.result_due:
-        if key_in_memory and now < key_push_deadline(record, policy):
-            return Decision("resend_key", record)
-        return Decision("reconcile", record)
-    return Decision("reconcile", record)
+    pushed_and_waiting = record.state is State.PUSHED and now < record.result_due
+    if pushed_and_waiting and key_in_memory and now < key_push_deadline(record, policy):
+        return Decision("resend_key", record)
+    return Decision("reconcile", record)  # pushed but the key is gone or late, or unsure
 
 
 def after_reconcile(
