@@ -10,20 +10,26 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, get_args, get_type_hints
 
+from provisioning.reportsig import ReportSigner, SignatureError, load_signer
+from provisioning.secretfile import SecretFileError, check_private_file
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AdmissionConfig",
     "AgentConfig",
     "CloudConfig",
     "ConfigError",
     "HttpConfig",
     "LimitsConfig",
     "MqttConfig",
+    "SerialConfig",
     "UpstreamConfig",
     "load_config",
+    "report_signer",
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/provisioning-agent/agent.toml")
@@ -51,6 +57,7 @@ class CloudConfig:
 class MqttConfig:
     """The broker the devices talk to."""
 
+    enabled: bool = True  # false: a serial-only station without a broker
     host: str = "127.0.0.1"
     port: int = 1883
     protocol: Literal["5", "3.1.1"] = "5"
@@ -73,6 +80,9 @@ class UpstreamConfig:
     webhook_url: str = ""
     webhook_timeout_s: float = 10.0
     webhook_secret_file: str = ""  # optional bearer token for the webhook, alone in a file
+    sign: Literal["none", "hmac-sha256", "ed25519"] = "none"  # report signatures (docs/upstream.md)
+    sign_key_file: str = ""  # the HMAC secret or the Ed25519 private key (PEM), mode 600
+    sign_key_id: str = ""  # names the key in each signature (default: gateway_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,32 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SerialConfig:
+    """USB-UART jigs: which ports to open (docs/serial.md)."""
+
+    ports: list[str] = field(default_factory=list)  # device paths, glob patterns, pyserial URLs (socket://, rfc2217://)
+    usb: bool = True  # also open ports whose USB VID:PID matches a hardware profile's [serial] usb list
+    baudrate: int = 115200  # for ports no profile sets a baud rate for
+    scan_interval_s: float = 1.0  # hotplug: how often ports are looked for
+    by_path_dir: str = "/dev/serial/by-path"  # stable names of USB ports (kept across renumbering)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    """The line's admission: work orders, quotas, rate limits (docs/admission.md); 0 switches a limit off."""
+
+    work_orders_dir: str = ""  # the folder the MES drops work-order CSV files in; "" = none
+    poll_interval_s: float = 3.0  # how soon a new, changed or removed work order takes effect
+    per_hour: int = 0  # keys this line may mint in any rolling hour
+    per_day: int = 0  # keys this line may mint in any rolling 24 hours
+    device_per_minute: int = 30  # registers one device may send a minute (a healthy one sends a few)
+    # Flood guards, off by default: a line restarting after a broker outage bursts thousands of
+    # registers, which max_in_flight/max_queued already pace (docs/admission.md).
+    mqtt_per_second: int = 0  # registers over MQTT a second, all devices together
+    serial_per_second: int = 0  # registers over serial a second, all jigs together
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration."""
 
@@ -105,6 +141,8 @@ class AgentConfig:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     source: str = "<defaults>"
 
     @property
@@ -119,6 +157,8 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "upstream": UpstreamConfig,
     "limits": LimitsConfig,
     "http": HttpConfig,
+    "serial": SerialConfig,
+    "admission": AdmissionConfig,
 }
 
 
@@ -172,7 +212,7 @@ def _build(kind: type[Any], values: dict[str, Any], path: Path, prefix: str, req
         where = f"{raw.variable} (key {prefix}{key})" if isinstance(raw, _EnvValue) else f"{path}: key {prefix}{key}"
         if key not in known:
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
-        if isinstance(raw, AgentConfig | CloudConfig | MqttConfig | UpstreamConfig | LimitsConfig | HttpConfig):
+        if is_dataclass(raw) and not isinstance(raw, _EnvValue):  # a section already built
             arguments[key] = raw
             continue
         arguments[key] = _coerce(hints[key], raw, where)
@@ -187,6 +227,11 @@ def _build(kind: type[Any], values: dict[str, Any], path: Path, prefix: str, req
 def _coerce(hint: Any, raw: Any, where: str) -> Any:
     from_env = isinstance(raw, _EnvValue)
     value = raw.text if from_env else raw
+    if getattr(hint, "__origin__", None) is list:  # list[str]: a TOML array, or comma-separated in the environment
+        items = [item.strip() for item in value.split(",") if item.strip()] if from_env else value
+        if isinstance(items, list) and all(isinstance(item, str) for item in items):
+            return list(items)
+        raise ConfigError(f"{where}: must be a list of strings, got {value!r}")
     choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else ()
     if choices:
         if value not in choices:
@@ -233,13 +278,61 @@ def _check(config: AgentConfig, path: Path) -> AgentConfig:
     for key in ("password_file", "ca_file", "cert_file", "key_file"):
         _file_exists(path, f"mqtt.{key}", getattr(config.mqtt, key))
     _file_exists(path, "upstream.webhook_secret_file", config.upstream.webhook_secret_file)
+    for key, value in (
+        ("cloud.credentials_file", config.cloud.credentials_file),
+        ("mqtt.password_file", config.mqtt.password_file),
+        ("mqtt.key_file", config.mqtt.key_file),
+        ("upstream.webhook_secret_file", config.upstream.webhook_secret_file),
+    ):
+        _private_file(path, key, value)
+    report_signer(config)  # a signing key that cannot be used stops the start, naming file and key
     if config.upstream.webhook_url and not config.upstream.webhook_url.startswith(("http://", "https://")):
         raise fail("upstream.webhook_url", "must be an http:// or https:// URL")
     if config.http.listen and not _is_host_port(config.http.listen):
         raise fail("http.listen", f"must be host:port (e.g. 127.0.0.1:9464) or empty, got {config.http.listen!r}")
+    if not config.mqtt.enabled and config.upstream.mqtt_topic:
+        raise fail("upstream.mqtt_topic", 'needs [mqtt] enabled; set mqtt_topic = "" (and use webhook_url)')
+    if not config.mqtt.enabled and not config.serial.ports and not config.serial.usb:
+        raise fail("mqtt.enabled", "no transport left: enable [mqtt] or give [serial] ports / usb = true")
+    if config.serial.baudrate <= 0 or config.serial.scan_interval_s <= 0:
+        raise fail("serial.baudrate", "baudrate and scan_interval_s must be positive")
     if config.limits.max_in_flight < 1 or config.limits.max_queued < 1:
         raise fail("limits.max_in_flight", "limits must be at least 1")
+    _check_admission(config.admission, path)
     return config
+
+
+def _check_admission(admission: AdmissionConfig, path: Path) -> None:
+    for key in ("per_hour", "per_day", "device_per_minute", "mqtt_per_second", "serial_per_second"):
+        if getattr(admission, key) < 0:
+            raise ConfigError(f"{path}: key admission.{key}: must be 0 (no limit) or more")
+    if admission.poll_interval_s <= 0:
+        raise ConfigError(f"{path}: key admission.poll_interval_s: must be positive")
+    if admission.work_orders_dir and not Path(admission.work_orders_dir).is_dir():
+        raise ConfigError(f"{path}: key admission.work_orders_dir: folder {admission.work_orders_dir} does not exist")
+
+
+def report_signer(config: AgentConfig) -> ReportSigner | None:
+    """The upstream report signer of ``[upstream] sign``, or None; :class:`ConfigError` names file and key."""
+    upstream = config.upstream
+    if upstream.sign == "none":
+        return None
+    where = f"{config.source}: key upstream.sign_key_file"
+    if not upstream.sign_key_file:
+        raise ConfigError(f"{where}: is required with sign = {upstream.sign!r}")
+    key_file = Path(upstream.sign_key_file)
+    try:
+        check_private_file(key_file)
+        material = key_file.read_bytes()
+    except SecretFileError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: file {key_file} cannot be read ({exc.strerror or exc})") from None
+    try:
+        return load_signer(upstream.sign, upstream.sign_key_id or config.gateway_id, material)
+    except SignatureError as exc:
+        key = "upstream.sign_key_id" if "key id" in str(exc) else "upstream.sign_key_file"
+        raise ConfigError(f"{config.source}: key {key}: {key_file}: {exc}") from None
 
 
 def _is_host_port(value: str) -> bool:
@@ -250,3 +343,18 @@ def _is_host_port(value: str) -> bool:
 def _file_exists(path: Path, key: str, value: str) -> None:
     if value and not Path(value).is_file():
         raise ConfigError(f"{path}: key {key}: file {value} does not exist")
+    try:
+        if value:
+            with Path(value).open("rb"):
+                pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: key {key}: file {value} cannot be read ({exc.strerror or exc})") from None
+
+
+def _private_file(path: Path, key: str, value: str) -> None:
+    """A file holding a secret: refused when group or others have any access to it."""
+    try:
+        if value:
+            check_private_file(Path(value))
+    except SecretFileError as exc:
+        raise ConfigError(f"{path}: key {key}: {exc}") from None

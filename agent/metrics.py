@@ -42,6 +42,19 @@ class Metrics:
         self.broker_connected = Gauge(
             "provisioning_broker_connected", "1 while the MQTT connection is up", registry=self.registry
         )
+        self.admission_refusals = Counter(
+            "provisioning_admission_refusals", "Registrations refused (error not_admitted), by reason",
+            ["reason"], registry=self.registry,
+        )  # fmt: skip
+        self.serial_ports = Gauge(
+            "provisioning_serial_ports",
+            "Serial ports by state (up, no_device, failed, gone...)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.serial_errors = Gauge(
+            "provisioning_serial_frame_errors", "Frames refused (CRC, framing) on open ports", registry=self.registry
+        )
 
     def cloud_call(self, action: str, outcome: str, seconds: float) -> None:
         """One Cloudauth attempt (the client's observer hook)."""

@@ -7,11 +7,13 @@ a wrong type or a value out of range is refused with the file, the key and the r
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
+from provisioning.admission import SIGNATURE_MODES, Rules, decode_public_key, parse_public_keys
 from provisioning.cloudauth import PERMANENT_YEARS, LicenceTerm
 from provisioning.workflow import Policy
 
@@ -19,7 +21,11 @@ __all__ = ["Profile", "ProfileError", "load_profile", "load_profiles"]
 
 TRANSPORTS: Final = frozenset({"mqtt", "serial"})
 MAX_ACTIVATE_WITHIN_S: Final = 25 * 60  # a key lives 30 minutes; leave room for the safety margin
-_TOP_KEYS: Final = frozenset({"model", "description", "biz_type", "transports", "licence", "timeouts", "policy"})
+_TOP_KEYS: Final = frozenset(
+    {"model", "description", "biz_type", "transports", "licence", "timeouts", "policy", "serial", "sealing"}
+    | {"admission"}
+)
+_USB_ID: Final = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:.{1,64})?")
 
 
 class ProfileError(ValueError):
@@ -38,6 +44,10 @@ class Profile:
     policy: Policy
     verify: bool  # read the licence back from the cloud before answering done
     source: Path
+    serial_usb: tuple[str, ...] = ()  # USB adapters of this model's jigs: "VID:PID" or "VID:PID:serial-pattern"
+    serial_baudrate: int | None = None  # the jig's line speed (None: the gateway's [serial] baudrate)
+    sealing_required: bool = False  # refuse a register without seal_pub: keys only ever travel sealed
+    admission: Rules = field(default_factory=Rules)  # who may get a key (docs/admission.md); default: everyone
 
     @property
     def term_label(self) -> str:
@@ -94,6 +104,12 @@ def load_profile(path: Path) -> Profile:
         key_safety_margin_s=timeouts.number("key_safety_margin_s", default=300, low=60, high=20 * 60),
         max_attempts=policy_table.number("max_attempts", default=3, low=1, high=10),
     )
+    serial = reader.table("serial")
+    serial.only({"usb", "baudrate"})
+    usb = serial.strings("usb", default=[])
+    for rule in usb:
+        if not _USB_ID.fullmatch(rule):
+            serial.fail("usb", f'{rule!r} is not "VID:PID" or "VID:PID:serial-pattern" (hex ids, e.g. "0403:6001")')
     return Profile(
         model=model,
         description=reader.text("description", limit=200, default=""),
@@ -103,6 +119,55 @@ def load_profile(path: Path) -> Profile:
         policy=policy,
         verify=policy_table.boolean("verify", default=True),
         source=path,
+        serial_usb=tuple(usb),
+        serial_baudrate=serial.integer("baudrate", default=None, low=300, high=4_000_000),
+        sealing_required=_sealing_required(reader),
+        admission=_admission_rules(reader),
+    )
+
+
+def _sealing_required(reader: _Reader) -> bool:
+    sealing = reader.table("sealing")
+    sealing.only({"required"})
+    return sealing.boolean("required", default=False)
+
+
+def _admission_rules(reader: _Reader) -> Rules:
+    table = reader.table("admission")
+    table.only({"allow", "work_orders", "signature", "ca_keys", "ca_keys_file", "per_hour", "per_day"})
+    allow = table.strings("allow", default=[])
+    if any(not pattern for pattern in allow):
+        table.fail("allow", "patterns must not be empty")
+    signature = table.text("signature", limit=16, default="none")
+    if signature not in SIGNATURE_MODES:
+        table.fail("signature", f"must be one of {', '.join(SIGNATURE_MODES)}, got {signature!r}")
+    ca_keys: list[bytes] = []
+    for index, text in enumerate(table.strings("ca_keys", default=[])):
+        try:
+            ca_keys.append(decode_public_key(text))
+        except ValueError as exc:
+            table.fail("ca_keys", f"entry {index + 1} {exc}")
+    key_file = table.text("ca_keys_file", limit=4096, default="")
+    if key_file:
+        path = reader.path.parent / key_file  # relative to the profile; an absolute path stays as it is
+        try:
+            ca_keys += parse_public_keys(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            table.fail("ca_keys_file", f"cannot read {path} ({exc})")
+        except ValueError as exc:
+            table.fail("ca_keys_file", f"{path}: {exc}")
+    work_orders = table.boolean("work_orders", default=False)
+    if signature == "factory_ca" and not ca_keys:
+        table.fail("signature", 'signature = "factory_ca" needs ca_keys or ca_keys_file')
+    if signature == "work_order" and not work_orders:
+        table.fail("signature", 'signature = "work_order" takes the keys from work orders: set work_orders = true')
+    return Rules(
+        allow=tuple(allow),
+        work_orders=work_orders,
+        signature=signature,
+        ca_keys=tuple(ca_keys),
+        per_hour=table.number("per_hour", default=0, low=0, high=1_000_000),
+        per_day=table.number("per_day", default=0, low=0, high=10_000_000),
     )
 
 

@@ -46,9 +46,9 @@ class Pki:
     client_cert: Path
     client_key: Path
 
-    def broker_tls(self, *, require_certificate: bool = False) -> BrokerTls:
+    def broker_tls(self, *, require_certificate: bool = False, use_identity_as_username: bool = False) -> BrokerTls:
         """The broker side of this PKI."""
-        return BrokerTls(self.ca_file, self.server_cert, self.server_key, require_certificate)
+        return BrokerTls(self.ca_file, self.server_cert, self.server_key, require_certificate, use_identity_as_username)
 
 
 def make_pki(directory: Path, *, hosts: Sequence[str] = (HOST, "localhost"), client_name: str = "client") -> Pki:

@@ -15,7 +15,7 @@ __all__ = ["ExitCode", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
-    from agent.cli import _cloud, _demo, _ops, _run
+    from agent.cli import _audit, _cloud, _demo, _ops, _report, _run
     from agent.emulator import _cli as emulator_cli
     from agent.simulator import _cli as simulator_cli
 
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     _demo.add_parser(commands)
     _run.add_parsers(commands)
     _ops.add_parsers(commands)
+    _audit.add_parser(commands)
+    _report.add_parser(commands)
     simulator_cli.add_parser(commands)
     return parser
 

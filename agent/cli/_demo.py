@@ -2,7 +2,8 @@
 
 A whole provisioning line on this machine, no account needed: the Cloudauth emulator
 (with cloud faults injected), a Mosquitto broker, the agent daemon, and simulated devices
-(some misbehaving). Midway the agent is killed with SIGKILL and restarted, as a power cut
+(some misbehaving) over MQTT and, on a jig of pseudo-terminals paced like 115200-baud UARTs,
+over serial. Midway the agent is killed with SIGKILL and restarted, as a power cut
 would. The demo ends with a table and exits 0 only when the emulator's audit shows every
 device holding exactly one licence and the upstream topic received every device's report.
 
@@ -32,7 +33,16 @@ from agent.daemon._process import AgentProcess, write_config
 from agent.emulator import EmulatorProcess
 from agent.mqtt import MqttConnection, MqttSettings
 from agent.mqtt.broker import MosquittoBroker, MosquittoNotFound
-from agent.simulator import Behaviour, FleetReport, Timing, fleet_specs, run_fleet
+from agent.simulator import (
+    SERIAL_PROTOCOL,
+    Behaviour,
+    FleetReport,
+    SerialJig,
+    Timing,
+    fleet_specs,
+    queue_specs,
+    run_fleet,
+)
 
 __all__ = ["add_parser"]
 
@@ -41,6 +51,10 @@ DEMO_FAULTS: Final = {"ServiceUnavailable": 0.15, "InternalError": 0.05}  # a ba
 DEMO_QPS_CAP: Final = 40.0  # the emulated account's limit; the agent keeps under it
 REPORTS_TOPIC: Final = "prov/v1/reports"
 REPORT_WAIT_S: Final = 30.0  # the upstream drainer delivers within a second; generous for a loaded machine
+SERIAL_MODEL: Final = "gate-controller-g2"  # the profile provisioned over serial
+SERIAL_PORTS: Final = 4  # jig ports; each takes its devices one after another
+SERIAL_SCAN_S: Final = 0.5  # the demo agent looks for new ports this often
+SERIAL_PREFIX: Final = "JIG"
 MISBEHAVING: Final = {
     Behaviour.GARBAGE: 2,
     Behaviour.RE_REGISTER: 2,
@@ -62,6 +76,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--devices", type=int, default=40, help="simulated devices (default %(default)s)")
     demo.add_argument("--no-faults", action="store_true", help="no injected cloud faults")
     demo.add_argument("--no-crash", action="store_true", help="do not kill the agent midway")
+    demo.add_argument(
+        "--serial-devices", type=int, default=8, help="devices on the serial jig's ports (default %(default)s)"
+    )
     demo.set_defaults(handler=_run)
 
 
@@ -86,8 +103,8 @@ class _Upstream:
 
 def _run(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
-    if args.devices < 1:
-        console.print("error: --devices must be at least 1")
+    if args.devices < 1 or args.serial_devices < 0:
+        console.print("error: --devices must be at least 1 and --serial-devices at least 0")
         return ExitCode.USAGE
     console.print("[bold]provisioning-agent demo[/]: a provisioning line on this machine, no account needed")
     with tempfile.TemporaryDirectory(prefix="provisioning-demo-") as workdir:
@@ -98,14 +115,22 @@ def _run(args: argparse.Namespace) -> int:
             console.print("Without a broker the demo shows the cloud side of each device's path only.")
             return run_cloud_only(args.devices, console)
         try:
-            with EmulatorProcess(["--sdk-delay", "1"], access_key_id="demo-id", access_key_secret="demo-secret") as emu:  # noqa: S106
-                return asyncio.run(_line(args, Path(workdir), broker, emu, console))
+            with (
+                EmulatorProcess(["--sdk-delay", "1"], access_key_id="demo-id", access_key_secret="demo-secret") as emu,  # noqa: S106
+                SerialJig(Path(workdir) / "jig", SERIAL_PORTS if args.serial_devices else 0) as jig,
+            ):
+                return asyncio.run(_line(args, Path(workdir), broker, emu, jig, console))
         finally:
             broker.stop()
 
 
 async def _line(
-    args: argparse.Namespace, workdir: Path, broker: MosquittoBroker, emulator: EmulatorProcess, console: Console
+    args: argparse.Namespace,
+    workdir: Path,
+    broker: MosquittoBroker,
+    emulator: EmulatorProcess,
+    jig: SerialJig,
+    console: Console,
 ) -> int:
     console.print(f"Cloudauth emulator on {emulator.url}; Mosquitto on {broker.host}:{broker.port}")
     if not args.no_faults:
@@ -121,6 +146,7 @@ async def _line(
             "mqtt": {"host": broker.host, "port": broker.port},
             "upstream": {"mqtt_topic": REPORTS_TOPIC},
             "http": {"listen": f"127.0.0.1:{_free_port()}"},  # not 9464: a real agent may run on this machine
+            "serial": {"ports": [str(workdir / "jig" / "port-*")], "usb": False, "scan_interval_s": SERIAL_SCAN_S},
         },
     )
     env = dict(os.environ, ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
@@ -133,6 +159,13 @@ async def _line(
     agent = AgentProcess(config, env=env).start()
     console.print(f"agent running (pid {agent.pid}); {args.devices} devices registering, some misbehaving")
     specs = fleet_specs(args.devices, model="face-terminal-x1", misbehave=_misbehaving(args.devices), comeback=True)
+    serial_specs = fleet_specs(args.serial_devices, model=SERIAL_MODEL, id_prefix=SERIAL_PREFIX)
+    if serial_specs:
+        console.print(
+            f"{len(serial_specs)} devices on a serial jig: {len(jig.ports)} pty ports at {jig.baudrate} baud "
+            f"({jig.directory}/port-*), one after another on each port"
+        )
+    total = len(specs) + len(serial_specs)
     started = time.monotonic()
     fleet = asyncio.create_task(
         run_fleet(
@@ -142,15 +175,25 @@ async def _line(
             emulator_url=emulator.url,
             deadline_s=180,
             timing=Timing(time_scale=0.1),
+            serial=queue_specs(jig.ports, serial_specs) if serial_specs else (),
         ),
         name="demo-fleet",
     )
     restarts = 0
     with console.status("devices at work") as status:
         while not fleet.done():
-            used = (await asyncio.to_thread(emulator.audit))["keys"]["used"]
-            status.update(f"devices at work: {used}/{args.devices} activated")
-            if not args.no_crash and restarts == 0 and used >= args.devices // 3:
+            audit = await asyncio.to_thread(emulator.audit)
+            used = audit["keys"]["used"]
+            on_serial = sum(
+                1
+                for event in audit["key_events"]
+                if event["used_at"] and str(event["UserDeviceId"]).startswith(SERIAL_PREFIX + "-")
+            )
+            status.update(
+                f"devices at work: {used}/{total} activated ({used - on_serial} over MQTT, "
+                f"{on_serial}/{len(serial_specs)} on the serial jig)"
+            )
+            if not args.no_crash and restarts == 0 and used >= total // 3:
                 agent.kill()
                 console.print(f"[red]agent killed with SIGKILL[/] after {used} activations; restarting it")
                 agent = AgentProcess(config, env=env).start()
@@ -202,12 +245,13 @@ def _summary(
     licences = {row["UserDeviceId"]: row["licences_consumed"] - row["extensions"] for row in audit["devices"]}
     reported = {r["device_id"] for r in upstream.keys.values()}
     rows = [
-        {"Device": d.device_id, "Behaviour": str(d.behaviour), "Outcome": d.status, "Keys": d.counters.keys_received,
+        {"Device": d.device_id, "Via": Path(d.tid).name if d.protocol == SERIAL_PROTOCOL else f"mqtt {d.protocol}",
+         "Behaviour": str(d.behaviour), "Outcome": d.status, "Keys": d.counters.keys_received,
          "ExpiredDay": d.expired_day, "Licences": licences.get(d.device_id, 0),
          "Reported": "yes" if d.device_id in reported else "no"}
         for d in report.devices
     ]  # fmt: skip
-    print_table(rows, ("Device", "Behaviour", "Outcome", "Keys", "ExpiredDay", "Licences", "Reported"),
+    print_table(rows, ("Device", "Via", "Behaviour", "Outcome", "Keys", "ExpiredDay", "Licences", "Reported"),
                 title="devices")  # fmt: skip
     totals = report.totals()
     exactly_once = all(licences.get(d.device_id) == 1 for d in report.devices)
@@ -215,6 +259,8 @@ def _summary(
     print_table(
         [
             {"what": "devices licensed", "value": f"{report.counts()['licensed']} / {len(report.devices)}"},
+            {"what": "of them on the serial jig", "value": sum(
+                d.status == "licensed" for d in report.devices if d.protocol == SERIAL_PROTOCOL)},
             {"what": "devices holding exactly one licence (audit)", "value": sum(v == 1 for v in licences.values())},
             {"what": "keys minted / used", "value": f"{audit['keys']['minted']} / {audit['keys']['used']}"},
             {"what": "keys used after their deadline", "value": totals["keys_used_after_expiry"]},

@@ -16,4 +16,5 @@ class ExitCode(enum.IntEnum):
     CONFIG = 3  # configuration or credentials: a person must fix the setup
     REJECTED = 4  # the cloud refused the request: parameters, signature, permissions
     UNAVAILABLE = 5  # the cloud could not be reached or kept throttling: retry later
+    BROKEN = 6  # audit verify/reconcile: the audit trail's hash chain is broken (tampered or damaged)
     INTERRUPTED = 130  # Ctrl-C

@@ -72,7 +72,7 @@ def _status(args: argparse.Namespace) -> int:
         return ExitCode.OK
     overview = [
         {"what": "gateway", "value": document.get("gateway_id", "")},
-        {"what": "broker connected", "value": document.get("broker_connected", "")},
+        {"what": "broker connected", "value": _broker(document.get("broker_connected"))},
         {"what": "cloud", "value": f"{document.get('cloud', '')} {document.get('cloud_detail', '')}".strip()},
         {"what": "devices waiting for the cloud", "value": document.get("waiting_for_cloud", 0)},
         {"what": "outbox depth (reports not yet upstream)", "value": document.get("outbox_depth", 0)},
@@ -82,9 +82,40 @@ def _status(args: argparse.Namespace) -> int:
     print_table(overview, ("what", "value"), title="agent")
     if document.get("in_flight"):
         print_table(document["in_flight"], ("device_id", "result_due", "key_held"), title="devices in flight")
+    if document.get("serial_ports"):
+        ports = [
+            port | {"crc_errors": (port.get("link") or {}).get("crc_errors", "")} for port in document["serial_ports"]
+        ]
+        print_table(
+            ports, ("identity", "state", "device_id", "last_message", "since", "crc_errors"), title="serial ports"
+        )
+    _print_admission(document.get("admission") or {})
     if document.get("last_errors"):
         print_table([{"error": e} for e in document["last_errors"]], ("error",), title="last errors")
     return ExitCode.OK
+
+
+def _print_admission(admission: dict[str, Any]) -> None:
+    """Work orders (keys used of their ceiling) and quota use, with 0 shown as no limit."""
+    if admission.get("work_orders"):
+        columns = ("order", "model", "devices", "used", "ceiling", "file")
+        print_table(admission["work_orders"], columns, title="work orders")
+    quota = admission.get("quota") or {}
+    scopes = [("line", quota.get("line") or {})] + [(f"model {m}", q) for m, q in (quota.get("profiles") or {}).items()]
+    rows = [
+        {"scope": scope, "window": window, "used": use.get("used", 0), "limit": use.get("limit") or "none"}
+        for scope, windows in scopes
+        for window, use in windows.items()
+        if scope == "line" or use.get("limit")
+    ]
+    if rows:
+        print_table(rows, ("scope", "window", "used", "limit"), title="admission quotas (keys minted)")
+    if admission.get("work_order_errors"):
+        print_table([{"error": e} for e in admission["work_order_errors"]], ("error",), title="work-order files")
+
+
+def _broker(connected: bool | None) -> str:
+    return "no broker (serial only)" if connected is None else str(connected).lower()
 
 
 def _export(args: argparse.Namespace) -> int:

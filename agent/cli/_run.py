@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.brokerauth import broker_credentials, explain_broker_refusal
 from agent.cli._exit import ExitCode
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from agent.logs import setup_logging
+from agent.mqtt import MqttConfigError
 from provisioning.cloudauth import CredentialsError, resolve_credentials
 from provisioning.profiles import Profile, ProfileError, load_profiles
 from provisioning.workflow import JournalError
@@ -41,6 +43,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _load(path: Path) -> tuple[AgentConfig, dict[str, Profile]]:
     config = load_config(path)
+    broker_credentials(config)  # the password file and TLS files, as the connection will load them
     profiles = load_profiles(Path(config.profiles))
     resolve_credentials(credentials_file=Path(config.cloud.credentials_file) if config.cloud.credentials_file else None)
     return config, profiles
@@ -76,6 +79,9 @@ def _run(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
     try:
         return asyncio.run(_serve(agent))
+    except MqttConfigError as exc:  # wrong CA, certificate or password: a restart cannot fix it
+        log.error("configuration error: %s", explain_broker_refusal(exc, config))  # noqa: TRY400 - no traceback for a setup problem
+        return ExitCode.CONFIG
     except HttpListenError as exc:
         print(
             f"configuration error: {exc} (another agent running? set http.listen in {config.source})", file=sys.stderr

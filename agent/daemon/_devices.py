@@ -23,9 +23,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from agent.config import AdmissionConfig
+from agent.daemon._admission import LineAdmission
 from agent.daemon._worker import JournalWorker
 from agent.metrics import Metrics
-from provisioning.cloudauth import CloudauthClient, CloudauthError, RetryableError, ThrottledError
+from provisioning.admission import Mint, Refusal, Request
+from provisioning.cloudauth import (
+    AmbiguousRequestError,
+    CloudauthClient,
+    CloudauthError,
+    RequestTimeout,
+    ResponseError,
+    RetryableError,
+    ThrottledError,
+)
 from provisioning.profiles import Profile
 from provisioning.protocol import (
     AgentMessage,
@@ -39,6 +50,7 @@ from provisioning.protocol import (
     WaitReason,
     decode_device_message,
 )
+from provisioning.sealing import SealedKey, SealingError, seal_auth_key
 from provisioning.secret import Secret
 from provisioning.workflow import (
     Decision,
@@ -62,6 +74,8 @@ CLOUD_RETRY_AFTER_S: Final = 30  # told to devices while the cloud is unreachabl
 THROTTLED_RETRY_AFTER_S: Final = 10  # told to devices while the cloud throttles us
 INTERNAL_RETRY_AFTER_S: Final = 60  # after an unexpected failure of ours
 LAST_ERRORS_KEPT: Final = 20  # recent problems shown by `provisioning-agent status`
+# CreateAuthKey failures after which a key may exist at the cloud: its quota charge is kept.
+_MAYBE_MINTED: Final = (AmbiguousRequestError, RequestTimeout, ResponseError)
 
 Reply = Callable[[str, AgentMessage, int | None], Awaitable[None]]
 
@@ -114,8 +128,10 @@ class DeviceService:
         max_queued: int,
         queued_retry_after_s: int,
         clock: Callable[[], float] = time.time,
+        admission: LineAdmission | None = None,
     ) -> None:
         self.gateway_id = gateway_id
+        self.admission = admission or LineAdmission(AdmissionConfig(), journal, clock=clock)
         self.profiles = profiles
         self.status = LineStatus()
         self._cloud = cloud
@@ -129,13 +145,19 @@ class DeviceService:
         self._keys: dict[str, HeldKey] = {}
         self._locks = _DeviceLocks()
         self._due: dict[str, float] = {}  # device id -> result deadline of a pushed attempt
+        self._answering: dict[str, Register] = {}  # device id -> the register being served (its seal_pub)
 
     async def resume(self) -> None:
         """Pick up unfinished devices from the journal after a start or a crash."""
+        await self.admission.load()  # quota use and work orders, before the first register
         for record in await self._journal.run(self._journal.journal.unfinished):
             if record.state is State.PUSHED:
                 self._due[record.device_id] = record.result_due
         log.info("resumed %d device(s) with a key attempt open", len(self._due))
+        # Keys minted but lost in a crash before their first push can never be used: say so in the trail.
+        for entry in await self._journal.run(self._journal.journal.abandon_unpushed, now=self._clock()):
+            log.info("device %r: key %s was lost unpushed in a restart (audit seq %d)",
+                     entry.device_id, entry.attempt, entry.seq)  # fmt: skip
 
     async def handle(self, tid: str, payload: bytes) -> None:
         """One message from the device at topic id ``tid``; never raises (except cancellation)."""
@@ -146,6 +168,9 @@ class DeviceService:
             log.warning("tid %s: refused message: %s: %s", tid, exc.code, exc.message)
             self.status.error(f"tid {tid}: {exc.code}: {exc.message}")
             await self._send(tid, ErrorReply(exc.re_id, exc.device_id, exc.code, exc.message))
+            return
+        if isinstance(message, Register) and (refusal := self.admission.throttle(tid, message.device_id)):
+            await self._not_admitted(tid, message.id, message.device_id, refusal)
             return
         if self._locks.busy(message.device_id) and isinstance(message, Register):
             # Already being served (a resend while we wait for the cloud): do not queue a second one.
@@ -207,13 +232,30 @@ class DeviceService:
                            f"model {message.model!r} has no hardware profile on this gateway (known: {known})"),
             )  # fmt: skip
             return
+        transport = "serial" if tid.startswith("serial:") else "mqtt"
+        if transport not in profile.transports:
+            self.status.count("not_admitted_wrong_transport")
+            await self._send(
+                tid,
+                ErrorReply(message.id, message.device_id, "not_admitted",
+                           f"wrong_transport: model {message.model!r} is not provisioned over {transport} here "
+                           f"(its profile lists: {', '.join(sorted(profile.transports))})"),
+            )  # fmt: skip
+            return
+        if profile.sealing_required and message.seal_pub is None:
+            await self._refuse_unsealed(tid, message.id, message.device_id, profile)
+            return
         record = await self._journal.run(self._journal.journal.get, message.device_id)
         held = self._keys.get(message.device_id)
         key_in_memory = held is not None and record is not None and held.attempt == record.attempt
         decision = decide_register(
             record, message, tid=tid, policy=profile.policy, now=self._clock(), key_in_memory=key_in_memory
         )
-        await self._carry_out(tid, message.id, message.device_id, decision, profile)
+        self._answering[message.device_id] = message  # a key pushed now is sealed to this register's seal_pub
+        try:
+            await self._carry_out(tid, message.id, message.device_id, decision, profile)
+        finally:
+            self._answering.pop(message.device_id, None)
 
     async def _carry_out(self, tid: str, re: str, device_id: str, decision: Decision, profile: Profile) -> None:
         if decision.action == "reject":
@@ -238,17 +280,30 @@ class DeviceService:
         await steps[decision.action]()
 
     async def _mint(self, tid: str, re: str, record: DeviceRecord, profile: Profile) -> None:
-        await self._journal.run(self._journal.journal.put, record)  # the intent, before any key exists
+        reserved = await self._admit(tid, re, record, profile)  # a new key: admission first
+        if reserved is None:
+            return
+        try:  # the intent and the quota charge, durably in one transaction, before any key exists
+            row = await self._journal.run(
+                self._journal.journal.put, record, charge=(reserved.model, reserved.work_order, reserved.at)
+            )
+        except BaseException:
+            self.admission.unreserve(reserved)
+            raise
+        charge = dataclasses.replace(reserved, row_id=row)
         intent_at = self._clock()
         try:
             async with self._cloud_slot(tid, re, record.device_id) as admitted:
                 if not admitted:
+                    await self.admission.release(charge)
                     await self._forget_intent(record, "queue full")
                     return
                 key = await self._cloud.create_auth_key(
                     term=profile.term, user_device_id=record.device_id, biz_type=profile.biz_type
                 )
         except CloudauthError as exc:
+            if not isinstance(exc, _MAYBE_MINTED):  # a key that may exist stays charged
+                await self.admission.release(charge)
             await self._forget_intent(record, str(exc))
             await self._cloud_trouble(tid, re, record.device_id, exc)
             return
@@ -256,27 +311,86 @@ class DeviceService:
         now = self._clock()
         attempt = secrets.token_hex(8)
         pushed = key_minted(record, attempt=attempt, fingerprint=key.key.fingerprint(), policy=profile.policy, now=now)
-        await self._journal.run(self._journal.journal.put, pushed)  # the attempt, before the key leaves
         self._keys[record.device_id] = HeldKey(attempt, key.key, re, key_push_deadline(pushed, profile.policy))
         self._due[record.device_id] = pushed.result_due
         self.status.count("keys_minted")
         if self.status.metrics is not None:
             self.status.metrics.steps.labels("mint").observe(max(0.0, now - intent_at))
         log.info("device %r: key %s minted (fingerprint %s)", record.device_id, attempt, pushed.key_fingerprint)
-        await self._push(tid, re, pushed, profile)
+        await self._push(tid, re, pushed, profile, first=True)  # journals the attempt before the key leaves
 
-    async def _push(self, tid: str, re: str, record: DeviceRecord, profile: Profile) -> None:
+    async def _push(self, tid: str, re: str, record: DeviceRecord, profile: Profile, *, first: bool = False) -> None:
+        """Push the held key; ``first``: ``record`` is the attempt just minted, not yet journaled."""
         held = self._keys.get(record.device_id)
         now = self._clock()
         if held is None or held.attempt != record.attempt or now >= held.push_deadline:
             self._keys.pop(record.device_id, None)
+            if first:
+                await self._journal.run(self._journal.journal.put, record)
             await self._reconcile(tid, re, record, profile)
             return
         expires_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held.push_deadline))
         remaining = max(1, int(min(record.result_due, held.push_deadline) - now))
-        message = Key(re, record.device_id, held.attempt, held.key, expires_at, remaining)
+        register = self._answering.get(record.device_id)
+        seal_pub = register.seal_pub if register is not None and register.id == re else None
+        key: Secret | SealedKey = held.key
+        if seal_pub is not None:
+            try:
+                key = seal_auth_key(held.key, seal_pub, device_id=record.device_id, attempt=held.attempt, re=re)
+            except SealingError as exc:  # the decoder already refuses unusable keys; never push in the clear
+                if first:
+                    await self._journal.run(self._journal.journal.put, record)  # the key exists: keep its attempt
+                await self._send(tid, ErrorReply(re, record.device_id, "invalid_field", f"member {exc}"))
+                return
+            self.status.count("keys_sealed")
+        elif profile.sealing_required:
+            if first:
+                await self._journal.run(self._journal.journal.put, record)
+            await self._refuse_unsealed(tid, re, record.device_id, profile)
+            return
+        message = Key(re, record.device_id, held.attempt, key, expires_at, remaining)
+        await self._audit_pushed(tid, re, record, now, sealed=key is not held.key, first=first)  # before it leaves
         await self._send(tid, message, expiry_s=int(held.push_deadline - now))
         self.status.count("keys_pushed")
+
+    async def _audit_pushed(
+        self, tid: str, re: str, record: DeviceRecord, now: float, *, sealed: bool, first: bool
+    ) -> None:
+        transport = "serial" if tid.startswith("serial:") else "mqtt"
+        detail: dict[str, str | int | bool] = {"re": re, "transport": transport, "sealed": sealed}
+        if first:  # the attempt and its first push in one transaction
+            await self._journal.run(self._journal.journal.put, record, pushed=detail)
+        else:
+            await self._journal.run(self._journal.journal.record_push, record, now=now, detail=detail)
+
+    async def _admit(self, tid: str, re: str, record: DeviceRecord, profile: Profile) -> Mint | None:
+        """Admission for a new key; None when refused (the device has been told why)."""
+        register = self._answering.get(record.device_id)
+        if register is None or register.id != re:  # a mint always answers a register; without it, no signature
+            register = Register(re, record.device_id, record.hardware_id, record.model)
+        decision = self.admission.reserve(Request(register, tid, profile.admission))
+        if isinstance(decision, Refusal):
+            await self._not_admitted(tid, re, record.device_id, decision)
+            return None
+        return decision
+
+    async def _not_admitted(self, tid: str, re: str, device_id: str, refusal: Refusal) -> None:
+        self.status.count("refused_not_admitted")
+        self.status.count(f"not_admitted_{refusal.reason}")
+        if self.status.metrics is not None:
+            self.status.metrics.admission_refusals.labels(refusal.reason).inc()
+        if refusal.reason.startswith("rate_limited"):
+            log.info("device %r (tid %s): not admitted: %s", device_id, tid, refusal.text())  # a flood: keep it quiet
+        else:
+            log.warning("device %r (tid %s): not admitted: %s", device_id, tid, refusal.text())
+            self.status.error(f"device {device_id!r}: not admitted: {refusal.text()}")
+        await self._send(tid, ErrorReply(re, device_id, "not_admitted", refusal.text(), refusal.retry))
+
+    async def _refuse_unsealed(self, tid: str, re: str, device_id: str, profile: Profile) -> None:
+        self.status.count("refused_invalid_field")
+        text = f"member 'seal_pub' is required: profile {profile.model!r} requires sealed keys"
+        log.warning("device %r: refused: %s", device_id, text)
+        await self._send(tid, ErrorReply(re, device_id, "invalid_field", text))
 
     async def _reconcile(self, tid: str, re: str, record: DeviceRecord, profile: Profile) -> None:
         try:

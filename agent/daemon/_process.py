@@ -27,9 +27,11 @@ class AgentStartError(RuntimeError):
 
 
 def write_config(path: Path, values: Mapping[str, Any]) -> Path:
-    """Write a TOML agent configuration from nested dicts of str/int/float/bool values."""
+    """Write a TOML agent configuration from nested dicts of str/int/float/bool values and lists of them."""
 
     def literal(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(literal(item) for item in value) + "]"
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, int | float):

@@ -8,6 +8,7 @@ says offline, resumes unfinished devices from the journal, and serves until stop
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -16,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from agent.config import AgentConfig
+from agent.brokerauth import broker_credentials
+from agent.config import AgentConfig, report_signer
+from agent.daemon._admission import LineAdmission
 from agent.daemon._devices import DeviceService
 from agent.daemon._http import StatusServer
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
@@ -29,14 +32,13 @@ from agent.mqtt import (
     MqttError,
     MqttRetryableError,
     MqttSettings,
-    TlsSettings,
     Will,
 )
 from agent.sdnotify import Notifier
+from agent.serial import SerialTransport
 from provisioning.cloudauth import CloudauthClient, RateLimiter, Timeouts, resolve_credentials
 from provisioning.profiles import Profile, ProfileError, load_profiles
 from provisioning.protocol import AgentMessage, encode, is_valid_tid
-from provisioning.secret import Secret
 from provisioning.workflow import Journal
 
 __all__ = ["ProvisioningAgent", "Topics"]
@@ -98,10 +100,15 @@ class ProvisioningAgent:
             max_connections=max(2, min(config.limits.max_in_flight, 16)),
             observer=self.metrics.cloud_call,
         )
-        self.journal = JournalWorker(Journal.open(Path(config.journal)))
-        self.mqtt = MqttConnection(self._mqtt_settings(), [(self.topics.subscription, 1)])
+        self.journal = JournalWorker(Journal.open(Path(config.journal), gateway_id=config.gateway_id))
+        self.mqtt: MqttConnection | None = None
+        if config.mqtt.enabled:
+            self.mqtt = MqttConnection(self._mqtt_settings(), [(self.topics.subscription, 1)])
+        self.serial: SerialTransport | None = SerialTransport(config.serial, profiles, self._deliver_serial)
+        if not self.serial.enabled:
+            self.serial = None
         sinks: list[ReportSink] = []
-        if config.upstream.mqtt_topic:
+        if config.upstream.mqtt_topic and self.mqtt is not None:
             sinks.append(MqttSink(self.mqtt, config.upstream.mqtt_topic))
         self._webhook: WebhookSink | None = None
         if config.upstream.webhook_url:
@@ -111,7 +118,7 @@ class ProvisioningAgent:
                 token_file=config.upstream.webhook_secret_file,
             )
             sinks.append(self._webhook)
-        self.drainer = UpstreamDrainer(self.journal, sinks, clock=clock)
+        self.drainer = UpstreamDrainer(self.journal, sinks, clock=clock, signer=report_signer(config))
         self.devices = DeviceService(
             gateway_id=config.gateway_id,
             profiles=profiles,
@@ -123,6 +130,7 @@ class ProvisioningAgent:
             max_queued=config.limits.max_queued,
             queued_retry_after_s=config.limits.wait_retry_after_s,
             clock=clock,
+            admission=LineAdmission(config.admission, self.journal, clock=clock),
         )
         self.devices.status.metrics = self.metrics
         self._http: StatusServer | None = None
@@ -131,6 +139,7 @@ class ProvisioningAgent:
         self._status_dirty = asyncio.Event()
         self._status_forced = False
         self._handlers: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until ``stop`` is set; then say offline and release everything."""
@@ -141,11 +150,18 @@ class ProvisioningAgent:
             if not await self._connect(stop):
                 return
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 # Take messages first: a persistent session's backlog must not wait behind anything
                 # (the transport stops reading, PUBACKs included, while its queue is full).
+                inbound = []
+                if self.mqtt is not None:
+                    inbound.append(group.create_task(self._inbound(group, self.mqtt), name="mqtt-inbound"))
+                if self.serial is not None:
+                    inbound.append(group.create_task(self.serial.run(), name="serial-ports"))
                 serving = [
-                    group.create_task(self._inbound(group), name="mqtt-inbound"),
+                    *inbound,
                     group.create_task(self._sweeper(), name="sweeper"),
+                    group.create_task(self.devices.admission.poll(), name="work-orders"),
                     group.create_task(self.drainer.run(), name="upstream-drainer"),
                     group.create_task(self._status_loop(), name="status"),
                     group.create_task(self._announce_after_reconnects(), name="status-on-reconnect"),
@@ -153,7 +169,7 @@ class ProvisioningAgent:
                 ]
                 log.info(
                     "serving gateway %s: %d profile(s), devices on %s, cloud %s",
-                    self.config.gateway_id, len(self.profiles), self.topics.subscription, self.config.cloud.endpoint,
+                    self.config.gateway_id, len(self.profiles), self._transports_text(), self.config.cloud.endpoint,
                 )  # fmt: skip
                 self.notifier.ready(self._summary_line())
                 log.info("ready %.2f s after start", self._clock() - self._started)
@@ -161,7 +177,8 @@ class ProvisioningAgent:
                     on_ready()
                 await stop.wait()
                 self.notifier.stopping()
-                serving[0].cancel()  # no new messages; the broker keeps them for the next start
+                for task in inbound:  # no new messages; the broker keeps them, serial devices resend
+                    task.cancel()
                 log.info("stopping: no new devices; %d in flight get %.0f s to finish", len(self._handlers), DRAIN_S)
                 if self._handlers:
                     _, unfinished = await asyncio.wait(set(self._handlers), timeout=DRAIN_S)
@@ -177,6 +194,8 @@ class ProvisioningAgent:
 
     async def _connect(self, stop: asyncio.Event) -> bool:
         """Connect to the broker, waiting out an unreachable one (it may boot after us); False if stopped."""
+        if self.mqtt is None:
+            return not stop.is_set()
         delay = BROKER_RETRY_MIN_S
         while not stop.is_set():
             try:
@@ -211,13 +230,15 @@ class ProvisioningAgent:
             return False
         self.profiles = profiles
         self.devices.profiles = profiles  # devices in flight keep the policy they started with
+        if self.serial is not None:
+            self.serial.profiles = profiles  # USB rules of the new profiles apply from the next scan
         log.info("reloaded %d profile(s): %s", len(profiles), ", ".join(sorted(profiles)))
         self.notifier.ready(self._summary_line())
         return True
 
     def health(self) -> tuple[bool, str]:
         """/health: the broker connection is up and the event loop answers (it just did)."""
-        if not self.mqtt.connected:
+        if self.mqtt is not None and not self.mqtt.connected:
             return False, "not connected to the MQTT broker"
         return True, "serving"
 
@@ -225,8 +246,10 @@ class ProvisioningAgent:
         """/status and ``provisioning-agent status``: counts, in-flight devices, outbox, last errors."""
         line = self.devices.status
         return self.status() | {
-            "broker_connected": self.mqtt.connected,
+            "broker_connected": self.mqtt.connected if self.mqtt is not None else None,
+            "serial_ports": self.serial.status() if self.serial is not None else [],
             "in_flight": self.devices.in_flight(),
+            "admission": self.devices.admission.status({m: p.admission for m, p in self.profiles.items()}),
             "outbox_depth": self.drainer.depth,
             "reports_delivered": self.drainer.delivered,
             "profiles": sorted(self.profiles),
@@ -236,10 +259,25 @@ class ProvisioningAgent:
 
     def _summary_line(self) -> str:
         counters = self.devices.status.counters
+        ports = f", {self.serial.open_ports} serial port(s) open" if self.serial is not None else ""
         return (
             f"{counters.get('activated', 0)} licensed, {len(self.devices.in_flight())} in flight, "
-            f"cloud {self.devices.status.cloud}, outbox {self.drainer.depth}"
+            f"cloud {self.devices.status.cloud}, outbox {self.drainer.depth}{ports}"
         )
+
+    def _serial_metrics(self, ports: list[dict[str, Any]]) -> None:
+        states = collections.Counter(port["state"] for port in ports)
+        for state in ("connecting", "up", "no_device", "failed", "gone"):
+            self.metrics.serial_ports.labels(state).set(states.get(state, 0))
+        links = [port["link"] for port in ports if port["link"]]
+        self.metrics.serial_errors.set(sum(link["crc_errors"] + link["framing_errors"] for link in links))
+
+    def _transports_text(self) -> str:
+        where = [self.topics.subscription] if self.mqtt is not None else []
+        if self.serial is not None:
+            usb = " + USB adapters of the profiles" if self.serial.config.usb else ""
+            where.append(f"serial ports {', '.join(self.serial.config.ports) or '(none listed)'}{usb}")
+        return " and ".join(where)
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and systemd restarts us."""
@@ -265,8 +303,8 @@ class ProvisioningAgent:
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
         }
 
-    async def _inbound(self, group: asyncio.TaskGroup) -> None:
-        async for message in self.mqtt.messages():
+    async def _inbound(self, group: asyncio.TaskGroup, mqtt: MqttConnection) -> None:
+        async for message in mqtt.messages():
             tid = self.topics.tid_of(message.topic)
             if tid is None:
                 log.warning("ignored a message on %r: not a device topic this agent answers", message.topic)
@@ -279,8 +317,23 @@ class ProvisioningAgent:
         await self.devices.handle(tid, message.payload)
         self._status_dirty.set()
 
+    def _deliver_serial(self, tid: str, payload: bytes) -> None:
+        """A message from a serial port (called on the loop by the serial transport)."""
+        if self._group is None:
+            return  # not serving (yet or any more): the device resends
+        handler = self._group.create_task(self._handle_serial(tid, payload), name=f"device-{tid}")
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
+
+    async def _handle_serial(self, tid: str, payload: bytes) -> None:
+        await self.devices.handle(tid, payload)
+        self._status_dirty.set()
+
     async def _reply(self, tid: str, message: AgentMessage, expiry_s: int | None) -> None:
-        await self.mqtt.publish(self.topics.down(tid), encode(message), qos=1, message_expiry=expiry_s)
+        if self.serial is not None and self.serial.owns(tid):
+            await self.serial.send(tid, message, expiry_s)
+        elif self.mqtt is not None:
+            await self.mqtt.publish(self.topics.down(tid), encode(message), qos=1, message_expiry=expiry_s)
 
     async def _sweeper(self) -> None:
         while True:
@@ -297,7 +350,9 @@ class ProvisioningAgent:
             self._status_dirty.clear()
             self.metrics.waiting.set(self.devices.status.waiting)
             self.metrics.outbox_depth.set(self.drainer.depth)
-            self.metrics.broker_connected.set(1 if self.mqtt.connected else 0)
+            self.metrics.broker_connected.set(1 if self.mqtt is not None and self.mqtt.connected else 0)
+            if self.serial is not None:
+                self._serial_metrics(self.serial.status())
             self.notifier.status(self._summary_line())
             status = self.status()
             summary = json.dumps({k: v for k, v in status.items() if k != "at"}, sort_keys=True)
@@ -313,12 +368,16 @@ class ProvisioningAgent:
 
     async def _announce_after_reconnects(self) -> None:
         """A broker may have published our last will (offline) while we were away: say online again."""
+        if self.mqtt is None:
+            return
         async for state in self.mqtt.state_changes():
             if state is ConnectionState.CONNECTED:
                 self._status_forced = True
                 self._status_dirty.set()
 
     async def _publish_status(self, state: str) -> None:
+        if self.mqtt is None:
+            return
         status = self.status() | {"state": state}
         await self.mqtt.publish(self.topics.status, json.dumps(status).encode(), qos=1, retain=True)
 
@@ -326,7 +385,10 @@ class ProvisioningAgent:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await self._publish_status("offline")
-        await self.mqtt.aclose()
+        if self.mqtt is not None:
+            await self.mqtt.aclose()
+        if self.serial is not None:
+            await asyncio.to_thread(self.serial.close)
         await self.cloud.aclose()
         if self._http is not None:
             await self._http.stop()
@@ -338,14 +400,7 @@ class ProvisioningAgent:
 
     def _mqtt_settings(self) -> MqttSettings:
         mqtt = self.config.mqtt
-        password = Secret(Path(mqtt.password_file).read_text(encoding="utf-8").strip()) if mqtt.password_file else None
-        tls = None
-        if mqtt.ca_file or mqtt.cert_file:
-            tls = TlsSettings(
-                ca_file=Path(mqtt.ca_file) if mqtt.ca_file else None,
-                cert_file=Path(mqtt.cert_file) if mqtt.cert_file else None,
-                key_file=Path(mqtt.key_file) if mqtt.key_file else None,
-            )
+        password, tls = broker_credentials(self.config)  # ConfigError naming file and key
         offline = json.dumps({"v": 1, "gateway_id": self.config.gateway_id, "state": "offline"}).encode()
         return MqttSettings(
             host=mqtt.host,

@@ -4,7 +4,9 @@ A report leaves the outbox only when every configured sink acknowledged it: the 
 (PUBACK) and/or the webhook (2xx, or 409 for a report it already has). A failure leaves it
 in place with a growing delay; days of an unreachable MES lose nothing. Each report carries
 its idempotency key (in the body, and as the webhook's ``Idempotency-Key`` header) so a
-consumer that sees one twice can drop the second.
+consumer that sees one twice can drop the second. With ``[upstream] sign``, each report is
+signed as it leaves (provisioning.reportsig): every sink gets the same signed report, and the
+webhook repeats the signature in the ``X-Report-Signature`` header.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Final, Protocol
 import httpx
 
 from agent.daemon._worker import JournalWorker
+from provisioning.reportsig import HEADER, SIGNATURE_MEMBER, ReportSigner, header_value
 
 __all__ = ["MqttSink", "ReportSink", "UpstreamDrainer", "WebhookSink"]
 
@@ -71,9 +74,10 @@ class WebhookSink:
         self._http = httpx.AsyncClient(timeout=timeout_s, headers=headers, trust_env=False)
 
     async def deliver(self, key: str, report: dict[str, Any]) -> None:
-        response = await self._http.post(
-            self._url, content=json.dumps(report).encode(), headers={"idempotency-key": key}
-        )
+        headers = {"idempotency-key": key}
+        if isinstance(report.get(SIGNATURE_MEMBER), dict):
+            headers[HEADER] = header_value(report[SIGNATURE_MEMBER])
+        response = await self._http.post(self._url, content=json.dumps(report).encode(), headers=headers)
         if response.status_code == httpx.codes.CONFLICT or response.is_success:
             return
         raise RuntimeError(f"webhook answered HTTP {response.status_code}")
@@ -86,9 +90,15 @@ class UpstreamDrainer:
     """Empties the outbox into the sinks; :meth:`kick` wakes it when a report was written."""
 
     def __init__(
-        self, journal: JournalWorker, sinks: Sequence[ReportSink], *, clock: Callable[[], float] = time.time
+        self,
+        journal: JournalWorker,
+        sinks: Sequence[ReportSink],
+        *,
+        clock: Callable[[], float] = time.time,
+        signer: ReportSigner | None = None,
     ) -> None:
         self._journal = journal
+        self._signer = signer  # signs at delivery: the outbox keeps the report as journaled
         self._sinks = list(sinks)
         self._clock = clock
         self._wake = asyncio.Event()
@@ -121,6 +131,8 @@ class UpstreamDrainer:
                     await self._wake.wait()
 
     async def _deliver(self, row_id: int, key: str, report: dict[str, Any], attempts: int) -> None:
+        if self._signer is not None:
+            report = self._signer.sign(report)  # the same signed bytes go to every sink
         try:
             for sink in self._sinks:
                 await sink.deliver(key, report)

@@ -26,6 +26,7 @@ from agent.mqtt._errors import (
     MqttTlsError,
     MqttUnavailable,
 )
+from agent.mqtt._paho import check_tls_files
 from agent.mqtt._settings import ConnectionState, InboundMessage, MqttSettings, TlsSettings, Will
 from agent.mqtt._topics import is_valid_topic_filter, is_valid_topic_name, split_shared, topic_matches
 
@@ -48,6 +49,7 @@ __all__ = [
     "MqttUnavailable",
     "TlsSettings",
     "Will",
+    "check_tls_files",
     "is_valid_topic_filter",
     "is_valid_topic_name",
     "split_shared",

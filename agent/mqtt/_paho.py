@@ -26,6 +26,7 @@ from agent.mqtt._settings import MqttSettings, TlsSettings
 __all__ = [
     "build_paho_client",
     "build_ssl_context",
+    "check_tls_files",
     "closed_before_connack",
     "connack_error",
     "connect_properties",
@@ -107,6 +108,11 @@ def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
         context.check_hostname = False  # the chain is still verified (verify_mode stays CERT_REQUIRED)
     context.sslsocket_class = _ClosingSSLSocket
     return context
+
+
+def check_tls_files(tls: TlsSettings) -> None:
+    """Load ``tls``'s files as a connection would, at start-up; MqttTlsError naming the unusable one."""
+    build_ssl_context(tls)
 
 
 def connect_properties(settings: MqttSettings, receive_maximum: int) -> Properties | None:

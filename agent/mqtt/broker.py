@@ -9,8 +9,11 @@ own directory (configuration, log, password and ACL files, persistence database)
         print(broker.log_text())
 
 ``tls=BrokerTls(...)`` adds a TLS listener on ``broker.tls_port`` (``require_certificate`` for
-mTLS). Without a ``mosquitto`` binary, ``start()`` raises :class:`MosquittoNotFound` whose
-message says how to install it. The pytest fixtures live in ``tests/broker.py``.
+mTLS, ``use_identity_as_username`` to take the ACL's username from the certificate).
+``acl=`` is the ACL file's text (``systemd/mosquitto/acl`` for the shipped one) and
+``passwords=`` its users, hashed into a password file (``use_username_as_clientid`` on the plain
+listener binds a client id to its login). Without a ``mosquitto`` binary, ``start()`` raises
+:class:`MosquittoNotFound` whose message says how to install it. The pytest fixtures live in ``tests/broker.py``.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class BrokerTls:
     cert_file: Path
     key_file: Path
     require_certificate: bool = False  # mTLS: clients must present a certificate signed by ca_file
+    use_identity_as_username: bool = False  # mTLS: the certificate's CN is the username the ACL sees
 
 
 def find_mosquitto() -> str:
@@ -92,6 +96,7 @@ class MosquittoBroker:
         passwords: Mapping[str, str] | None = None,
         acl: str | None = None,
         tls: BrokerTls | None = None,
+        use_username_as_clientid: bool = False,
         extra_config: Sequence[str] = (),
     ) -> None:
         self.directory = directory
@@ -100,6 +105,7 @@ class MosquittoBroker:
         self.passwords = dict(passwords or {})
         self.acl = acl
         self.tls = tls
+        self.use_username_as_clientid = use_username_as_clientid  # plain listener: ACL %c and %u agree
         self.extra_config = tuple(extra_config)
         self.host = HOST
         self._port: int | None = None
@@ -147,6 +153,8 @@ class MosquittoBroker:
             lines.append(f"acl_file {self.directory / 'acl'}")
         lines += self.extra_config
         lines += ["", f"listener {self.port} {HOST}"]
+        if self.use_username_as_clientid:
+            lines.append("use_username_as_clientid true")
         if self.tls is not None:
             lines += [
                 f"listener {self.tls_port} {HOST}",
@@ -154,6 +162,7 @@ class MosquittoBroker:
                 f"certfile {self.tls.cert_file}",
                 f"keyfile {self.tls.key_file}",
                 f"require_certificate {_flag(self.tls.require_certificate)}",
+                f"use_identity_as_username {_flag(self.tls.use_identity_as_username)}",
             ]
         return "\n".join(lines) + "\n"
 

@@ -5,6 +5,10 @@ registers, activates the key it gets through the Cloudauth emulator's SDK step, 
 result and waits for ``done``, following the protocol's device-side timeouts and retries; some
 misbehave on demand (``Behaviour``). ``run_fleet`` runs many at once on one event loop and
 returns a ``FleetReport``; ``provisioning-agent simulate`` is its command line (docs/simulator.md).
+
+Serial devices run the same decisions over the serial link layer (``_serial``): a ``SerialJig``
+makes pty ports paced like a UART, with noise and hotplug on demand (``_jig``), and each
+``PortQueue`` given to ``run_fleet(serial=...)`` provisions its devices one after another.
 """
 
 from agent.simulator._fleet import (
@@ -15,7 +19,9 @@ from agent.simulator._fleet import (
     fleet_specs,
     run_fleet,
 )
+from agent.simulator._jig import JigPort, Noise, SerialJig, line_rate
 from agent.simulator._outcome import Counters, DeviceOutcome, FleetReport, Status
+from agent.simulator._serial import SERIAL_PROTOCOL, PortQueue, SerialDevice, SerialPort, UrlPort, queue_specs
 from agent.simulator._spec import Behaviour, DeviceSpec, MqttProtocol, Timing, derive_tid
 
 __all__ = [
@@ -23,15 +29,25 @@ __all__ = [
     "DEFAULT_DEADLINE_S",
     "DEFAULT_MODEL",
     "DEFAULT_TOPIC_ROOT",
+    "SERIAL_PROTOCOL",
     "Behaviour",
     "Counters",
     "DeviceOutcome",
     "DeviceSpec",
     "FleetReport",
+    "JigPort",
     "MqttProtocol",
+    "Noise",
+    "PortQueue",
+    "SerialDevice",
+    "SerialJig",
+    "SerialPort",
     "Status",
     "Timing",
+    "UrlPort",
     "derive_tid",
     "fleet_specs",
+    "line_rate",
+    "queue_specs",
     "run_fleet",
 ]

@@ -17,6 +17,7 @@ from agent.simulator._fleet import (
     run_fleet,
 )
 from agent.simulator._outcome import STATUSES, FleetReport
+from agent.simulator._serial_cli import add_serial_arguments, describe, serial_queues, wants_serial
 from agent.simulator._spec import LATE_BY_S, Behaviour, Timing
 
 __all__ = ["add_parser", "run"]
@@ -32,10 +33,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Start N simulated devices, each its own MQTT connection, that register with the gateway, "
             "activate the key they get through the Cloudauth emulator, and report. Some misbehave on "
-            "demand. Exit 0 when every normal device ends licensed. See docs/simulator.md."
+            "demand. With --serial-dir, devices also come over a jig of pseudo-terminals paced like UARTs. "
+            "Exit 0 when every normal device ends licensed. See docs/simulator.md."
         ),
     )
-    parser.add_argument("--mqtt", required=True, type=_host_port, metavar="HOST:PORT", help="the gateway's broker")
+    parser.add_argument(
+        "--mqtt", type=_host_port, metavar="HOST:PORT", help="the gateway's broker (without it: serial devices only)"
+    )
     parser.add_argument("--emulator", required=True, metavar="URL", help="the Cloudauth emulator's base URL")
     parser.add_argument("--devices", type=_positive_int, default=10, metavar="N", help="devices (default %(default)s)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hardware profile model (default %(default)s)")
@@ -49,6 +53,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="COUNT of the devices misbehave: " + ", ".join(b for b in Behaviour if b is not Behaviour.NORMAL),
     )
     parser.add_argument("--comeback", action="store_true", help="die_mid_activation devices reboot and register again")
+    parser.add_argument(
+        "--seal", action="store_true", help="devices send seal_pub and accept only sealed keys (docs/protocol.md)"
+    )
     parser.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, help="topic root (default %(default)s)")
     parser.add_argument(
         "--time-scale",
@@ -80,6 +87,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--id-prefix", default="SIM", help="device ids are PREFIX-00000... (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    add_serial_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -88,32 +96,46 @@ def run(args: argparse.Namespace) -> int:
     misbehave: dict[Behaviour, int] = {}
     for behaviour, count in args.misbehave:
         misbehave[behaviour] = misbehave.get(behaviour, 0) + count
+    if args.mqtt is None and not wants_serial(args):
+        print("simulate: give --mqtt HOST:PORT, --serial-dir DIR or --serial-url URL", file=sys.stderr)
+        return ExitCode.USAGE
     try:
-        specs = fleet_specs(
-            args.devices,
-            model=args.model,
-            protocol=args.protocol,
-            misbehave=misbehave,
-            id_prefix=args.id_prefix,
-            comeback=args.comeback,
+        specs = (
+            []
+            if args.mqtt is None
+            else fleet_specs(
+                args.devices,
+                model=args.model,
+                protocol=args.protocol,
+                misbehave=misbehave,
+                id_prefix=args.id_prefix,
+                comeback=args.comeback,
+                seal=args.seal,
+            )
         )
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    host, port = args.mqtt
-    stderr_console.print(f"simulating {len(specs)} devices against mqtt://{host}:{port} ({args.topic_root})")
-    report = asyncio.run(
-        run_fleet(
-            specs,
-            mqtt_host=host,
-            mqtt_port=port,
-            emulator_url=args.emulator,
-            topic_root=args.topic_root,
-            concurrency=args.concurrency,
-            deadline_s=args.deadline,
-            timing=Timing(time_scale=args.time_scale, late_by_s=args.late_by),
+    host, port = args.mqtt or ("", 0)
+    if specs:
+        stderr_console.print(f"simulating {len(specs)} devices against mqtt://{host}:{port} ({args.topic_root})")
+    with serial_queues(args) as queues:
+        if queues:
+            devices = sum(len(queue.specs) for queue in queues)
+            stderr_console.print(f"simulating {devices} serial devices on {describe(args)}")
+        report = asyncio.run(
+            run_fleet(
+                specs,
+                mqtt_host=host,
+                mqtt_port=port,
+                emulator_url=args.emulator,
+                topic_root=args.topic_root,
+                concurrency=args.concurrency,
+                deadline_s=args.deadline,
+                timing=Timing(time_scale=args.time_scale, late_by_s=args.late_by),
+                serial=queues,
+            )
         )
-    )
     if args.json:
         print(report.to_json())
     else:

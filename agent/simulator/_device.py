@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,6 +43,7 @@ class DeviceEnv:
     topic_root: str
     sdk: EmulatorSdk
     timing: Timing
+    passwords: Mapping[str, str] | None = None  # by tid: log in as username <tid> (a broker with an ACL)
 
 
 class SimulatedDevice:
@@ -122,12 +124,15 @@ class SimulatedDevice:
         delay = CONNECT_RETRY_MIN_S
         while True:
             inbox: asyncio.Queue[bytes] = asyncio.Queue()
+            password = None if self._env.passwords is None else self._env.passwords.get(self.spec.tid)
             link = MqttLink(
                 client_id=self.spec.tid,
                 host=self._env.mqtt_host,
                 port=self._env.mqtt_port,
                 protocol=self.spec.protocol,
                 on_message=inbox.put_nowait,
+                username=None if password is None else self.spec.tid,
+                password=password,
             )
             try:
                 await link.open(self._down)

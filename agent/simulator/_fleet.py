@@ -11,6 +11,7 @@ import aiohttp
 from agent.simulator._device import DeviceEnv, SimulatedDevice
 from agent.simulator._outcome import FleetReport
 from agent.simulator._sdk import ACTIVATIONS_IN_FLIGHT, EmulatorSdk
+from agent.simulator._serial import PortQueue, SerialDevice, run_port_queue
 from agent.simulator._spec import Behaviour, DeviceSpec, MqttProtocol, Timing
 
 __all__ = [
@@ -31,15 +32,23 @@ DEFAULT_MODEL: Final = "face-terminal-x1"  # hardware-profiles/face-terminal-x1.
 async def run_fleet(
     specs: Sequence[DeviceSpec],
     *,
-    mqtt_host: str,
-    mqtt_port: int,
+    mqtt_host: str = "",
+    mqtt_port: int = 0,
     emulator_url: str,
     topic_root: str = DEFAULT_TOPIC_ROOT,
     concurrency: int = DEFAULT_CONCURRENCY,
     deadline_s: float = DEFAULT_DEADLINE_S,
     timing: Timing | None = None,
+    mqtt_passwords: Mapping[str, str] | None = None,
+    serial: Sequence[PortQueue] = (),
 ) -> FleetReport:
-    """Run every device concurrently until all finish or ``deadline_s`` passes; their outcomes."""
+    """Run every device concurrently until all finish or ``deadline_s`` passes; their outcomes.
+
+    ``specs`` are MQTT devices (they need ``mqtt_host``); each of ``serial`` is a port whose devices
+    go one after another. The report lists the MQTT devices, then each port's devices in turn.
+
+    ``mqtt_passwords`` (by tid): devices log in with username = tid and that password.
+    """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     if not deadline_s > 0:
@@ -47,6 +56,11 @@ async def run_fleet(
     tids = [spec.tid for spec in specs]
     if len(set(tids)) != len(tids):
         raise ValueError("two devices share a tid (MQTT client id): they would disconnect each other")
+    if specs and not mqtt_host:
+        raise ValueError("MQTT devices need mqtt_host")
+    labels = [queue.port.label for queue in serial]
+    if len(set(labels)) != len(labels):
+        raise ValueError("two serial queues share a port: one device per port at a time")
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + deadline_s
@@ -54,12 +68,18 @@ async def run_fleet(
     connector = aiohttp.TCPConnector(limit=ACTIVATIONS_IN_FLIGHT)
     async with aiohttp.ClientSession(connector=connector) as http:
         sdk = EmulatorSdk(emulator_url, http)
-        env = DeviceEnv(mqtt_host, mqtt_port, topic_root.rstrip("/"), sdk, timing or Timing())
+        env = DeviceEnv(mqtt_host, mqtt_port, topic_root.rstrip("/"), sdk, timing or Timing(), mqtt_passwords)
         devices = [SimulatedDevice(spec, env) for spec in specs]
+        lanes: list[list[SerialDevice]] = [[] for _ in serial]
         async with asyncio.TaskGroup() as group:
             for device in devices:
                 group.create_task(_run_one(device, gate, deadline), name=f"device-{device.spec.tid}")
-    return FleetReport(tuple(device.outcome() for device in devices), loop.time() - started)
+            for queue, lane in zip(serial, lanes, strict=True):
+                group.create_task(
+                    run_port_queue(queue, sdk, env.timing, deadline, lane), name=f"port-{queue.port.label}"
+                )
+    outcomes = [device.outcome() for device in devices] + [device.outcome() for lane in lanes for device in lane]
+    return FleetReport(tuple(outcomes), loop.time() - started)
 
 
 def fleet_specs(
@@ -70,6 +90,7 @@ def fleet_specs(
     misbehave: Mapping[Behaviour, int] | None = None,
     id_prefix: str = "SIM",
     comeback: bool = False,
+    seal: bool = False,
 ) -> list[DeviceSpec]:
     """``count`` devices ``{id_prefix}-00000``...: the misbehaving ones first, the rest normal."""
     behaviours = [behaviour for behaviour, n in (misbehave or {}).items() for _ in range(n)]
@@ -84,6 +105,7 @@ def fleet_specs(
             behaviour=behaviour,
             protocol=protocol,
             comeback=comeback and behaviour is Behaviour.DIE_MID_ACTIVATION,
+            seal=seal,
         )
         for number, behaviour in enumerate(behaviours)
     ]

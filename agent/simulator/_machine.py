@@ -26,16 +26,23 @@ Phases, and what the timer means in each (docs/protocol.md, "Timeouts and retrie
     DEAD        died (die_mid_activation with comeback): only revive() or expire() follow
     FINISHED    the outcome is known; events are ignored
 
+A sealing device (``DeviceSpec.seal``) makes a fresh X25519 key pair for every register id, sends
+its ``seal_pub``, and opens each key with the pair its ``re`` names before acting on it
+(docs/protocol.md, "Key sealing").
+
 Every duration of the protocol is multiplied by ``Timing.time_scale`` so tests run fast; the
 `late` hold is not (it must outlast the agent's real activate_within_s).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.simulator._outcome import Counters, DeviceOutcome, Status
 from agent.simulator._sdk import ActivationResult, Licence
@@ -61,6 +68,7 @@ from agent.simulator._wire import (
     result_failed_message,
     result_ok_message,
 )
+from provisioning.sealing import SealingError, open_sealed_key
 from provisioning.secret import Secret
 
 __all__ = ["Activate", "Command", "DeviceMachine", "Die", "Phase", "Publish", "SetTimer", "Stop", "new_message_id"]
@@ -68,6 +76,8 @@ __all__ = ["Activate", "Command", "DeviceMachine", "Die", "Phase", "Publish", "S
 GARBAGE_COUNT = 5  # garbage_messages() builds five
 FAIL_ONCE_ERROR = "SimulatedFailure"  # the SDK error a fail_once device reports
 EXPIRED_KEY_ERROR = "AuthKeyExpired"  # the SDK's own name for it (docs/emulator.md)
+SEAL_OPEN_FAILED_ERROR = "SealOpenFailed"  # docs/protocol.md, "Key sealing": a sealed key that does not open
+NOT_SEALED_ERROR = "KeyNotSealed"  # a plain auth_key came although the device sent seal_pub
 
 
 class Phase(enum.Enum):
@@ -153,6 +163,7 @@ class DeviceMachine:
         self._garbage_ids: set[str] = set()
         self._garbage_pending: list[bytes] = []
         self._garbage_unanswered = 0
+        self._seal_keys: dict[str, X25519PrivateKey] = {}  # register id -> its seal_pub's private key
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -180,7 +191,7 @@ class DeviceMachine:
             return []
         match message:
             case AgentKey():
-                return self._on_key(message, now)
+                return self._on_sealable_key(message, now)
             case AgentDone():
                 return self._on_done(message)
             case AgentWait():
@@ -275,6 +286,7 @@ class DeviceMachine:
 
     def _on_key(self, key: AgentKey, now: float) -> list[Command]:
         self.counters.keys_received += 1
+        self.counters.key_arrivals.append((key.auth_key.fingerprint(), now))
         if key.attempt not in self.counters.attempts:
             self.counters.attempts.append(key.attempt)
         if self._confirming:
@@ -300,6 +312,38 @@ class DeviceMachine:
         self._key = key
         self._key_received_at = now
         return [SetTimer(None), Activate(key.auth_key, self.spec.hardware_id)]
+
+    def _on_sealable_key(self, key: AgentKey, now: float) -> list[Command]:
+        """A device that sent seal_pub opens the sealed key first and never uses a key sent in the clear."""
+        if not self.spec.seal and key.sealed is None:
+            return self._on_key(key, now)
+        if key.sealed is None:
+            self.counters.violations.append(f"key for attempt {key.attempt} came in the clear after seal_pub")
+            return self._refuse_key(key, NOT_SEALED_ERROR, "the key came unsealed although the register sent seal_pub")
+        re_id = key.re or ""
+        private = self._seal_keys.get(re_id)
+        if private is None:
+            self.counters.keys_received += 1
+            self.counters.keys_ignored += 1  # sealed for a register of an earlier life: the resend is sealed anew
+            return []
+        try:
+            auth_key = open_sealed_key(
+                key.sealed, private, device_id=self.spec.device_id, attempt=key.attempt, re=re_id
+            )
+        except SealingError as exc:
+            return self._refuse_key(key, SEAL_OPEN_FAILED_ERROR, str(exc))
+        self.counters.keys_sealed += 1
+        return self._on_key(dataclasses.replace(key, auth_key=auth_key), now)
+
+    def _refuse_key(self, key: AgentKey, error: str, detail: str) -> list[Command]:
+        """A key the device cannot use: reported as a failed activation (once per attempt), then register again."""
+        self.counters.keys_received += 1
+        if self._confirming or key.attempt in self._results:
+            return []
+        if self.phase not in (Phase.GARBAGE, Phase.REGISTERING, Phase.WAITING):
+            self.counters.keys_ignored += 1
+            return []
+        return self._fail_and_register_again(key.attempt, error, detail)
 
     def _on_done(self, done: AgentDone) -> list[Command]:
         if self.phase in (Phase.GARBAGE, Phase.ACTIVATING):
@@ -367,6 +411,7 @@ class DeviceMachine:
         self._garbage_ids = set()
         self._garbage_pending = []
         self._garbage_unanswered = 0
+        self._seal_keys = {}
 
     def _publish(self, payload: bytes) -> list[Command]:
         copies = 2 if self.behaviour is Behaviour.DUPLICATE else 1
@@ -391,7 +436,12 @@ class DeviceMachine:
     def _register_new(self) -> list[Command]:
         self.counters.registrations += 1
         self._register_id = self._new_id()
-        self._register_payload = register_message(self.spec, self._register_id)
+        seal_pub = None
+        if self.spec.seal:  # a fresh X25519 key pair for every registration
+            private = X25519PrivateKey.generate()
+            self._seal_keys[self._register_id] = private
+            seal_pub = private.public_key().public_bytes_raw()
+        self._register_payload = register_message(self.spec, self._register_id, seal_pub)
         self._backoff = REGISTER_TIMEOUT_S
         self.phase = Phase.CONFIRMING if self._confirming else Phase.REGISTERING
         return self._register_again()

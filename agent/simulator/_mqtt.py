@@ -73,6 +73,8 @@ class MqttLink:
         port: int,
         protocol: MqttProtocol,
         on_message: Callable[[bytes], None],
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._client_id = client_id
@@ -87,6 +89,8 @@ class MqttLink:
             reconnect_on_failure=False,
         )
         client.connect_timeout = CONNECT_TIMEOUT_S
+        if username is not None:
+            client.username_pw_set(username, password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -23,6 +23,7 @@ class Counters:
     keys_used_after_expiry: int = 0  # SDK calls started after the key's expires_at: must stay 0
     keys_expired_on_arrival: int = 0  # keys that came already expired (the agent promises never to send one)
     keys_ignored: int = 0  # keys for a new attempt while another attempt's result was still outstanding
+    keys_sealed: int = 0  # sealed keys opened (devices with DeviceSpec.seal)
     attempts: list[str] = field(default_factory=list)  # distinct `attempt` values of the keys received
     registrations: int = 0  # distinct register ids (a resend reuses its id)
     activations: int = 0  # SDK activation calls
@@ -33,6 +34,8 @@ class Counters:
     error_codes: list[str] = field(default_factory=list)  # every `error` code received, in order
     deaths: int = 0
     violations: list[str] = field(default_factory=list)  # protocol promises the agent broke
+    # (AuthKey fingerprint, POSIX time) of every key received: checked against the cloud's mint time
+    key_arrivals: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def distinct_attempts(self) -> int:
@@ -43,7 +46,7 @@ class Counters:
         """An independent copy."""
         copy = replace(self)
         copy.attempts, copy.error_codes = list(self.attempts), list(self.error_codes)
-        copy.violations = list(self.violations)
+        copy.violations, copy.key_arrivals = list(self.violations), list(self.key_arrivals)
         return copy
 
 
@@ -101,6 +104,7 @@ class FleetReport:
                 keys_used_after_expiry=c.keys_used_after_expiry,
                 keys_expired_on_arrival=c.keys_expired_on_arrival,
                 keys_ignored=c.keys_ignored,
+                keys_sealed=c.keys_sealed,
                 distinct_attempts=c.distinct_attempts,
                 registrations=c.registrations,
                 activations=c.activations,

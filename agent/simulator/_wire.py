@@ -8,6 +8,7 @@ what the device acts on (an ``attempt`` of 16 hex characters, an ``expires_at`` 
 
 from __future__ import annotations
 
+import base64
 import calendar
 import json
 import re
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agent.simulator._spec import DeviceSpec
+from provisioning.sealing import SealedKey, SealingError
 from provisioning.secret import Secret
 
 __all__ = [
@@ -52,7 +54,10 @@ class InvalidAgentMessage(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class AgentKey:
-    """``key``: an AuthKey to activate with (``auth_key`` stays a Secret until the SDK call)."""
+    """``key``: an AuthKey to activate with (``auth_key`` stays a Secret until the SDK call).
+
+    A sealed key comes with ``sealed`` set and an empty ``auth_key`` until the device opens it.
+    """
 
     re: str | None
     device_id: str
@@ -60,6 +65,7 @@ class AgentKey:
     auth_key: Secret
     expires_at: float  # POSIX seconds
     activate_within_s: int
+    sealed: SealedKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,19 +103,20 @@ class AgentError:
 AgentMessage = AgentKey | AgentDone | AgentWait | AgentError
 
 
-def register_message(spec: DeviceSpec, message_id: str) -> bytes:
-    """A ``register`` for ``spec``."""
-    return _dump(
-        {
-            "v": PROTOCOL_VERSION,
-            "type": "register",
-            "id": message_id,
-            "device_id": spec.device_id,
-            "hardware_id": spec.hardware_id,
-            "model": spec.model,
-            "fw": spec.fw,
-        }
-    )
+def register_message(spec: DeviceSpec, message_id: str, seal_pub: bytes | None = None) -> bytes:
+    """A ``register`` for ``spec``, with ``seal_pub`` (raw X25519 public key) when the device wants a sealed key."""
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "type": "register",
+        "id": message_id,
+        "device_id": spec.device_id,
+        "hardware_id": spec.hardware_id,
+        "model": spec.model,
+        "fw": spec.fw,
+    }
+    if seal_pub is not None:
+        body["seal_pub"] = base64.b64encode(seal_pub).decode("ascii")
+    return _dump(body)
 
 
 def result_ok_message(
@@ -188,13 +195,15 @@ def parse_agent_message(payload: bytes) -> AgentMessage:
             attempt = _str(data, "attempt")
             if not _ATTEMPT.fullmatch(attempt):
                 raise InvalidAgentMessage("'attempt' is not 16 hex characters")
+            sealed = _sealed_key(data)
             return AgentKey(
                 re_id,
                 _str(data, "device_id"),
                 attempt,
-                Secret(_str(data, "auth_key")),
+                Secret("") if sealed is not None else Secret(_str(data, "auth_key")),
                 _instant(data, "expires_at"),
                 _int(data, "activate_within_s"),
+                sealed,
             )
         case "done":
             return AgentDone(
@@ -235,6 +244,17 @@ def _str(data: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidAgentMessage(f"'{name}' is missing or not a non-empty string")
     return value
+
+
+def _sealed_key(data: dict[str, Any]) -> SealedKey | None:
+    if data.get("sealed_key") is None:
+        return None
+    if data.get("auth_key") is not None:
+        raise InvalidAgentMessage("a key carries both 'auth_key' and 'sealed_key'")
+    try:
+        return SealedKey.from_wire(data["sealed_key"])
+    except SealingError as exc:
+        raise InvalidAgentMessage(str(exc)) from None
 
 
 def _int(data: dict[str, Any], name: str) -> int:

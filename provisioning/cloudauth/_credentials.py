@@ -13,7 +13,6 @@ places the same file at ``$CREDENTIALS_DIRECTORY/cloudauth``.
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from provisioning.cloudauth._errors import CredentialsError
 from provisioning.secret import Secret
+from provisioning.secretfile import SecretFileError, check_private_file
 
 __all__ = [
     "DEFAULT_CREDENTIAL_FILES",
@@ -110,14 +110,9 @@ def resolve_credentials(
 def load_credentials_file(path: Path, *, source: str | None = None) -> Credentials:
     """Read a TOML credentials file, refusing loose permissions and naming any bad key."""
     try:
-        info = path.stat()
-    except OSError as exc:
-        raise CredentialsError(f"credentials file {path}: {exc.strerror}") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise CredentialsError(
-            f"credentials file {path} is readable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"run: chmod 600 {path}"
-        )
+        check_private_file(path)
+    except SecretFileError as exc:
+        raise CredentialsError(f"credentials file {exc}") from None
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -1,6 +1,8 @@
 """The device protocol (docs/protocol.md): messages and their JSON encoding."""
 
 from provisioning.protocol._messages import (
+    ED25519_KEY_BYTES,
+    ED25519_SIGNATURE_BYTES,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     AgentMessage,
@@ -15,11 +17,15 @@ from provisioning.protocol._messages import (
     Wait,
     WaitReason,
     decode_device_message,
+    device_cert_bytes,
     encode,
     is_valid_tid,
+    register_signed_bytes,
 )
 
 __all__ = [
+    "ED25519_KEY_BYTES",
+    "ED25519_SIGNATURE_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
     "AgentMessage",
@@ -34,6 +40,8 @@ __all__ = [
     "Wait",
     "WaitReason",
     "decode_device_message",
+    "device_cert_bytes",
     "encode",
     "is_valid_tid",
+    "register_signed_bytes",
 ]

@@ -14,9 +14,18 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from provisioning.sealing import (
+    PUBLIC_KEY_BYTES,
+    SealedKey,
+    SealingError,
+    check_seal_pub,
+    strict_b64decode,
+)
 from provisioning.secret import Secret
 
 __all__ = [
+    "ED25519_KEY_BYTES",
+    "ED25519_SIGNATURE_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
     "AgentMessage",
@@ -31,12 +40,18 @@ __all__ = [
     "Wait",
     "WaitReason",
     "decode_device_message",
+    "device_cert_bytes",
     "encode",
     "is_valid_tid",
+    "register_signed_bytes",
 ]
 
 PROTOCOL_VERSION: Final = 1
 MAX_MESSAGE_BYTES: Final = 4096  # fits one MQTT packet on the smallest MCU stacks and one serial frame
+ED25519_KEY_BYTES: Final = 32
+ED25519_SIGNATURE_BYTES: Final = 64
+REGISTER_SIGNED_LABEL: Final = b"prov/v1/register\n"
+DEVICE_CERT_LABEL: Final = b"prov/v1/device-key\n"
 
 ErrorCode = Literal[
     "malformed",
@@ -56,7 +71,8 @@ WaitReason = Literal["queued", "throttled", "cloud_unavailable", "in_progress"]
 _TID = re.compile(r"[A-Za-z0-9._:~@-][A-Za-z0-9._:~@$-]{0,63}")
 _ATTEMPT = re.compile(r"[0-9a-f]{16}")
 _DAY = re.compile(r"[0-9]{8}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+0085 NEL breaks log lines too)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # a lone "\ud800" escape parses but cannot be encoded back to UTF-8
 
 
 class ProtocolError(Exception):
@@ -79,6 +95,11 @@ class Register:
     hardware_id: str
     model: str
     fw: str = ""
+    seal_pub: bytes | None = None  # the device's ephemeral X25519 public key: seal the key to it
+    seal_pub_b64: str = ""  # the member's text exactly as sent (part of the signed bytes)
+    sig: bytes | None = None  # Ed25519 over register_signed_bytes() by the device identity key
+    device_key: bytes | None = None  # the device identity public key (Ed25519)
+    device_cert: bytes | None = None  # a factory CA's Ed25519 signature over device_cert_bytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +124,12 @@ DeviceMessage = Register | Result
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """An AuthKey for one device; the key itself is a Secret until encoded."""
+    """An AuthKey for one device: a Secret until encoded, or sealed to the device (``sealed_key``)."""
 
     re: str
     device_id: str
     attempt: str
-    auth_key: Secret
+    auth_key: Secret | SealedKey
     expires_at: str
     activate_within_s: int
 
@@ -153,6 +174,17 @@ def is_valid_tid(tid: str) -> bool:
     return bool(_TID.fullmatch(tid))
 
 
+def register_signed_bytes(register: Register) -> bytes:
+    """What a register's ``sig`` signs: label, then id, device_id, hardware_id, model, seal_pub text."""
+    fields = (register.id, register.device_id, register.hardware_id, register.model, register.seal_pub_b64)
+    return REGISTER_SIGNED_LABEL + "\n".join(fields).encode("utf-8")
+
+
+def device_cert_bytes(device_id: str, device_key: bytes) -> bytes:
+    """What a ``device_cert`` signs: label, the device id, a newline, the raw 32-byte identity key."""
+    return DEVICE_CERT_LABEL + device_id.encode("utf-8") + b"\n" + device_key
+
+
 def decode_device_message(payload: bytes) -> DeviceMessage:
     """Parse and check one device message; :class:`ProtocolError` says exactly what is wrong."""
     if len(payload) > MAX_MESSAGE_BYTES:
@@ -163,6 +195,8 @@ def decode_device_message(payload: bytes) -> DeviceMessage:
         raise ProtocolError("malformed", "message is not UTF-8") from None
     except ValueError as exc:
         raise ProtocolError("malformed", f"message is not JSON ({exc.args[0].split(':')[0]})") from None
+    except RecursionError:  # json recurses per nesting level: "[" * 4000 fits in 4096 bytes
+        raise ProtocolError("malformed", "message is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("malformed", f"message is a JSON {type(data).__name__}, not an object")
     re_id = _peek(data, "id", 64)
@@ -179,8 +213,10 @@ def encode(message: AgentMessage) -> bytes:
     body: dict[str, Any] = {"v": PROTOCOL_VERSION}
     match message:
         case Key():
+            key = message.auth_key
+            carried = {"sealed_key": key.to_wire()} if isinstance(key, SealedKey) else {"auth_key": key.reveal()}
             body |= {"type": "key", "re": message.re, "device_id": message.device_id, "attempt": message.attempt,
-                     "auth_key": message.auth_key.reveal(), "expires_at": message.expires_at,
+                     **carried, "expires_at": message.expires_at,
                      "activate_within_s": message.activate_within_s}  # fmt: skip
         case Done():
             body |= {"type": "done", "re": message.re, "device_id": message.device_id,
@@ -200,7 +236,8 @@ def _decode(data: dict[str, Any]) -> DeviceMessage:
     if isinstance(version, bool) or not isinstance(version, int):
         raise ProtocolError("malformed", "member 'v' must be an integer (the protocol version, 1)")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError("unsupported_version", f"protocol version {version} is not supported; this agent speaks 1")
+        shown = version if abs(version) <= 0xFFFF else "beyond 65535"  # the answer must stay within 4096 bytes
+        raise ProtocolError("unsupported_version", f"protocol version {shown} is not supported; this agent speaks 1")
     kind = _text(data, "type", 32)
     message_id = _text(data, "id", 64)
     device_id = _text(data, "device_id", 64)
@@ -211,6 +248,11 @@ def _decode(data: dict[str, Any]) -> DeviceMessage:
             hardware_id=_text(data, "hardware_id", 128),
             model=_text(data, "model", 64),
             fw=_text(data, "fw", 64, required=False),
+            seal_pub=_seal_pub(data),
+            seal_pub_b64=data["seal_pub"] if data.get("seal_pub") is not None else "",
+            sig=_binary(data, "sig", ED25519_SIGNATURE_BYTES),
+            device_key=_binary(data, "device_key", ED25519_KEY_BYTES),
+            device_cert=_binary(data, "device_cert", ED25519_SIGNATURE_BYTES),
         )
     if kind == "result":
         attempt = _text(data, "attempt", 16)
@@ -253,7 +295,33 @@ def _text(data: dict[str, Any], name: str, limit: int, *, required: bool = True)
         raise ProtocolError("invalid_field", f"member '{name}' is {len(value)} characters; at most {limit} allowed")
     if _CONTROL.search(value):
         raise ProtocolError("invalid_field", f"member '{name}' contains control characters")
+    if _SURROGATE.search(value):
+        raise ProtocolError("invalid_field", f"member '{name}' contains a lone surrogate escape (not Unicode text)")
     return value
+
+
+def _binary(data: dict[str, Any], name: str, size: int) -> bytes | None:
+    """An optional member holding exactly ``size`` bytes as standard base64 with padding."""
+    value = data.get(name)
+    if value is None:
+        return None
+    try:
+        raw = strict_b64decode(value, name)
+    except SealingError as exc:
+        raise ProtocolError("invalid_field", f"member {exc}") from None
+    if len(raw) != size:
+        raise ProtocolError("invalid_field", f"member '{name}' must encode {size} bytes, not {len(raw)}")
+    return raw
+
+
+def _seal_pub(data: dict[str, Any]) -> bytes | None:
+    seal_pub = _binary(data, "seal_pub", PUBLIC_KEY_BYTES)
+    if seal_pub is not None:
+        try:
+            check_seal_pub(seal_pub)
+        except SealingError as exc:
+            raise ProtocolError("invalid_field", f"member {exc}") from None
+    return seal_pub
 
 
 def _day(data: dict[str, Any], name: str) -> str:
@@ -266,6 +334,6 @@ def _day(data: dict[str, Any], name: str) -> str:
 def _peek(data: dict[str, Any], name: str, limit: int) -> str | None:
     """A member good enough to address a reply, even when the message is refused."""
     value = data.get(name)
-    if isinstance(value, str) and 0 < len(value) <= limit and not _CONTROL.search(value):
-        return value
+    if isinstance(value, str) and 0 < len(value) <= limit:
+        return None if _CONTROL.search(value) or _SURROGATE.search(value) else value
     return None

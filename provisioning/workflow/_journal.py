@@ -6,6 +6,10 @@ transaction: a device is never activated without a report waiting to go out.
 
 The connection is used from one thread at a time (the runtime gives the journal a
 dedicated worker thread); a lock guards it anyway.
+
+The audit trail (provisioning.audit) lives in the same file: :meth:`Journal.put` and
+:meth:`Journal.complete` append the entries a state change implies (key minted, consumed,
+abandoned) in the transaction that journals the change, so neither exists without the other.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, implied_entries, verify_chain
+from provisioning.audit import _store as audit_store
+from provisioning.audit._chain import DetailValue
 from provisioning.workflow._state import DeviceRecord, State
 
 __all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 3
 BUSY_TIMEOUT_MS: Final = 5000  # another process (status/export) may hold a read lock briefly
 
 _MIGRATIONS: Final[dict[int, str]] = {
@@ -41,6 +48,16 @@ _MIGRATIONS: Final[dict[int, str]] = {
         next_attempt_at REAL NOT NULL, delivered_at REAL, last_error TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX outbox_pending ON outbox(delivered_at, next_attempt_at);
+    """,
+    2: audit_store.AUDIT_SCHEMA,
+    # Keys charged to the admission quotas (provisioning.admission), written before CreateAuthKey.
+    3: """
+    CREATE TABLE admission_charges (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, model TEXT NOT NULL,
+        work_order TEXT NOT NULL, at REAL NOT NULL
+    );
+    CREATE INDEX admission_charges_at ON admission_charges(at);
+    CREATE INDEX admission_charges_order ON admission_charges(work_order);
     """,
 }
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
@@ -67,21 +84,23 @@ class OutboxRow:
 class Journal:
     """Durable device records and outbox; open with :meth:`open`."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, gateway_id: str = "") -> None:
         self._db = connection
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by the methods run inside batch()
+        self._in_batch = False
         self.path = path
+        self.gateway_id = gateway_id  # written into every audit entry
 
     @classmethod
-    def open(cls, path: Path) -> Journal:
-        """Open (creating and migrating) the journal at ``path``."""
+    def open(cls, path: Path, *, gateway_id: str = "") -> Journal:
+        """Open (creating and migrating) the journal at ``path``; ``gateway_id`` signs its audit entries."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
-            journal = cls(connection, path)
+            journal = cls(connection, path, gateway_id)
             journal._migrate()
             connection.execute("BEGIN IMMEDIATE")  # can we write? (a file restored as another user cannot)
             connection.execute("ROLLBACK")
@@ -119,10 +138,22 @@ class Journal:
             row = self._db.execute(_SELECT_RECORDS + " WHERE device_id = ?", (device_id,)).fetchone()
         return _record(row) if row else None
 
-    def put(self, record: DeviceRecord) -> None:
-        """Insert or replace a record, durably."""
+    def put(
+        self,
+        record: DeviceRecord,
+        *,
+        charge: tuple[str, str, float] | None = None,
+        pushed: dict[str, DetailValue] | None = None,
+    ) -> int:
+        """Insert or replace a record, durably; in the same transaction (one fsync, not two or three) also
+        count a key against the quotas (``charge``: model, work order, time; returns the charge's row id)
+        and record the first push of the record's key (``pushed``: the entry's detail)."""
         with self._transaction() as db:
+            self._audit_change(db, record)
             _upsert(db, record)
+            if pushed is not None:
+                self._append_push(db, record, record.updated_at, pushed)
+            return 0 if charge is None else _insert_charge(db, record.device_id, *charge)
 
     def delete(self, device_id: str) -> None:
         """Forget a device that never received a key."""
@@ -132,6 +163,9 @@ class Journal:
     def complete(self, record: DeviceRecord, report: dict[str, Any], *, now: float) -> None:
         """Store an activated record and queue its report, in one transaction."""
         with self._transaction() as db:
+            consumed: dict[str, DetailValue] = {"biz_type": str(report.get("biz_type", "")),
+                                                "term": str(report.get("term", ""))}  # fmt: skip
+            self._audit_change(db, record, consumed)
             _upsert(db, record)
             db.execute(
                 "INSERT INTO outbox (device_id, idempotency_key, payload, created_at, next_attempt_at) "
@@ -196,11 +230,159 @@ class Journal:
             (due,) = self._db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL").fetchone()
         return float(due) if due is not None else None
 
+    # -- admission charges (quota use survives a crash) -------------------------------------
+
+    def charge(self, device_id: str, model: str, work_order: str, *, at: float) -> int:
+        """Count a key against the quotas, durably, before it is minted; returns the row id."""
+        with self._transaction() as db:
+            return _insert_charge(db, device_id, model, work_order, at)
+
+    def uncharge(self, row_id: int) -> None:
+        """Give a charge back: no key was minted for it."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM admission_charges WHERE id = ?", (row_id,))
+
+    def charges_since(self, since: float) -> list[tuple[int, str, str, str, float]]:
+        """Charges at or after ``since``: (row id, device_id, model, work_order, at), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, device_id, model, work_order, at FROM admission_charges WHERE at >= ? ORDER BY at",
+                (since,),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in rows]
+
+    def charges_per_order(self) -> dict[str, int]:
+        """Keys ever charged to each work order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != '' GROUP BY work_order"
+            ).fetchall()
+        return {str(order): int(count) for order, count in rows}
+
+    # -- audit trail ------------------------------------------------------------------------
+
+    def audit(self, event: str, record: DeviceRecord, *, now: float, detail: dict[str, DetailValue]) -> AuditEntry:
+        """Append an entry no state change implies (``pushed``, ``abandoned`` of a key lost unpushed)."""
+        with self._transaction() as db:
+            return self._append(db, event, record, record.attempt, record.key_fingerprint, now, detail)
+
+    def record_push(self, record: DeviceRecord, *, now: float, detail: dict[str, DetailValue]) -> AuditEntry:
+        """Append ``pushed`` for the record's attempt (``resend`` says whether it was pushed before)."""
+        with self._transaction() as db:
+            return self._append_push(db, record, now, detail)
+
+    def _append_push(
+        self, db: sqlite3.Connection, record: DeviceRecord, now: float, detail: dict[str, DetailValue]
+    ) -> AuditEntry:
+        resend = audit_store.has_event(db, record.device_id, record.attempt, "pushed")
+        return self._append(db, "pushed", record, record.attempt, record.key_fingerprint, now,
+                            detail | {"resend": resend})  # fmt: skip
+
+    def abandon_unpushed(self, *, now: float) -> list[AuditEntry]:
+        """At start-up: open attempts whose key never got a ``pushed`` entry lost it unused; record that."""
+        entries = []
+        with self._transaction() as db:
+            rows = db.execute(_SELECT_RECORDS + " WHERE state IN (?, ?) AND attempt != ''", _UNFINISHED[1:]).fetchall()
+            for record in map(_record, rows):
+                pushed = audit_store.has_event(db, record.device_id, record.attempt, "pushed")
+                minted = audit_store.has_event(db, record.device_id, record.attempt, "minted")  # not a pre-trail one
+                if pushed or not minted or audit_store.closed(db, record.device_id, record.attempt):
+                    continue
+                detail: dict[str, DetailValue] = {"reason": "unpushed", "error": "key lost before its first push",
+                                                  "was_pushed": False}  # fmt: skip
+                entries.append(self._append(db, "abandoned", record, record.attempt, record.key_fingerprint, now,
+                                            detail))  # fmt: skip
+        return entries
+
+    def attempt_pushed(self, device_id: str, attempt: str) -> bool:
+        """The trail has a ``pushed`` entry for this attempt."""
+        with self._lock:
+            return audit_store.has_event(self._db, device_id, attempt, "pushed")
+
+    def attempt_closed(self, device_id: str, attempt: str) -> bool:
+        """The trail has a ``consumed`` or ``abandoned`` entry for this attempt."""
+        with self._lock:
+            return audit_store.closed(self._db, device_id, attempt)
+
+    def audit_rows(self) -> list[StoredEntry]:
+        """The trail as stored, in seq order (one consistent snapshot)."""
+        with self._lock:
+            return audit_store.read_rows(self._db)
+
+    def verify_audit(self) -> tuple[list[StoredEntry], ChainBreak | None]:
+        """The rows and the first break of the chain (None when intact)."""
+        rows = self.audit_rows()
+        return rows, verify_chain(rows)
+
+    def _audit_change(
+        self, db: sqlite3.Connection, record: DeviceRecord, consumed: dict[str, DetailValue] | None = None
+    ) -> None:
+        row = db.execute(_SELECT_RECORDS + " WHERE device_id = ?", (record.device_id,)).fetchone()
+        implied = implied_entries(
+            _record(row) if row else None,
+            record,
+            closed=lambda attempt: audit_store.closed(db, record.device_id, attempt),
+            pushed=lambda attempt: audit_store.has_event(db, record.device_id, attempt, "pushed"),
+            consumed_detail=consumed,
+        )
+        for entry in implied:
+            self._append(db, entry.event, record, entry.attempt, entry.key_fingerprint, record.updated_at, entry.detail)
+
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        event: str,
+        record: DeviceRecord,
+        attempt: str,
+        fingerprint: str,
+        now: float,
+        detail: dict[str, DetailValue],
+    ) -> AuditEntry:
+        return audit_store.append(
+            db, at=format_at(now), event=event, device_id=record.device_id, model=record.model, attempt=attempt,
+            key_fingerprint=fingerprint, gateway_id=self.gateway_id, detail=detail,
+        )  # fmt: skip
+
     # -- internals --------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every call made inside is durable at one COMMIT (one fsync) when the block ends.
+
+        Each call still runs in its own savepoint, so one that fails leaves the others intact.
+        Nothing done inside may be acted on (a key pushed, an answer sent) before the block ends.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._in_batch = True
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._in_batch = False
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._in_batch:  # part of a group commit: undo only this call's writes on failure
+                try:
+                    self._db.execute("SAVEPOINT call")
+                    try:
+                        yield self._db
+                    except BaseException:
+                        self._db.execute("ROLLBACK TO call")
+                        raise
+                    finally:
+                        self._db.execute("RELEASE call")
+                except sqlite3.Error as exc:
+                    raise JournalError(f"journal {self.path}: {exc}") from exc
+                return
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -235,3 +417,11 @@ def _record(row: tuple[Any, ...]) -> DeviceRecord:
     values["state"] = State(values["state"])
     values["reconciled"] = bool(values["reconciled"])
     return DeviceRecord(**values)
+
+
+def _insert_charge(db: sqlite3.Connection, device_id: str, model: str, work_order: str, at: float) -> int:
+    cursor = db.execute(
+        "INSERT INTO admission_charges (device_id, model, work_order, at) VALUES (?, ?, ?, ?)",
+        (device_id, model, work_order, at),
+    )
+    return int(cursor.lastrowid or 0)

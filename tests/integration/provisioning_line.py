@@ -31,8 +31,10 @@ FAST = Timing(time_scale=0.05)  # device-side timeouts (10 s register resend) sc
 class Watcher:
     """A plain MQTT client recording every message on some topics (reports, status, device answers)."""
 
-    def __init__(self, port: int, *topics: str) -> None:
+    def __init__(self, port: int, *topics: str, username: str | None = None, password: str | None = None) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.connack: Any = None  # the broker's CONNACK reason (a broker with passwords may refuse us)
+        self.granted: list[Any] = []  # SUBACK reasons, one per topic
         self._lock = threading.Lock()
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -40,11 +42,22 @@ class Watcher:
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.connect("127.0.0.1", port)
         for topic in topics:
             self._client.subscribe(topic, qos=1)
         self._client.loop_start()
         time.sleep(0.2)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connack = reason
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
+        with self._lock:
+            self.granted.extend(reasons)
 
     def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
         try:
@@ -112,7 +125,7 @@ class Line:
         self.agents.append(agent)
         return agent
 
-    def fleet(self, specs: list[Any], deadline_s: float = 60.0) -> FleetReport:
+    def fleet(self, specs: list[Any], deadline_s: float = 60.0, passwords: dict[str, str] | None = None) -> FleetReport:
         return asyncio.run(
             run_fleet(
                 specs,
@@ -121,11 +134,12 @@ class Line:
                 emulator_url=self.emulator.url,
                 deadline_s=deadline_s,
                 timing=FAST,
+                mqtt_passwords=passwords,
             )
         )
 
-    def watch(self, *topics: str) -> Watcher:
-        watcher = Watcher(self.broker.port, *topics)
+    def watch(self, *topics: str, username: str | None = None, password: str | None = None) -> Watcher:
+        watcher = Watcher(self.broker.port, *topics, username=username, password=password)
         self.watchers.append(watcher)
         return watcher
 

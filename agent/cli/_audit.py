@@ -1,0 +1,256 @@
+"""``provisioning-agent audit verify|export|reconcile``: the key audit trail in the journal (docs/audit.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from agent.cli._cloud import ENV_ENDPOINT, client_from_args
+from agent.cli._exit import ExitCode
+from agent.cli._output import print_json, print_table, report_error, stderr_console
+from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, reconcile, verify_chain
+from provisioning.cloudauth import DEFAULT_ENDPOINT, CloudauthError, DeviceInfo
+from provisioning.workflow import Journal, JournalError
+
+__all__ = ["add_parser"]
+
+
+class _Unusable(Exception):
+    """The journal or configuration cannot be read: exit 3 with this message."""
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``audit`` and its actions."""
+    source = argparse.ArgumentParser(add_help=False)
+    where = source.add_argument_group("which journal")
+    where.add_argument("--journal", type=Path, action="append", help="the agent's journal file (SQLite); "
+                       "reconcile takes it once per gateway")  # fmt: skip
+    where.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                       help="else the journal named in this agent configuration (default %(default)s)")  # fmt: skip
+    source.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+
+    audit = commands.add_parser(
+        "audit", help="verify, export and reconcile the AuthKey audit trail",
+        description="Every key the agent minted, pushed, saw consumed or abandoned is a hash-chained entry in "
+        "the journal. These commands read the journal (safe while the agent runs).",
+    )  # fmt: skip
+    actions = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    verify = actions.add_parser("verify", parents=[source], help="check the hash chain (exit 6 when broken)",
+                                description="Recompute the chain; name the first bad entry and how it was "
+                                "damaged (edited, deleted, reordered, inserted).")  # fmt: skip
+    verify.add_argument("--anchor", metavar="SEQ:HASH", help="a head recorded earlier (printed by verify): "
+                        "the trail must still hold it")  # fmt: skip
+    verify.set_defaults(handler=_verify)
+
+    export = actions.add_parser("export", parents=[source], help="print the trail as JSON lines",
+                                description="One entry per line with its prev_hash and hash, oldest first: "
+                                "the chain can be checked again from the export alone.")  # fmt: skip
+    export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    export.set_defaults(handler=_export)
+
+    recon = actions.add_parser(
+        "reconcile", parents=[source], help="compare the trail with the cloud's licences (DescribeDeviceInfo)",
+        description="Report orphaned licences (the cloud has one no consumed entry names), doubled licences "
+        "(a device holds more than one) and consumed devices the cloud does not know. Exit 1 on any finding. "
+        "Credentials as for the cloud commands (docs/cli.md).",
+    )  # fmt: skip
+    recon.add_argument("--biz-type", action="append", default=[],
+                       help="licences of this BizType (repeatable; default: every BizType in the trail)")  # fmt: skip
+    recon.add_argument("--all-biz-types", action="store_true", help="every licence of the account")
+    connection = recon.add_argument_group("connection")
+    connection.add_argument("--endpoint", default=os.environ.get(ENV_ENDPOINT, DEFAULT_ENDPOINT),
+                            help=f"Cloudauth API base URL (env {ENV_ENDPOINT}; default %(default)s)")  # fmt: skip
+    connection.add_argument("--credentials-file", type=Path, help="TOML file with access_key_id / access_key_secret")
+    connection.add_argument("--signature", choices=("v1", "v3"), default="v1", help="signature version")
+    connection.add_argument("--api-version", default="2019-03-07", help="API Version parameter")
+    connection.add_argument("--qps", type=float, default=5.0, help="calls per second at most (default %(default)s)")
+    connection.add_argument("--timeout", type=float, default=10.0, help="read timeout per call, seconds")
+    recon.set_defaults(handler=_reconcile)
+
+
+# -- verify -------------------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        (path,) = _journal_paths(args, single=True)
+        rows = _read(path)
+        anchor = _anchor(args.anchor)
+    except _Unusable as exc:
+        return _unusable(exc)
+    except ValueError as exc:
+        stderr_console.print(f"error: {exc}", markup=False)
+        return ExitCode.USAGE
+    broken = verify_chain(rows) or (_check_anchor(rows, anchor) if anchor else None)
+    head = {"seq": rows[-1].row, "hash": rows[-1].hash} if rows and broken is None else None
+    result: dict[str, Any] = {"journal": str(path), "intact": broken is None, "entries": len(rows), "head": head,
+                              "break": _break(broken)}  # fmt: skip
+    if args.json:
+        print_json(result)
+    elif broken is None:
+        at = f"; head {head['seq']}:{head['hash']}" if head else ""
+        print(f"audit trail intact: {len(rows)} entries{at}")
+    else:
+        print(f"audit trail BROKEN at seq {broken.seq}: {broken.kind}: {broken.reason}")
+    return ExitCode.OK if broken is None else ExitCode.BROKEN
+
+
+def _anchor(text: str | None) -> tuple[int, str] | None:
+    if text is None:
+        return None
+    seq, _, digest = text.partition(":")
+    if not seq.isdigit() or len(digest) != 64:  # a SHA-256 in hex
+        raise ValueError(f"--anchor must be SEQ:HASH as `audit verify` prints it, got {text!r}")
+    return int(seq), digest.lower()
+
+
+def _check_anchor(rows: list[StoredEntry], anchor: tuple[int, str]) -> ChainBreak | None:
+    seq, digest = anchor
+    if seq > len(rows):
+        return ChainBreak(len(rows) + 1, "deleted", f"the anchored entry {seq} is gone: entries after "
+                          f"{len(rows)} are missing")  # fmt: skip
+    if rows[seq - 1].hash != digest:
+        return ChainBreak(seq, "edited", "the chain was rewritten: this entry no longer has the anchored hash")
+    return None
+
+
+def _break(broken: ChainBreak | None) -> dict[str, Any] | None:
+    return None if broken is None else {"seq": broken.seq, "kind": broken.kind, "reason": broken.reason}
+
+
+# -- export -------------------------------------------------------------------------------------
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        (path,) = _journal_paths(args, single=True)
+        rows = _read(path)
+    except _Unusable as exc:
+        return _unusable(exc)
+    output: IO[str] = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for row in rows:
+            try:
+                line = json.loads(row.text) | {"prev_hash": row.prev_hash, "hash": row.hash}
+            except ValueError:
+                line = {"seq": row.row, "unreadable": row.text, "prev_hash": row.prev_hash, "hash": row.hash}
+            output.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+    finally:
+        if args.output:
+            output.close()
+    if args.output:
+        stderr_console.print(f"{len(rows)} entries written to {args.output}", markup=False)
+    return ExitCode.OK
+
+
+# -- reconcile ----------------------------------------------------------------------------------
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    try:
+        paths = _journal_paths(args, single=False)
+        trails = {path: _read(path) for path in paths}
+    except _Unusable as exc:
+        return _unusable(exc)
+    breaks = {str(path): _break(verify_chain(rows)) for path, rows in trails.items()}
+    entries = [entry for rows in trails.values() for entry in _entries(rows)]
+    biz_types = set(args.biz_type) or {str(e.detail.get("biz_type")) for e in entries if e.event == "consumed"}
+    biz_types.discard("")
+    if args.all_biz_types:
+        biz_types = set()
+    try:
+        licences = asyncio.run(_licences(args, biz_types))
+    except CloudauthError as exc:
+        return report_error(exc, as_json=args.json)
+    except ValueError as exc:
+        stderr_console.print(f"error: {exc}", markup=False)
+        return ExitCode.USAGE
+    findings = reconcile(entries, licences, biz_types=biz_types)
+    broken = {path: b for path, b in breaks.items() if b is not None}
+    if args.json:
+        print_json(findings.as_dict() | {"biz_types": sorted(biz_types), "chain_breaks": broken})
+    else:
+        _print_findings(findings.as_dict(), biz_types, broken)
+    if broken:
+        return ExitCode.BROKEN
+    return ExitCode.OK if findings.clean else ExitCode.FAILED
+
+
+async def _licences(args: argparse.Namespace, biz_types: set[str]) -> list[DeviceInfo]:
+    found: dict[str, DeviceInfo] = {}
+    async with client_from_args(args) as client:
+        for biz_type in sorted(biz_types) or [""]:
+            async for licence in client.iter_device_info(biz_type=biz_type):
+                found[licence.device_id] = licence
+    return list(found.values())
+
+
+def _print_findings(result: dict[str, Any], biz_types: set[str], broken: dict[str, Any]) -> None:
+    scope = ", ".join(sorted(biz_types)) or "every BizType"
+    print(f"checked {result['licences_checked']} licence(s) at the cloud ({scope}) against "
+          f"{result['consumed_checked']} consumed entries in the trail")  # fmt: skip
+    for path, where in broken.items():
+        print(f"audit trail {path} BROKEN at seq {where['seq']}: {where['kind']}: {where['reason']}")
+    tables: list[tuple[str, tuple[str, ...], Callable[[], list[dict[str, Any]]]]] = [
+        ("orphaned licences", ("DeviceId", "UserDeviceId", "BizType", "ExpiredDay", "why"), lambda: result["orphaned"]),
+        ("doubled licences", ("UserDeviceId", "DeviceIds", "in_trail"), lambda: result["doubled"]),
+        ("consumed but unknown to the cloud", ("UserDeviceId", "DeviceId", "gateway_id", "seq"),
+         lambda: result["unknown"]),
+        ("open attempts (no end recorded)", ("UserDeviceId", "attempt", "minted_at", "seq"),
+         lambda: result["open_attempts"]),
+    ]  # fmt: skip
+    for title, columns, rows in tables:
+        if rows():
+            print_table(rows(), columns, title=f"{title}: {len(rows())}")
+    print("no orphaned, doubled or unknown licence" if result["clean"] else "findings need a person: see docs/audit.md")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _journal_paths(args: argparse.Namespace, *, single: bool) -> list[Path]:
+    paths: list[Path] = args.journal or []
+    if single and len(paths) > 1:
+        raise _Unusable("give --journal once for this action")
+    if paths:
+        return paths
+    try:
+        return [Path(load_config(args.config).journal)]
+    except ConfigError as exc:
+        raise _Unusable(f"configuration error: {exc}") from None
+
+
+def _read(path: Path) -> list[StoredEntry]:
+    try:
+        journal = Journal.open_readonly(path)
+    except JournalError as exc:
+        raise _Unusable(str(exc)) from None
+    try:
+        return journal.audit_rows()
+    except Exception as exc:  # noqa: BLE001 - sqlite3 errors of a damaged file: say so, do not trace back
+        raise _Unusable(f"journal {path}: {exc}") from None
+    finally:
+        journal.close()
+
+
+def _entries(rows: list[StoredEntry]) -> list[AuditEntry]:
+    entries = []
+    for row in rows:
+        try:
+            entries.append(AuditEntry.from_dict(json.loads(row.text)))
+        except ValueError:
+            continue  # a damaged row: verify names it; reconcile uses what it can read
+    return entries
+
+
+def _unusable(exc: _Unusable) -> int:
+    stderr_console.print(f"error: {exc}", markup=False)
+    return ExitCode.CONFIG

@@ -1,0 +1,197 @@
+"""Admission at run time: the work-order folder, the durable quota charges, and the core's decisions.
+
+The core (provisioning.admission) decides; this module feeds it. Work orders come from the
+folder the MES fills (``[admission] work_orders_dir``), looked at every ``poll_interval_s``:
+a new or changed file is parsed, a broken one is logged with its file and line and ignored
+(the order's previous version stays in force), a removed one withdraws its order. Every key
+is charged to the quotas in the journal before CreateAuthKey, so a restart, even after a
+kill -9, counts every key that may have been minted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.config import AdmissionConfig
+from agent.daemon._worker import JournalWorker
+from provisioning.admission import (
+    DAY_S,
+    MAX_FILE_BYTES,
+    Admission,
+    Ledger,
+    LineLimits,
+    Mint,
+    Refusal,
+    Request,
+    Rules,
+    WorkOrder,
+    WorkOrderError,
+    parse_work_order,
+)
+
+__all__ = ["LineAdmission", "WorkOrderFolder"]
+
+log = logging.getLogger("agent.admission")
+
+
+class LineAdmission:
+    """The line's admission: one per agent, shared by every transport."""
+
+    def __init__(
+        self, config: AdmissionConfig, journal: JournalWorker, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self._journal = journal
+        self._clock = clock
+        limits = LineLimits(
+            per_hour=config.per_hour,
+            per_day=config.per_day,
+            device_per_minute=config.device_per_minute,
+            mqtt_per_second=config.mqtt_per_second,
+            serial_per_second=config.serial_per_second,
+        )
+        self.core = Admission(limits)
+        self.folder = WorkOrderFolder(Path(config.work_orders_dir)) if config.work_orders_dir else None
+
+    async def load(self) -> None:
+        """Read the quota charges back from the journal and the work orders from their folder (at start)."""
+        journal = self._journal.journal
+        since = self._clock() - DAY_S
+        rows = await self._journal.run(journal.charges_since, since)
+        per_order = await self._journal.run(journal.charges_per_order)
+        recent = [Mint(device_id, model, order, at, row_id) for row_id, device_id, model, order, at in rows]
+        self.core.ledger = Ledger(recent, per_order)
+        log.info("admission: %d key(s) charged in the last 24 hours, %d work order(s) charged",
+                 len(recent), len(per_order))  # fmt: skip
+        await self.refresh()
+
+    async def poll(self) -> None:
+        """Look at the work-order folder every ``poll_interval_s`` (runs for the agent's life)."""
+        while True:
+            await asyncio.sleep(self.config.poll_interval_s)
+            await self.refresh()
+            self.core.ledger.prune(self._clock())
+
+    async def refresh(self) -> None:
+        """Take in new, changed and removed work orders now."""
+        if self.folder is None:
+            return
+        orders, events = await asyncio.to_thread(self.folder.scan)
+        for level, text in events:
+            log.log(level, "work orders: %s", text)
+        if events:
+            self.core.set_work_orders(orders)
+
+    def throttle(self, tid: str, device_id: str) -> Refusal | None:
+        """The rate limits, for every register."""
+        return self.core.throttle(tid, device_id, self._clock())
+
+    def reserve(self, request: Request) -> Mint | Refusal:
+        """Check a registration that would cost a key and count it in memory; the caller writes the charge
+        to the journal with the device's intent (one transaction) or calls :meth:`unreserve`."""
+        return self.core.admit(request, self._clock())
+
+    def unreserve(self, mint: Mint) -> None:
+        """A reserved key whose charge never reached the journal."""
+        self.core.release(mint)
+
+    async def release(self, mint: Mint) -> None:
+        """No key was minted for an admission: give its charge back."""
+        self.core.release(mint)
+        if mint.row_id:
+            await self._journal.run(self._journal.journal.uncharge, mint.row_id)
+
+    def status(self, rules: dict[str, Rules]) -> dict[str, Any]:
+        """For /status: work orders (used / ceiling), quota use, broken work-order files."""
+        body = self.core.status(rules, self._clock())
+        body["work_orders_dir"] = self.config.work_orders_dir
+        body["work_order_errors"] = sorted(self.folder.errors.values()) if self.folder is not None else []
+        return body
+
+
+class WorkOrderFolder:
+    """The MES's folder of ``*.csv`` work orders, compared with what was seen at the last look."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._problems: dict[str, str] = {}  # file (or the folder) -> why it cannot be read or parsed now
+        self._duplicates: dict[str, str] = {}  # file -> the earlier file that gives the same order id
+        self._seen: dict[str, tuple[int, int]] = {}  # file -> (mtime_ns, size) last parsed
+        self._good: dict[str, WorkOrder] = {}  # file -> its last version that parsed
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """What is wrong with each file now (shown by /status)."""
+        return self._problems | self._duplicates
+
+    def scan(self) -> tuple[list[WorkOrder], list[tuple[int, str]]]:
+        """The orders in force and what changed (log level, text); blocking: run it off the event loop."""
+        events: list[tuple[int, str]] = []
+        try:
+            paths = {str(p): p for p in self.directory.glob("*.csv") if p.is_file()}
+        except OSError as exc:
+            problem = f"cannot list {self.directory} ({exc.strerror or exc}); the orders in force stay"
+            if self._problems.get(str(self.directory)) != problem:
+                self._problems[str(self.directory)] = problem
+                events.append((logging.ERROR, problem))
+            return list(self._good.values()), events
+        self._problems.pop(str(self.directory), None)
+        for name in sorted((set(self._seen) | set(self._problems)) - set(paths) - {str(self.directory)}):
+            self._seen.pop(name, None)
+            self._problems.pop(name, None)
+            if (gone := self._good.pop(name, None)) is not None:
+                events.append((logging.INFO, f"{name}: removed; order {gone.order_id} withdrawn"))
+        for name, path in sorted(paths.items()):
+            events += self._look(name, path)
+        return self._in_force(events), events
+
+    def _look(self, name: str, path: Path) -> list[tuple[int, str]]:
+        try:
+            stat = path.stat()
+            signature = (stat.st_mtime_ns, stat.st_size)
+            if self._seen.get(name) == signature:
+                return []
+            text = path.read_text(encoding="utf-8") if stat.st_size <= MAX_FILE_BYTES else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._broken(name, f"{name}: cannot read ({exc})")  # not marked seen: read again next time
+        self._seen[name] = signature
+        try:
+            if stat.st_size > MAX_FILE_BYTES:
+                raise WorkOrderError(name, 1, f"file is larger than {MAX_FILE_BYTES} bytes")  # noqa: TRY301
+            order = parse_work_order(text, name)
+        except WorkOrderError as exc:
+            return self._broken(name, str(exc))
+        self._problems.pop(name, None)
+        before = self._good.get(name)
+        self._good[name] = order
+        verb = "loaded" if before is None else "changed"
+        return [(logging.INFO, f"{name}: order {order.order_id} {verb}: model {order.model}, "
+                               f"{len(order.devices)} device(s), ceiling {order.ceiling}")]  # fmt: skip
+
+    def _broken(self, name: str, problem: str) -> list[tuple[int, str]]:
+        kept = self._good.get(name)
+        suffix = f"; its previous version (order {kept.order_id}) stays in force" if kept else "; ignored"
+        if self._problems.get(name) == problem + suffix:
+            return []  # said already (an unreadable file is tried again at every look)
+        self._problems[name] = problem + suffix
+        return [(logging.ERROR, problem + suffix)]
+
+    def _in_force(self, events: list[tuple[int, str]]) -> list[WorkOrder]:
+        """Every good order; an order id already given by an earlier file (by name) is ignored."""
+        orders: dict[str, WorkOrder] = {}
+        duplicates: dict[str, str] = {}
+        for name, order in sorted(self._good.items()):
+            first = orders.get(order.order_id)
+            if first is None:
+                orders[order.order_id] = order
+                continue
+            duplicates[name] = f"{name}: order {order.order_id} is already given by {first.source}; ignored"
+            if self._duplicates.get(name) != duplicates[name]:
+                events.append((logging.ERROR, duplicates[name]))
+        self._duplicates = duplicates
+        return list(orders.values())

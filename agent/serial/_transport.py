@@ -1,0 +1,236 @@
+"""The serial transport: finds ports, keeps one worker per port, and routes device messages both ways.
+
+Every ``scan_interval_s`` the configured paths, glob patterns, URLs and the profiles' USB
+adapters are looked for (hotplug): a new port is opened, a port whose worker ended (unplugged,
+I/O error) is forgotten until it shows up again. A device whose port vanished mid-exchange
+resumes from the journal when it is back: its next message arrives on the same identity, so the
+same topic id.
+
+Devices on a port are addressed by the topic id ``serial:<identity>``; the DeviceService
+answers through :meth:`SerialTransport.send`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from agent.config import SerialConfig
+from agent.serial._discovery import SERIAL_TID_PREFIX, PortCandidate, UsbRule, discover, tid_for, usb_ports
+from agent.serial._port import PortClosed, PortEvent, PortWorker
+from provisioning.profiles import Profile
+from provisioning.protocol import AgentMessage, encode
+from provisioning.serial import Failed, LinkConfig, LinkUp, MessageAcked, MessageDropped, MessageReceived
+
+__all__ = ["PortStatus", "SerialTransport"]
+
+log = logging.getLogger("agent.serial")
+
+REOPEN_AFTER_S: Final = 5.0  # a port that failed to open is tried again after this long
+
+
+@dataclass(slots=True)
+class PortStatus:
+    """What ``status`` shows for one port."""
+
+    identity: str
+    tid: str
+    url: str
+    source: str
+    baudrate: int
+    state: str = "connecting"  # connecting (open, no device yet) | up | no_device | failed | gone
+    detail: str = ""
+    device_id: str = ""  # the device last heard on the port
+    last_message: str = ""  # e.g. "register in", "key out"
+    since: float = field(default_factory=time.time)
+    opened: int = 0  # how many times the port was opened
+
+    def as_dict(self, worker: PortWorker | None) -> dict[str, Any]:
+        stats = worker.endpoint.stats if worker is not None else None
+        return {
+            "identity": self.identity, "tid": self.tid, "url": self.url, "source": self.source,
+            "baudrate": self.baudrate, "state": self.state, "detail": self.detail, "device_id": self.device_id,
+            "last_message": self.last_message, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since)),
+            "opened": self.opened,
+            "link": None if stats is None else {
+                "frames_received": stats.frames_received, "frames_sent": stats.frames_sent,
+                "crc_errors": stats.crc_errors, "framing_errors": sum(stats.framing_errors.values()),
+                "retransmissions": stats.retransmissions, "duplicates": stats.duplicates,
+            },
+        }  # fmt: skip
+
+
+Deliver = Callable[[str, bytes], None]  # (tid, payload): hand a device message to the DeviceService
+
+
+class SerialTransport:
+    """All serial ports of the gateway."""
+
+    def __init__(
+        self,
+        config: SerialConfig,
+        profiles: dict[str, Profile],
+        deliver: Deliver,
+        *,
+        link: LinkConfig | None = None,
+        list_usb: Callable[[], Iterable[Any]] = usb_ports,
+    ) -> None:
+        self.config = config
+        self.profiles = profiles
+        self._deliver = deliver
+        self._link = link or LinkConfig()
+        self._list_usb = list_usb
+        self._workers: dict[str, PortWorker] = {}  # identity -> worker of an open port
+        self._ports: dict[str, PortStatus] = {}  # identity -> status, kept after a port goes (for status)
+        self._by_tid: dict[str, str] = {}  # tid -> identity
+        self._retry_at: dict[str, float] = {}
+        self._announced_absent: set[str] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.ports) or (self.config.usb and any(p.serial_usb for p in self.profiles.values()))
+
+    async def run(self) -> None:
+        """Scan for ports until cancelled; stops every worker on the way out."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                candidates = await asyncio.to_thread(self._discover)
+                self._open_new(candidates, loop)
+                await asyncio.sleep(self.config.scan_interval_s)
+        finally:
+            await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Close every port (idempotent)."""
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            worker.stop()
+
+    def owns(self, tid: str) -> bool:
+        return tid.startswith(SERIAL_TID_PREFIX)
+
+    async def send(self, tid: str, message: AgentMessage, expiry_s: int | None) -> None:
+        """Queue a message for the device on ``tid``'s port; a port that is gone drops it (the device resends)."""
+        identity = self._by_tid.get(tid)
+        worker = self._workers.get(identity) if identity else None
+        kind = type(message).__name__.lower().removesuffix("reply")
+        payload = encode(message)
+        if worker is None:
+            log.warning("port of %s is gone: %s not sent; the device resumes when it is back", tid, kind)
+            return
+        expires_at = None if expiry_s is None else time.monotonic() + expiry_s
+        worker.send(payload, expires_at)
+        self._ports[worker.candidate.identity].last_message = f"{kind} out"
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every port seen since start, with its link counters while open."""
+        return [status.as_dict(self._workers.get(identity)) for identity, status in sorted(self._ports.items())]
+
+    @property
+    def open_ports(self) -> int:
+        return len(self._workers)
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def _discover(self) -> dict[str, PortCandidate]:
+        rules = [
+            UsbRule.parse(text, model=profile.model, baudrate=profile.serial_baudrate)
+            for profile in self.profiles.values()
+            for text in profile.serial_usb
+        ]
+        usb = self._list_usb() if self.config.usb and rules else []
+        found = discover(
+            self.config.ports,
+            baudrate=self.config.baudrate,
+            usb_rules=rules,
+            usb=usb,
+            by_path_dir=Path(self.config.by_path_dir),
+        )
+        for pattern in self.config.ports:
+            if "://" in pattern or any(c in pattern for c in "*?[") or pattern in self._announced_absent:
+                continue
+            if not any(c.url == pattern for c in found.values()):
+                self._announced_absent.add(pattern)
+                log.info("port %s is not there yet; it is opened when it appears", pattern)
+        return found
+
+    def _open_new(self, candidates: dict[str, PortCandidate], loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        for identity, candidate in candidates.items():
+            if identity in self._workers or now < self._retry_at.get(identity, 0.0):
+                continue
+            worker = PortWorker(candidate, self._link, loop, self._on_event)
+            self._workers[identity] = worker
+            tid = tid_for(identity)
+            self._by_tid[tid] = identity
+            previous = self._ports.get(identity)
+            status = PortStatus(identity, tid, candidate.url, candidate.source, candidate.baudrate)
+            status.opened = (previous.opened if previous else 0) + 1
+            self._ports[identity] = status
+            self._announced_absent.discard(candidate.url)
+            worker.start()
+            log.info(
+                "port %s: opened (%s, %s, %d baud); devices on it are %s",
+                identity, candidate.url, candidate.source, candidate.baudrate, tid,
+            )  # fmt: skip
+
+    # -- events from the port threads (on the event loop) ---------------------------------
+
+    def _on_event(self, worker: PortWorker, event: PortEvent) -> None:
+        identity = worker.candidate.identity
+        status = self._ports.get(identity)
+        if status is None or self._workers.get(identity) is not worker:
+            return  # a worker already replaced or closed
+        if isinstance(event, MessageReceived):
+            kind, device_id = _summary(event.payload)
+            status.device_id = device_id or status.device_id
+            status.last_message = f"{kind} in"
+            self._deliver(status.tid, event.payload)
+        elif isinstance(event, LinkUp):
+            self._set(status, "up", f"link v{event.version}, max payload {event.max_payload}")
+            log.info("port %s: link up (v%d) with a device", identity, event.version)
+        elif isinstance(event, Failed):
+            state = "no_device" if event.reason == "no_answer" else "failed"
+            self._set(status, state, f"{event.reason}: {event.detail}")
+            level = logging.INFO if state == "no_device" else logging.WARNING
+            log.log(level, "port %s: %s (%s)", identity, event.reason, event.detail)
+        elif isinstance(event, MessageDropped):
+            log.warning("port %s: %s not delivered (%s)", identity, _summary(event.payload)[0], event.reason)
+        elif isinstance(event, MessageAcked):
+            log.debug("port %s: %s acknowledged", identity, _summary(event.payload)[0])
+        elif isinstance(event, PortClosed):
+            del self._workers[identity]
+            worker.stop(timeout=0)
+            self._set(status, "gone" if event.opened else "failed", event.reason)
+            if not event.opened:
+                self._retry_at[identity] = time.monotonic() + REOPEN_AFTER_S
+            log.warning(
+                "port %s: %s: %s%s", identity, "gone" if event.opened else "cannot open", event.reason,
+                "; a device in progress resumes when the port is back" if event.opened else "",
+            )  # fmt: skip
+
+    @staticmethod
+    def _set(status: PortStatus, state: str, detail: str) -> None:
+        if status.state != state:
+            status.since = time.time()
+        status.state, status.detail = state, detail
+
+
+def _summary(payload: bytes) -> tuple[str, str]:
+    """The message type and device id for status and logs (never the payload: it may hold a key)."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return "undecodable message", ""
+    if not isinstance(value, dict):
+        return "undecodable message", ""
+    kind, device_id = value.get("type"), value.get("device_id")
+    kind = kind if isinstance(kind, str) and kind.isidentifier() and len(kind) <= 32 else "message"
+    return kind, device_id[:64] if isinstance(device_id, str) else ""

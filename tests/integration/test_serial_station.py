@@ -1,0 +1,241 @@
+"""A serial-only station: the real agent (no broker), devices on real pseudo-terminals, the emulator.
+
+Each device here is a thread driving the device side of the link layer over a pty master, with
+the protocol messages written out by hand: the agent's serial transport is checked against the
+spec (docs/protocol.md), not against our own simulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.daemon._process import AgentProcess, write_config
+from agent.emulator import EmulatorProcess
+from provisioning.serial import LinkConfig, LinkEndpoint, MessageReceived, SendBytes
+
+PROFILES = str(Path(__file__).parents[2] / "hardware-profiles")
+MODEL = "gate-controller-g2"
+FAST = LinkConfig(ack_timeout_s=0.1, hello_interval_s=0.2)
+WAIT_S = 30.0  # a guard against hangs, not a timing assertion
+
+
+class LinkDevice:
+    """The device end of one link: a file descriptor driven by a LinkEndpoint in a thread."""
+
+    def __init__(self, fd: int, keep: tuple[Any, ...] = ()) -> None:
+        self.master = fd
+        self._keep = keep  # what must stay open while the device runs
+        self.endpoint = LinkEndpoint(FAST)
+        self.received: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._perform(self.endpoint.send_message(json.dumps(message).encode(), time.monotonic()))
+
+    def wait_for(self, kind: str, count: int = 1) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                matching = [m for m in self.received if m["type"] == kind]
+            if len(matching) >= count:
+                return matching[count - 1]
+            time.sleep(0.02)
+        raise AssertionError(f"no {kind!r} within {WAIT_S} s; received {[m['type'] for m in self.received]}")
+
+    def unplug(self) -> None:
+        """The cable is pulled: the port disappears."""
+        self._stop.set()
+        self._thread.join(5)
+        for item in self._keep:
+            with contextlib.suppress(OSError):
+                item.close() if isinstance(item, socket.socket) else os.close(item)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.02)
+            data = os.read(self.master, 4096) if ready else b""
+            with self._lock:
+                now = time.monotonic()
+                events = self.endpoint.receive_bytes(data, now) if data else []
+                deadline = self.endpoint.next_deadline()
+                if deadline is not None and deadline <= now:
+                    events += self.endpoint.tick(now)
+                self._perform(events)
+
+    def _perform(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, SendBytes):
+                os.write(self.master, event.data)
+            elif isinstance(event, MessageReceived):
+                self.received.append(json.loads(event.payload))
+
+
+class PtyDevice(LinkDevice):
+    """A device on a jig port: a pty whose slave is linked into the folder the agent watches."""
+
+    def __init__(self, link_path: Path) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        link_path.symlink_to(os.ttyname(slave))
+        self.link_path = link_path
+        super().__init__(master, (master, slave))
+
+    def unplug(self) -> None:
+        super().unplug()
+        self.link_path.unlink()
+
+
+def register(device_id: str, message_id: str = "r-1") -> dict[str, Any]:
+    return {"v": 1, "type": "register", "id": message_id, "device_id": device_id,
+            "hardware_id": f"hw-{device_id}", "model": MODEL}  # fmt: skip
+
+
+def activate(emulator: EmulatorProcess, key: dict[str, Any], device_id: str) -> dict[str, Any]:
+    answer = httpx.post(
+        emulator.url + "/_emulator/activate", json={"AuthKey": key["auth_key"], "HardwareId": f"hw-{device_id}"}
+    )
+    answer.raise_for_status()
+    licence: dict[str, Any] = answer.json()
+    return {"v": 1, "type": "result", "id": "r-2", "device_id": device_id, "hardware_id": f"hw-{device_id}",
+            "model": MODEL, "attempt": key["attempt"], "ok": True, "sdk_device_id": licence["DeviceId"],
+            "begin_day": licence["BeginDay"], "expired_day": licence["ExpiredDay"]}  # fmt: skip
+
+
+def start_station(tmp_path: Path, emulator: EmulatorProcess, ports: list[str]) -> AgentProcess:
+    config = write_config(
+        tmp_path / "agent.toml",
+        {
+            "gateway_id": "jig-rack-1",
+            "journal": str(tmp_path / "journal.sqlite3"),
+            "profiles": PROFILES,
+            "log_level": "debug",
+            "cloud": {"endpoint": emulator.url, "qps": 100.0, "burst": 10},
+            "mqtt": {"enabled": False},
+            "upstream": {"mqtt_topic": ""},
+            "http": {"listen": ""},
+            "serial": {"ports": ports, "usb": False, "scan_interval_s": 0.2},
+        },
+    )
+    env = dict(
+        os.environ,
+        ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
+        ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret,
+    )
+    return AgentProcess(config, env=env).start()
+
+
+@pytest.fixture(name="station")
+def station_fixture(tmp_path: Path, emulator: EmulatorProcess) -> Iterator[tuple[Path, AgentProcess]]:
+    jig = tmp_path / "jig"
+    jig.mkdir()
+    agent = start_station(tmp_path, emulator, [str(jig / "port-*")])
+    yield jig, agent
+    agent.stop()
+
+
+def test_devices_on_several_ports_are_licensed_without_a_broker(
+    station: tuple[Path, AgentProcess], emulator: EmulatorProcess
+) -> None:
+    jig, agent = station
+    devices = {f"G2-{n:04d}": PtyDevice(jig / f"port-{n:02d}") for n in range(4)}  # plugged in while it runs
+    try:
+        for device_id, device in devices.items():
+            device.send(register(device_id))
+        for device_id, device in devices.items():
+            key = device.wait_for("key")
+            assert key["device_id"] == device_id
+            device.send(activate(emulator, key, device_id))
+        for device_id, device in devices.items():
+            done = device.wait_for("done")
+            assert done["device_id"] == device_id
+            assert done["expired_day"]
+    finally:
+        for device in devices.values():
+            device.unplug()
+    audit = emulator.audit()
+    assert audit["licences_consumed_total"] == len(devices), audit
+    assert "serial:" in agent.log_text()
+
+
+def test_a_device_unplugged_after_its_key_resumes_on_the_same_port(
+    station: tuple[Path, AgentProcess], emulator: EmulatorProcess
+) -> None:
+    jig, agent = station
+    device = PtyDevice(jig / "port-07")
+    device.send(register("G2-0100"))
+    key = device.wait_for("key")
+    result = activate(emulator, key, "G2-0100")
+    device.unplug()  # activated, but the result never left: the cable was pulled
+    deadline = time.monotonic() + WAIT_S
+    while "gone" not in agent.log_text():
+        assert time.monotonic() < deadline, agent.log_text()
+        time.sleep(0.05)
+    back = PtyDevice(jig / "port-07")  # plugged in again (a new pty: as a USB reset renumbers a node)
+    try:
+        back.send(result)
+        done = back.wait_for("done")
+        back.send(register("G2-0100", "r-3"))  # a reboot: registers again, gets the stored result
+        again = back.wait_for("done", 2)
+    finally:
+        back.unplug()
+    assert done["sdk_device_id"] == result["sdk_device_id"] == again["sdk_device_id"]
+    assert emulator.audit()["licences_consumed_total"] == 1
+
+
+def test_hostile_bytes_and_a_bad_message_are_answered_and_the_port_keeps_serving(
+    station: tuple[Path, AgentProcess], emulator: EmulatorProcess
+) -> None:
+    jig, _ = station
+    device = PtyDevice(jig / "port-01")
+    try:
+        os.write(device.master, os.urandom(3000))  # noise on the line before the handshake
+        device.endpoint.send_message(b'{"v": 1, "type": "register", "id": 7}', time.monotonic())
+        device.send({"v": 1, "type": "register", "id": "x", "device_id": "G2-9", "hardware_id": "h", "model": "nope"})
+        error = device.wait_for("error")
+        assert error["code"] in {"invalid_field", "malformed"}
+        unknown = device.wait_for("error", 2)
+        assert unknown["code"] == "unknown_profile"
+        device.send(register("G2-0200"))
+        key = device.wait_for("key")
+        device.send(activate(emulator, key, "G2-0200"))
+        assert device.wait_for("done")["device_id"] == "G2-0200"
+    finally:
+        device.unplug()
+
+
+def test_a_remote_jig_over_a_socket_url(tmp_path: Path, emulator: EmulatorProcess) -> None:
+    """A jig behind a serial-to-Ethernet server: the agent opens ``socket://host:port`` with pyserial."""
+    server = socket.create_server(("127.0.0.1", 0))
+    url = f"socket://127.0.0.1:{server.getsockname()[1]}"
+    agent = start_station(tmp_path, emulator, [url])
+    try:
+        server.settimeout(WAIT_S)
+        connection, _ = server.accept()
+        device = LinkDevice(connection.fileno(), (connection, server))
+        try:
+            device.send(register("G2-0300"))
+            key = device.wait_for("key")
+            device.send(activate(emulator, key, "G2-0300"))
+            assert device.wait_for("done")["device_id"] == "G2-0300"
+        finally:
+            device.unplug()
+    finally:
+        agent.stop()
+    assert f"port {url}: opened" in agent.log_text()

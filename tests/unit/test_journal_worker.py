@@ -1,0 +1,58 @@
+"""The journal's worker thread: calls that queue up share one commit, each stays atomic, all are durable."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.daemon._worker import JournalWorker
+from provisioning.workflow import DeviceRecord, Journal, State, build_report
+
+T0 = 1_800_000_000.0
+
+
+def pushed(device_id: str) -> DeviceRecord:
+    return DeviceRecord(device_id, f"hw-{device_id}", "m", "t", State.PUSHED, attempts=1, attempt="0" * 16)
+
+
+async def test_calls_queued_together_share_a_commit_and_all_are_durable(tmp_path: Path) -> None:
+    worker = JournalWorker(Journal.open(tmp_path / "j.sqlite3"))
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(worker.run(gate.wait, 5.0))  # holds the thread while the others queue
+    await asyncio.sleep(0.05)
+    puts = [asyncio.ensure_future(worker.run(worker.journal.put, pushed(f"d{n}"))) for n in range(50)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(blocker, *puts)
+    assert worker.calls == 51
+    assert worker.batches == 2  # the blocker alone, then the fifty together
+    worker.close()
+    reopened = Journal.open(tmp_path / "j.sqlite3")
+    assert sorted(record.device_id for record in reopened.unfinished()) == sorted(f"d{n}" for n in range(50))
+
+
+async def test_a_failing_call_is_undone_alone_and_its_caller_gets_the_error(tmp_path: Path) -> None:
+    worker = JournalWorker(Journal.open(tmp_path / "j.sqlite3"))
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(worker.run(gate.wait, 5.0))
+    await asyncio.sleep(0.05)
+    record = DeviceRecord("bad", "hw", "m", "t", State.ACTIVATED, attempts=1, attempt="a" * 16,
+                          sdk_device_id="wd.x", begin_day="20261123", expired_day="20271122")  # fmt: skip
+    report = build_report(record, gateway_id="gw", biz_type="B", term="1y", now=T0) | {"unserialisable": {1, 2}}
+    before = asyncio.ensure_future(worker.run(worker.journal.put, pushed("before")))
+    failing = asyncio.ensure_future(worker.run(worker.journal.complete, record, report, now=T0))
+    after = asyncio.ensure_future(worker.run(worker.journal.put, pushed("after")))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(blocker, before, after)
+    with pytest.raises(TypeError):
+        await failing
+    assert worker.batches == 2
+    worker.close()
+    reopened = Journal.open(tmp_path / "j.sqlite3")
+    assert reopened.get("bad") is None  # its record and its outbox row were rolled back together
+    assert reopened.due_reports(now=T0 + 1, limit=10) == []
+    assert {r.device_id for r in reopened.unfinished()} == {"before", "after"}
