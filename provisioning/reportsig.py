@@ -17,11 +17,13 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# cryptography is imported when a signature is made or checked, not with the module: an agent that
+# does not sign its reports keeps its ~7 MB of resident memory free.
 
 __all__ = [
     "ALGORITHMS",
@@ -94,6 +96,10 @@ def canonical_report_bytes(report: Mapping[str, Any]) -> bytes:
 
 def load_signer(alg: Algorithm, key_id: str, material: bytes) -> ReportSigner:
     """A signer from a key file's bytes: the HMAC secret (surrounding whitespace dropped) or an Ed25519 PEM."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if alg == "hmac-sha256":
         return ReportSigner(alg, key_id, secret=material.strip())
     try:
@@ -120,6 +126,9 @@ def parse_header(value: str) -> dict[str, str]:
 
 def verify_report(report: Mapping[str, Any], *, key: bytes | Ed25519PublicKey) -> dict[str, str]:
     """Check a signed report with the HMAC secret or the Ed25519 public key; its signature member, if good."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     signature = report.get(SIGNATURE_MEMBER)
     if not isinstance(signature, dict) or not all(isinstance(signature.get(n), str) for n in ("alg", "value")):
         raise SignatureError("the report has no signature member {alg, key_id, value}")
@@ -144,4 +153,6 @@ def verify_report(report: Mapping[str, Any], *, key: bytes | Ed25519PublicKey) -
 
 def public_key_pem(key: Ed25519PublicKey) -> str:
     """SubjectPublicKeyInfo PEM, what an MES stores."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re as regex
 from dataclasses import dataclass
-from typing import Any, Final
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING, Any, Final
 
 from provisioning.secret import Secret
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+# cryptography is imported on first use, not with the module: a daemon whose devices never ask
+# for sealing keeps its ~7 MB of resident memory free.
 
 __all__ = [
     "HKDF_INFO",
@@ -67,8 +68,14 @@ AAD_LABEL: Final = b"prov/v1/sealed-key\n"
 MAX_CT_BYTES: Final = 1024  # an AuthKey is ~33 characters; anything near this is not one
 
 _B64: Final = regex.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
-# Any clamped scalar is a multiple of the cofactor 8, so it maps exactly the low-order points to zero.
-_PROBE: Final = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+
+@functools.cache
+def _probe() -> X25519PrivateKey:
+    """Any clamped scalar is a multiple of the cofactor 8, so it maps exactly the low-order points to zero."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 
 
 class SealingError(ValueError):
@@ -121,6 +128,8 @@ def sealing_aad(device_id: str, attempt: str, re: str) -> bytes:
 
 def seal_auth_key(auth_key: Secret, seal_pub: bytes, *, device_id: str, attempt: str, re: str) -> SealedKey:
     """Seal ``auth_key`` to the device's ``seal_pub`` with a fresh ephemeral key and a random nonce."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     ephemeral = X25519PrivateKey.generate()
     return _seal(auth_key, seal_pub, ephemeral, os.urandom(NONCE_BYTES), device_id, attempt, re)
 
@@ -138,6 +147,8 @@ def seal_auth_key_with(
     """Deterministic sealing for test vectors: the caller supplies the ephemeral private key and the nonce."""
     if len(ephemeral_private) != PUBLIC_KEY_BYTES or len(nonce) != NONCE_BYTES:
         raise SealingError(f"an ephemeral key is {PUBLIC_KEY_BYTES} bytes and a nonce {NONCE_BYTES} bytes")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     ephemeral = X25519PrivateKey.from_private_bytes(ephemeral_private)
     return _seal(auth_key, seal_pub, ephemeral, nonce, device_id, attempt, re)
 
@@ -146,6 +157,9 @@ def open_sealed_key(
     sealed: SealedKey, device_private: X25519PrivateKey, *, device_id: str, attempt: str, re: str
 ) -> Secret:
     """The device's side: recover the AuthKey, or :class:`SealingError` (wrong key, tampered, other AAD)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     seal_pub = device_private.public_key().public_bytes_raw()
     shared = _exchange(device_private, sealed.epk, "sealed_key.epk")
     aes_key = _derive(shared, sealed.epk, seal_pub)
@@ -163,7 +177,7 @@ def open_sealed_key(
 
 def check_seal_pub(seal_pub: bytes) -> None:
     """Refuse a ``seal_pub`` that is not 32 bytes or is a low-order point (it would give an all-zero secret)."""
-    _exchange(_PROBE, seal_pub, "seal_pub")
+    _exchange(_probe(), seal_pub, "seal_pub")
 
 
 def strict_b64decode(text: object, name: str) -> bytes:
@@ -184,6 +198,8 @@ def strict_b64decode(text: object, name: str) -> bytes:
 def _seal(
     auth_key: Secret, seal_pub: bytes, ephemeral: X25519PrivateKey, nonce: bytes, device_id: str, attempt: str, re: str
 ) -> SealedKey:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     shared = _exchange(ephemeral, seal_pub, "seal_pub")
     epk = ephemeral.public_key().public_bytes_raw()
     aes_key = _derive(shared, epk, seal_pub)
@@ -192,6 +208,8 @@ def _seal(
 
 
 def _exchange(private: X25519PrivateKey, public: bytes, name: str) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     if len(public) != PUBLIC_KEY_BYTES:
         raise SealingError(f"'{name}' must be {PUBLIC_KEY_BYTES} bytes, not {len(public)}")
     try:
@@ -201,4 +219,7 @@ def _exchange(private: X25519PrivateKey, public: bytes, name: str) -> bytes:
 
 
 def _derive(shared: bytes, epk: bytes, seal_pub: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=AES_KEY_BYTES, salt=epk + seal_pub, info=HKDF_INFO).derive(shared)

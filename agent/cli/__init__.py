@@ -7,28 +7,40 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from agent.cli._exit import ExitCode
 
 __all__ = ["ExitCode", "build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every sub-command registered."""
-    from agent.cli import _audit, _cloud, _demo, _ops, _report, _run
-    from agent.emulator import _cli as emulator_cli
-    from agent.simulator import _cli as simulator_cli
+DAEMON_COMMANDS: Final = frozenset({"run", "check-config"})
 
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command registered (only the daemon's for ``run``).
+
+    The daemon runs for months: it does not load the demo, the emulator, the simulator and their
+    libraries just to build a parser it will not use (several MB of resident memory).
+    """
     parser = argparse.ArgumentParser(
         prog="provisioning-agent",
         description="Licenses edge devices on factory lines with Cloudauth offline-SDK AuthKeys.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from agent.cli import _run
+
+    _run.add_parsers(commands)
+    if command in DAEMON_COMMANDS:
+        return parser
+    from agent.cli import _audit, _cloud, _demo, _ops, _report
+    from agent.emulator import _cli as emulator_cli
+    from agent.simulator import _cli as simulator_cli
+
     _cloud.add_parser(commands)
     emulator_cli.add_parser(commands)
     _demo.add_parser(commands)
-    _run.add_parsers(commands)
     _ops.add_parsers(commands)
     _audit.add_parser(commands)
     _report.add_parser(commands)
@@ -45,8 +57,9 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(arguments[0] if arguments else None)
+    args = parser.parse_args(arguments)
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:

@@ -18,13 +18,16 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from agent.daemon._worker import JournalWorker
 from provisioning.reportsig import HEADER, SIGNATURE_MEMBER, ReportSigner, header_value
+from provisioning.secret import Secret
 
 __all__ = ["MqttSink", "ReportSink", "UpstreamDrainer", "WebhookSink"]
 
@@ -63,27 +66,32 @@ class MqttSink:
 
 
 class WebhookSink:
-    """POSTs each report as JSON with an ``Idempotency-Key`` header."""
+    """POSTs each report as JSON with an ``Idempotency-Key`` header (aiohttp: the cloud client's library)."""
 
     def __init__(self, url: str, *, timeout_s: float, token_file: str = "") -> None:
-        self.name = f"webhook:{httpx.URL(url).host}"
+        self.name = f"webhook:{urlsplit(url).hostname}"
         self._url = url
-        headers = {"content-type": "application/json"}
-        if token_file:
-            headers["authorization"] = "Bearer " + Path(token_file).read_text(encoding="utf-8").strip()
-        self._http = httpx.AsyncClient(timeout=timeout_s, headers=headers, trust_env=False)
+        self._token = Secret(Path(token_file).read_text(encoding="utf-8").strip()) if token_file else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http: aiohttp.ClientSession | None = None  # made on the event loop at the first report
 
     async def deliver(self, key: str, report: dict[str, Any]) -> None:
-        headers = {"idempotency-key": key}
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        headers = {"content-type": "application/json", "idempotency-key": key}
+        if self._token is not None:  # added per request, so no object holds the token in the clear
+            headers["authorization"] = "Bearer " + self._token.reveal()
         if isinstance(report.get(SIGNATURE_MEMBER), dict):
             headers[HEADER] = header_value(report[SIGNATURE_MEMBER])
-        response = await self._http.post(self._url, content=json.dumps(report).encode(), headers=headers)
-        if response.status_code == httpx.codes.CONFLICT or response.is_success:
+        async with self._http.post(self._url, data=json.dumps(report).encode(), headers=headers) as response:
+            status = response.status
+        if status == HTTPStatus.CONFLICT or 200 <= status < 300:  # 409: the MES has it already
             return
-        raise RuntimeError(f"webhook answered HTTP {response.status_code}")
+        raise RuntimeError(f"webhook answered HTTP {status}")
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
 
 
 class UpstreamDrainer:

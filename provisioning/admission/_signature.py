@@ -7,9 +7,7 @@ import binascii
 import re
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+# cryptography is imported on first use: a line without device signatures keeps its ~7 MB free.
 
 __all__ = ["KEY_BYTES", "SIGNATURE_BYTES", "decode_public_key", "parse_public_keys", "verify"]
 
@@ -25,6 +23,9 @@ def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """Whether ``signature`` is ``public_key``'s Ed25519 signature of ``data`` (malformed input: False)."""
     if len(public_key) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
     except (InvalidSignature, ValueError):
@@ -47,6 +48,9 @@ def decode_public_key(text: str) -> bytes:
 
 def parse_public_keys(text: str) -> list[bytes]:
     """Ed25519 public keys from a file: PEM blocks and/or one base64 key a line; ValueError names the line."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     keys: list[bytes] = []
     for block in _PEM_BLOCK.findall(text):
         try:

@@ -134,7 +134,7 @@ async def test_reprs_and_errors_never_show_a_secret(tmp_path: Path) -> None:
     try:
         failure = await _connect_error(connection)
         shown = [repr(config), str(config), repr(settings), repr(connection), repr(cloud), repr(access_key)]
-        shown += [repr(vars(sink)), repr(sink._http.headers), repr(password), f"{password}", str(password), failure]
+        shown += [repr(vars(sink)), repr(sink._token), repr(password), f"{password}", str(password), failure]
         for text in shown:
             for secret in (PASSWORD, TOKEN, ACCESS_SECRET):
                 assert secret not in text, text
