@@ -128,7 +128,8 @@ def tid_for(identity: str) -> str:
     tid = SERIAL_TID_PREFIX + safe
     if len(tid) <= _TID_MAX:
         return tid
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]  # keeps long names apart after cutting
+    # keeps long names apart after cutting; surrogatepass: os.fsdecode turns undecodable name bytes into surrogates
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     keep = _TID_MAX - len(SERIAL_TID_PREFIX) - len(digest) - 1
     return f"{SERIAL_TID_PREFIX}{digest}~{safe[-keep:]}"
 
