@@ -45,14 +45,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 from _daemon_device import cpu_seconds
 from _harness import ROOT, machine, markdown_table, median, percentile  # puts the checkout on sys.path
-
-# This file is bench/serial.py and bench/ is sys.path[0]: move it last, or `import serial` (pyserial,
-# in agent.serial) would find this script.
-sys.path.append(sys.path.pop(sys.path.index(str(Path(__file__).resolve().parent))))
-
-import aiohttp
 
 from agent.daemon._process import AgentProcess, write_config
 from agent.emulator import EmulatorProcess
