@@ -103,23 +103,31 @@ class PortWorker:
 
     def _run(self) -> None:
         try:
-            port = serial.serial_for_url(
-                self.candidate.url, baudrate=self.candidate.baudrate, timeout=0, write_timeout=WRITE_TIMEOUT_S
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
+            port = serial.serial_for_url(self.candidate.url, baudrate=self.candidate.baudrate, timeout=0)
+        except Exception as exc:  # noqa: BLE001 - whatever a driver or URL handler raises, the port is unusable
             self._emit(PortClosed(f"cannot open: {exc}", opened=False))
             return
         try:
+            port.write_timeout = WRITE_TIMEOUT_S
+        except NotImplementedError:  # rfc2217:// has none (and keeps refusing until it is unset)
+            port.write_timeout = None
+        try:
             self._pump(port)
-        except (serial.SerialException, OSError) as exc:
+        except Exception as exc:  # unplugged, I/O error, or a driver bug: it ends this port only
             if not self._stop.is_set():
+                if not isinstance(exc, serial.SerialException | OSError):
+                    log.exception("port %s: unexpected failure", self.candidate.identity)
                 self._emit(PortClosed(str(exc) or type(exc).__name__, opened=True))
         finally:
             with contextlib.suppress(Exception):
                 port.close()
 
     def _pump(self, port: serial.SerialBase) -> None:
-        fd = port.fileno() if hasattr(port, "fileno") else None
+        try:
+            fd: int | None = port.fileno()  # device nodes and socket:// can be waited on with select
+        except (OSError, AttributeError):  # rfc2217:// reads through pyserial's own thread: poll it
+            fd = None
+            port.timeout = URL_POLL_S  # once: on rfc2217:// every change is sent to the remote server
         endpoint = self.endpoint
         self._perform(port, endpoint.tick(time.monotonic()))  # the first HELLO
         while not self._stop.is_set():
@@ -136,8 +144,7 @@ class PortWorker:
 
     def _wait_and_read(self, port: serial.SerialBase, fd: int | None, wait: float) -> bytes:
         if fd is None:
-            port.timeout = min(wait, URL_POLL_S)
-            return bytes(port.read(READ_SIZE))
+            return bytes(port.read(READ_SIZE))  # waits up to URL_POLL_S
         ready, _, _ = select.select([fd, self._wake_r], [], [], wait)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):

@@ -16,11 +16,14 @@ import threading
 import time
 import tty
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import serial
+import serial.rfc2217
 
 from agent.daemon._process import AgentProcess, write_config
 from agent.emulator import EmulatorProcess
@@ -239,3 +242,94 @@ def test_a_remote_jig_over_a_socket_url(tmp_path: Path, emulator: EmulatorProces
     finally:
         agent.stop()
     assert f"port {url}: opened" in agent.log_text()
+
+
+@dataclass
+class _SocketWriter:
+    sock: socket.socket
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+class PtySerial(serial.Serial):
+    """A pty opened with pyserial: a pty has no modem lines, so their ioctls are answered here."""
+
+    def _update_dtr_state(self) -> None:
+        pass
+
+    def _update_rts_state(self) -> None:
+        pass
+
+    @property
+    def cts(self) -> bool:
+        return True
+
+    @property
+    def dsr(self) -> bool:
+        return True
+
+    @property
+    def ri(self) -> bool:
+        return False
+
+    @property
+    def cd(self) -> bool:
+        return True
+
+
+class Rfc2217Server:
+    """A serial-to-Ethernet server speaking RFC 2217 (pyserial's PortManager) in front of a pty."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self._slave = slave
+        self.port = PtySerial(os.ttyname(slave), timeout=0)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"rfc2217://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(WAIT_S)
+        connection, _ = self.listener.accept()
+        writer = _SocketWriter(connection)  # PortManager answers telnet options through .write()
+        manager = serial.rfc2217.PortManager(self.port, writer)  # type: ignore[arg-type] # duck-typed in pyserial
+        while not self._stop.is_set():
+            ready, _, _ = select.select([connection.fileno(), self.port.fileno()], [], [], 0.05)
+            if connection.fileno() in ready:
+                data = connection.recv(4096)
+                if not data:
+                    break
+                self.port.write(b"".join(manager.filter(data)))
+            if self.port.fileno() in ready:
+                connection.sendall(b"".join(manager.escape(self.port.read(4096))))
+        connection.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.port.close()
+        self.listener.close()
+        for fd in (self.master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def test_a_remote_jig_over_rfc2217(tmp_path: Path, emulator: EmulatorProcess) -> None:
+    """A jig behind an RFC 2217 server (telnet with serial-port control): the agent opens ``rfc2217://``."""
+    server = Rfc2217Server()
+    agent = start_station(tmp_path, emulator, [server.url])
+    device = LinkDevice(server.master)
+    try:
+        device.send(register("G2-0400"))
+        key = device.wait_for("key")
+        device.send(activate(emulator, key, "G2-0400"))
+        assert device.wait_for("done")["device_id"] == "G2-0400"
+    finally:
+        device.unplug()
+        agent.stop()
+        server.close()
+    assert f"port {server.url}: opened" in agent.log_text()
