@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench clean broker-check
+.PHONY: demo test lint typecheck unit bench soak clean broker-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "provisioning-agent needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
@@ -40,6 +40,11 @@ unit: $(STAMP)
 bench: $(STAMP) broker-check
 	$(PY) bench/cloudauth_client.py
 	$(PY) bench/daemon.py
+	$(PY) bench/serial_station.py
+
+## soak: 1,000 devices through a line under chaos, then the invariants (docs/reliability.md; several minutes)
+soak: $(STAMP) broker-check
+	nice -n 10 $(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,563 @@
+"""Soak with chaos: a whole provisioning line under the faults a factory gives it, then the invariants.
+
+One command (``make soak``, or ``.venv/bin/python bench/soak.py``) runs, on this machine:
+
+- the Cloudauth emulator with 100 ms latency and a QPS cap (the agent's ``cloud.qps`` below it);
+- a persistent Mosquitto (``max_queued_messages 10000``, ``set_tcp_nodelay true``), restarted
+  (SIGTERM, so it saves its sessions and queued messages) several times;
+- the agent as a real process, SIGKILLed at random instants and restarted on the same journal;
+- a window of 30 % cloud errors (InternalError, ServiceUnavailable, Throttling.User) with the
+  QPS cap halved, set and lifted at run time through the emulator's ``/_emulator/faults``;
+- a webhook (the MES) that records every report and is taken away for a while;
+- simulated devices arriving over the run: MQTT devices in waves (half MQTT 5, half 3.1.1, a few
+  misbehaving), and serial devices on a jig of paced pseudo-terminals, one after another per port
+  as an operator plugs the next board (``--serial-share``; the agent opens the jig's ports).
+
+Afterwards the invariants are checked from the emulator's audit, the webhook's records and the
+devices' outcomes (``_soak_checks.py``). A table goes to stdout, every figure to a JSON file;
+exit 0 when every invariant holds, 1 when one fails (naming the devices), 2 when the line could
+not be set up. Results are recorded by hand in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from _harness import ROOT, machine, markdown_table  # puts the checkout on sys.path
+from _soak_checks import Invariant, check_all, key_ages
+from _soak_upstream import WebhookReceiver
+
+from agent.daemon._process import AgentProcess, AgentStartError, write_config
+from agent.emulator import EmulatorProcess
+from agent.mqtt.broker import MosquittoBroker, MosquittoNotFound
+from agent.simulator import (
+    SERIAL_PROTOCOL,
+    Behaviour,
+    DeviceOutcome,
+    DeviceSpec,
+    FleetReport,
+    SerialJig,
+    Timing,
+    queue_specs,
+    run_fleet,
+)
+from provisioning.profiles import load_profiles
+
+PROFILES: Final = ROOT / "hardware-profiles"
+MODEL: Final = "face-terminal-x1"  # the MQTT devices' profile
+SERIAL_MODEL: Final = "gate-controller-g2"  # the serial devices' profile (a jig-rack model)
+LATENCY_MS: Final = 100.0  # a realistic round trip to the Cloudauth region from a factory
+QPS_CAP: Final = 20.0  # the emulated account's limit
+AGENT_QPS: Final = 16.0  # the agent keeps under the cap (docs/cloudauth-client.md), leaving room for others
+FAULT_ERRORS: Final = {"InternalError": 0.1, "ServiceUnavailable": 0.1, "Throttling.User": 0.1}  # 30 % in all
+FAULT_QPS_CAP: Final = QPS_CAP / 2  # ... and the account throttled below the agent's own rate
+BROKER_QUEUE: Final = 10_000  # max_queued_messages, as docs/operations.md advises
+MISBEHAVING: Final = {  # fraction of the fleet; every one of them must still end licensed
+    Behaviour.DUPLICATE: 0.03,
+    Behaviour.RE_REGISTER: 0.02,
+    Behaviour.DIE_MID_ACTIVATION: 0.02,
+    Behaviour.FAIL_ONCE: 0.02,
+    Behaviour.GARBAGE: 0.01,
+}
+SERIAL_MISBEHAVING: Final = (Behaviour.DUPLICATE, Behaviour.DIE_MID_ACTIVATION, Behaviour.FAIL_ONCE)  # a UART board's
+SNAPSHOT: Final = ("agent", "provisioning", "hardware-profiles", "bench")  # the code a run uses, copied at its start
+WAVE_EVERY_S: Final = 5.0  # devices arrive in a wave this often
+KILL_DOWNTIME_S: Final = (0.0, 2.0)  # the agent stays dead this long (uniform) before its restart
+START_ATTEMPTS: Final = 3  # a restart that does not become ready is tried again (the broker may be restarting)
+REPORT_WAIT_S: Final = 420.0  # after an outage the drainer's backoff reaches minutes (MAX_BACKOFF_S 300)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the soak will do, and when (seconds from the start of the run, just before the first agent start)."""
+
+    devices: int
+    serial_devices: int  # of ``devices``, on the jig
+    serial_ports: int
+    arrival_s: float  # devices arrive over this long
+    kill_at: tuple[float, ...]
+    kill_downtime_s: tuple[float, ...]  # how long the agent stays dead after each kill
+    broker_restart_at: tuple[float, ...]
+    fault_window: tuple[float, float]
+    upstream_outage: tuple[float, float]
+    time_scale: float  # device protocol timeouts x this (1 = the protocol's own)
+    deadline_s: float  # a device not done this long after it arrived is lost
+    seed: int
+
+
+@dataclass(slots=True)
+class Timeline:
+    """What happened when, for the result file."""
+
+    started: float = field(default_factory=time.monotonic)
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+    def note(self, what: str) -> None:
+        at = time.monotonic() - self.started
+        self.events.append((round(at, 2), what))
+        print(f"[{at:7.1f} s] {what}", file=sys.stderr, flush=True)
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """The running pieces the chaos acts on."""
+
+    emulator: EmulatorProcess
+    broker: MosquittoBroker
+    agent: AgentProcess
+    webhook: WebhookReceiver
+    jig: SerialJig
+    workdir: Path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if not args.from_snapshot:
+        return _run_from_snapshot(argv, args.workdir)
+    plan = make_plan(args)
+    workdir = Path(tempfile.mkdtemp(prefix="soak-", dir=args.workdir)).resolve()
+    out = Path(args.json_out).resolve() if args.json_out else workdir / "soak-result.json"
+    os.chdir(workdir)  # `python -m agent` puts its cwd first on sys.path: nothing there but the run's files
+    print(f"soak: {plan.devices} devices, work directory {workdir}", file=sys.stderr)
+    try:
+        result = asyncio.run(run_soak(plan, workdir))
+    except (MosquittoNotFound, AgentStartError) as exc:
+        print(f"soak: the line could not be set up: {exc}", file=sys.stderr)
+        return 2
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(summary(result))
+    print(f"\nresult file: {out}")
+    return 0 if result["ok"] else 1
+
+
+def _run_from_snapshot(argv: list[str], parent: str | None) -> int:
+    """Run the soak from a copy of the code taken now.
+
+    The agent is restarted twenty times; each start imports the code on disk. A working tree
+    edited during the run (a branch switch, a colleague's half-done change) would otherwise be
+    soaked in pieces, and its failures blamed on the agent.
+    """
+    snapshot = Path(tempfile.mkdtemp(prefix="soak-code-", dir=parent))
+    for name in SNAPSHOT:
+        shutil.copytree(ROOT / name, snapshot / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    source = {"from": str(ROOT), **{k: v for k, v in machine([]).items() if k in ("commit", "worktree_dirty")}}
+    (snapshot / "SOURCE.json").write_text(json.dumps(source) + "\n")
+    print(f"soak: code copied to {snapshot}", file=sys.stderr)
+    return subprocess.call([sys.executable, str(snapshot / "bench" / "soak.py"), "--from-snapshot", *argv])
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Random instants for the kills and restarts, fixed windows for the faults and the outage."""
+    rng = random.Random(args.seed)
+    arrival = float(args.arrival_s)
+    kills = sorted(rng.uniform(0.03 * arrival, arrival) for _ in range(args.kills))
+    restarts = [arrival * (i + 0.5) / args.broker_restarts + rng.uniform(-2, 2) for i in range(args.broker_restarts)]
+    serial = round(args.devices * args.serial_share)
+    return Plan(
+        devices=args.devices,
+        serial_devices=serial,
+        serial_ports=min(args.serial_ports, serial),
+        arrival_s=arrival,
+        kill_at=tuple(round(t, 2) for t in kills),
+        kill_downtime_s=tuple(round(rng.uniform(*KILL_DOWNTIME_S), 2) for _ in kills),
+        broker_restart_at=tuple(round(max(1.0, t), 2) for t in restarts),
+        fault_window=(round(0.30 * arrival, 2), round(0.55 * arrival, 2)),
+        upstream_outage=(round(0.45 * arrival, 2), round(0.75 * arrival, 2)),
+        time_scale=args.time_scale,
+        deadline_s=args.deadline_s,
+        seed=args.seed,
+    )
+
+
+def mqtt_fleet(plan: Plan) -> list[DeviceSpec]:
+    """The MQTT devices: misbehaving ones spread at random through the waves, protocols alternating."""
+    behaviours = _behaviours(plan.devices - plan.serial_devices, MISBEHAVING, random.Random(plan.seed))
+    return [
+        DeviceSpec(
+            device_id=f"SOAK-{n:05d}",
+            hardware_id=f"hw-soak-{n:05d}",
+            model=MODEL,
+            behaviour=behaviour,
+            protocol="5" if n % 2 == 0 else "3.1.1",
+            comeback=behaviour is Behaviour.DIE_MID_ACTIVATION,
+        )
+        for n, behaviour in enumerate(behaviours)
+    ]
+
+
+def serial_fleet(plan: Plan) -> list[DeviceSpec]:
+    """The serial devices, misbehaving in the ways a board on a UART can."""
+    shares = {behaviour: MISBEHAVING[behaviour] for behaviour in SERIAL_MISBEHAVING}
+    behaviours = _behaviours(plan.serial_devices, shares, random.Random(plan.seed + 1))
+    return [
+        DeviceSpec(
+            device_id=f"SOAK-S-{n:05d}",
+            hardware_id=f"hw-soak-s-{n:05d}",
+            model=SERIAL_MODEL,
+            behaviour=behaviour,
+            comeback=behaviour is Behaviour.DIE_MID_ACTIVATION,
+        )
+        for n, behaviour in enumerate(behaviours)
+    ]
+
+
+def _behaviours(count: int, shares: dict[Behaviour, float], rng: random.Random) -> list[Behaviour]:
+    behaviours = [b for b, share in shares.items() for _ in range(round(share * count))]
+    behaviours += [Behaviour.NORMAL] * (count - len(behaviours))
+    rng.shuffle(behaviours)
+    return behaviours
+
+
+async def run_soak(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Set the line up, run the fleet under chaos, wait for the reports, judge."""
+    emulator_args = ["--latency-ms", str(LATENCY_MS), "--qps-cap", str(QPS_CAP), "--seed", str(plan.seed)]
+    emulator_args += ["--sdk-delay", "0"]
+    broker = MosquittoBroker(workdir / "broker", persistence=True, extra_config=[f"max_queued_messages {BROKER_QUEUE}"])
+    specs, serial_specs = mqtt_fleet(plan), serial_fleet(plan)
+    jig = SerialJig(workdir / "jig", plan.serial_ports, seed=plan.seed)
+    with EmulatorProcess(emulator_args) as emulator, broker, jig:
+        webhook = WebhookReceiver()
+        await webhook.start()
+        config = _agent_config(workdir, emulator, broker, webhook, jig)
+        agent = AgentProcess(config, env=_agent_env(emulator))
+        line = Line(emulator, broker, agent, webhook, jig, workdir)
+        timeline = Timeline()
+        try:
+            await asyncio.to_thread(agent.start)
+            timeline.note("agent ready; devices start arriving")
+            reports = await _run_under_chaos(plan, line, specs, serial_specs, timeline)
+            await _await_reports(line, reports, timeline)
+        finally:
+            _save_log(line, "final life")
+            await asyncio.to_thread(agent.stop)
+            await webhook.stop()
+        audit = emulator.audit()
+    return _result(plan, specs + serial_specs, reports, audit, line, timeline)
+
+
+async def _run_under_chaos(
+    plan: Plan, line: Line, specs: list[DeviceSpec], serial_specs: list[DeviceSpec], timeline: Timeline
+) -> list[FleetReport]:
+    """The waves of devices, the jig, and the four kinds of chaos, each on its own schedule."""
+    async with asyncio.TaskGroup() as group:
+        waves = group.create_task(_arrive(plan, line, specs, timeline), name="devices")
+        jig = group.create_task(_on_the_jig(plan, line, serial_specs, timeline), name="jig")
+        group.create_task(_kills(plan, line, timeline), name="kills")
+        group.create_task(
+            _at_each(plan.broker_restart_at, timeline, lambda: _restart_broker(line, timeline)), name="broker"
+        )
+        group.create_task(_fault_window(plan, line, timeline), name="faults")
+        group.create_task(_upstream_outage(plan, line, timeline), name="upstream")
+    return [*waves.result(), jig.result()]
+
+
+async def _arrive(plan: Plan, line: Line, specs: list[DeviceSpec], timeline: Timeline) -> list[FleetReport]:
+    """Waves of devices every WAVE_EVERY_S over the arrival window, each run to its end."""
+    waves = max(1, int(plan.arrival_s // WAVE_EVERY_S) + 1)
+    size = -(-len(specs) // waves)
+    timing = Timing(time_scale=plan.time_scale)
+
+    async def wave(number: int, members: list[DeviceSpec]) -> FleetReport:
+        await _sleep_until(timeline, number * WAVE_EVERY_S)
+        return await run_fleet(
+            members,
+            mqtt_host=line.broker.host,
+            mqtt_port=line.broker.port,
+            emulator_url=line.emulator.url,
+            deadline_s=plan.deadline_s,
+            timing=timing,
+        )
+
+    tasks = [wave(n, specs[n * size : (n + 1) * size]) for n in range(waves) if specs[n * size : (n + 1) * size]]
+    reports = await asyncio.gather(*tasks)
+    timeline.note(f"every device finished ({len(specs)} in {len(tasks)} waves)")
+    return list(reports)
+
+
+async def _on_the_jig(plan: Plan, line: Line, specs: list[DeviceSpec], timeline: Timeline) -> FleetReport:
+    """Serial devices one after another per port, the swaps spread over the arrival window."""
+    if not specs:
+        return FleetReport((), 0.0)
+    per_port = -(-len(specs) // len(line.jig.ports))
+    queues = queue_specs(line.jig.ports, specs, swap_s=plan.arrival_s / per_port)
+    report = await run_fleet(
+        [], emulator_url=line.emulator.url, serial=queues, deadline_s=plan.deadline_s, timing=Timing(plan.time_scale)
+    )
+    timeline.note(f"every serial device finished ({len(specs)} on {len(queues)} ports)")
+    return report
+
+
+async def _at_each(instants: Sequence[float], timeline: Timeline, action: Callable[[], Awaitable[None]]) -> None:
+    for instant in instants:
+        await _sleep_until(timeline, instant)
+        await action()
+
+
+async def _kills(plan: Plan, line: Line, timeline: Timeline) -> None:
+    for instant, downtime in zip(plan.kill_at, plan.kill_downtime_s, strict=True):
+        await _sleep_until(timeline, instant)
+        await _kill_agent(line, timeline, downtime)
+
+
+async def _kill_agent(line: Line, timeline: Timeline, downtime: float) -> None:
+    """SIGKILL, a moment of darkness, then a restart on the same journal."""
+    line.agent.kill()
+    _save_log(line, "killed")
+    timeline.note("agent SIGKILLed")
+    await asyncio.sleep(downtime)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            await asyncio.to_thread(line.agent.start)
+        except AgentStartError:
+            _save_log(line, f"start attempt {attempt} failed")
+            timeline.note(f"agent restart attempt {attempt} failed")
+            if attempt == START_ATTEMPTS:
+                raise
+        else:
+            timeline.note("agent restarted")
+            return
+
+
+async def _restart_broker(line: Line, timeline: Timeline) -> None:
+    timeline.note("broker restarting (SIGTERM: persistence saved)")
+    await asyncio.to_thread(line.broker.restart)
+    timeline.note("broker back")
+
+
+async def _fault_window(plan: Plan, line: Line, timeline: Timeline) -> None:
+    """30 % errors and a halved QPS cap for a while; the emulator takes them at run time."""
+    await _sleep_until(timeline, plan.fault_window[0])
+    await asyncio.to_thread(line.emulator.set_faults, latency_ms=LATENCY_MS, qps_cap=FAULT_QPS_CAP, errors=FAULT_ERRORS)
+    timeline.note(f"cloud faults on: {FAULT_ERRORS}, qps_cap {FAULT_QPS_CAP}")
+    await _sleep_until(timeline, plan.fault_window[1])
+    await asyncio.to_thread(line.emulator.set_faults, latency_ms=LATENCY_MS, qps_cap=QPS_CAP)
+    timeline.note("cloud faults off")
+
+
+async def _upstream_outage(plan: Plan, line: Line, timeline: Timeline) -> None:
+    await _sleep_until(timeline, plan.upstream_outage[0])
+    await line.webhook.stop()
+    timeline.note("webhook taken away")
+    await _sleep_until(timeline, plan.upstream_outage[1])
+    await line.webhook.start()
+    timeline.note("webhook back")
+
+
+async def _await_reports(line: Line, reports: list[FleetReport], timeline: Timeline) -> None:
+    """Wait until every licensed device reached the webhook (or REPORT_WAIT_S passed)."""
+    expected = {o.device_id for report in reports for o in report.devices if o.status == "licensed"}
+    missing = len(await line.webhook.wait_for(expected, REPORT_WAIT_S))
+    timeline.note(f"reports: {len(expected) - missing} of {len(expected)} licensed devices reported")
+
+
+async def _sleep_until(timeline: Timeline, instant: float) -> None:
+    await asyncio.sleep(max(0.0, instant - timeline.now()))
+
+
+def _agent_config(
+    workdir: Path, emulator: EmulatorProcess, broker: MosquittoBroker, webhook: WebhookReceiver, jig: SerialJig
+) -> Path:
+    values: dict[str, Any] = {
+        "gateway_id": "soak",
+        "journal": str(workdir / "journal.sqlite3"),
+        "profiles": str(PROFILES),
+        "log_level": "info",
+        "cloud": {"endpoint": emulator.url, "qps": AGENT_QPS, "burst": 4},
+        "mqtt": {"host": broker.host, "port": broker.port},
+        "upstream": {"mqtt_topic": "", "webhook_url": webhook.url, "webhook_timeout_s": 5.0},
+        "http": {"listen": ""},
+        "serial": {"ports": [str(jig.directory / "port-*")], "usb": False, "scan_interval_s": 0.5},
+    }
+    return write_config(workdir / "agent.toml", values)
+
+
+def _agent_env(emulator: EmulatorProcess) -> dict[str, str]:
+    return dict(
+        os.environ,
+        ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
+        ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret,
+    )
+
+
+def _save_log(line: Line, why: str) -> None:
+    """Append the agent's in-memory log of this life to agent.log (it is cleared on the next start)."""
+    with (line.workdir / "agent.log").open("a", encoding="utf-8") as log:
+        log.write(f"===== agent life ends: {why} at {time.strftime('%H:%M:%S')} =====\n")
+        log.write(line.agent.log_text() + "\n")
+
+
+def _result(
+    plan: Plan,
+    specs: list[DeviceSpec],
+    reports: list[FleetReport],
+    audit: dict[str, Any],
+    line: Line,
+    timeline: Timeline,
+) -> dict[str, Any]:
+    outcomes: list[DeviceOutcome] = [o for report in reports for o in report.devices]
+    margins = {p.model: float(p.policy.key_safety_margin_s) for p in load_profiles(PROFILES).values()}
+    margin_s = {spec.device_id: margins[spec.model] for spec in specs}
+    invariants = check_all(outcomes, audit, line.webhook.deliveries, margin_s)
+    return {
+        "ok": all(invariant.ok for invariant in invariants),
+        "plan": asdict(plan),
+        "duration_s": round(timeline.now(), 1),
+        "chaos": _chaos_counts(timeline),
+        "figures": {**_figures(outcomes, audit, line.webhook), "agent_log": _log_levels(line.workdir / "agent.log")},
+        "invariants": [asdict(invariant) for invariant in invariants],
+        "timeline": timeline.events,
+        "devices": [_device_row(o) for o in outcomes],
+        "workdir": str(line.workdir),
+        "machine": machine(["aiohttp", "paho-mqtt", "httpx"]),
+        "code": _code_source(),
+    }
+
+
+def _code_source() -> dict[str, Any]:
+    """Where the snapshot this run used was taken from (commit, and whether the tree had changes)."""
+    source = ROOT / "SOURCE.json"
+    recorded: dict[str, Any] = json.loads(source.read_text()) if source.exists() else {}
+    return {"snapshot": str(ROOT), "agent_package": str(Path(sys.modules["agent"].__file__ or "").parent), **recorded}
+
+
+def _log_levels(log: Path) -> dict[str, int]:
+    """WARNING and ERROR lines over the agent's lives (an ERROR is worth reading even when invariants hold)."""
+    levels: Counter[str] = Counter()
+    for entry in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = entry.split(" ", 3)
+        if len(fields) > 2 and fields[2] in ("WARNING", "ERROR", "CRITICAL"):
+            levels[fields[2]] += 1
+    return dict(levels)
+
+
+def _chaos_counts(timeline: Timeline) -> dict[str, int]:
+    words = Counter(what for _, what in timeline.events)
+    return {
+        "agent_kills": words["agent SIGKILLed"],
+        "agent_restarts": words["agent restarted"],
+        "broker_restarts": words["broker back"],
+        "fault_windows": words["cloud faults off"],
+        "upstream_outages": words["webhook back"],
+    }
+
+
+def _figures(outcomes: list[DeviceOutcome], audit: dict[str, Any], webhook: WebhookReceiver) -> dict[str, Any]:
+    statuses = Counter(o.status for o in outcomes)
+    totals: Counter[str] = Counter()
+    for o in outcomes:
+        totals.update(keys_received=o.counters.keys_received, registrations=o.counters.registrations)
+        totals.update(waits=o.counters.waits_received, deaths=o.counters.deaths, activations=o.counters.activations)
+    keys = Counter(d.body_key for d in webhook.deliveries)
+    ages = sorted(key_ages(outcomes, audit)) or [0.0]
+    return {
+        "devices": len(outcomes),
+        "statuses": dict(statuses),
+        "by_behaviour": dict(Counter(str(o.behaviour) for o in outcomes)),
+        "by_transport": dict(
+            Counter("serial" if o.protocol == SERIAL_PROTOCOL else f"mqtt {o.protocol}" for o in outcomes)
+        ),
+        "device_totals": dict(totals),
+        "cloud_keys": audit["keys"],
+        "key_age_at_arrival_s": {"median": round(ages[len(ages) // 2], 2), "max": round(ages[-1], 2)},
+        "cloud_licences": audit["licences_consumed_total"],
+        "cloud_api_calls": audit["api_calls"],
+        "cloud_errors": audit["errors"],
+        "webhook_deliveries": len(webhook.deliveries),
+        "webhook_distinct_keys": len(keys),
+        "webhook_repeats": sum(n - 1 for n in keys.values()),
+        "webhook_reconciled": sum(1 for d in webhook.deliveries if d.reconciled),
+        "webhook_refused": webhook.refused,
+    }
+
+
+def _device_row(outcome: DeviceOutcome) -> dict[str, Any]:
+    """One device in the result file: enough to follow up a failure without the work directory."""
+    c = outcome.counters
+    return {
+        "device_id": outcome.device_id,
+        "transport": outcome.protocol,
+        "behaviour": str(outcome.behaviour),
+        "status": outcome.status,
+        "detail": outcome.detail,
+        "keys_received": c.keys_received,
+        "activations": c.activations,
+        "registrations": c.registrations,
+        "waits": c.waits_received,
+        "errors": c.error_codes,
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The people's view: what was done, then one row per invariant."""
+    figures, chaos = result["figures"], result["chaos"]
+    done = [
+        ("devices", f"{figures['devices']} {figures['statuses']}"),
+        ("by transport", str(figures["by_transport"])),
+        ("duration", f"{result['duration_s']} s"),
+        ("agent SIGKILLs / restarts", f"{chaos['agent_kills']} / {chaos['agent_restarts']}"),
+        ("broker restarts", str(chaos["broker_restarts"])),
+        ("cloud fault windows", str(chaos["fault_windows"])),
+        ("webhook outages", str(chaos["upstream_outages"])),
+        ("keys minted / used", f"{figures['cloud_keys']['minted']} / {figures['cloud_keys']['used']}"),
+        (
+            "key age at arrival: median / max",
+            f"{figures['key_age_at_arrival_s']['median']} / {figures['key_age_at_arrival_s']['max']} s",
+        ),
+        ("cloud errors answered", str(sum(figures["cloud_errors"].values()))),
+        ("webhook deliveries / repeats", f"{figures['webhook_deliveries']} / {figures['webhook_repeats']}"),
+        (
+            "agent log warnings / errors",
+            f"{figures['agent_log'].get('WARNING', 0)} / {figures['agent_log'].get('ERROR', 0)}",
+        ),
+    ]
+    lines = [markdown_table(["run", "value"], done), ""]
+    rows = [_invariant_row(Invariant(**row)) for row in result["invariants"]]
+    lines.append(markdown_table(["invariant", "checked", "failures", "devices"], rows))
+    for row in result["invariants"]:
+        lines += [f"  {row['name']}: {detail}" for detail in row["details"][:20]]
+    lines.append("\nALL INVARIANTS HOLD" if result["ok"] else "\nINVARIANT FAILED")
+    return "\n".join(lines)
+
+
+def _invariant_row(invariant: Invariant) -> list[str]:
+    named = ", ".join(invariant.devices[:10]) + (" ..." if len(invariant.devices) > 10 else "")
+    return [invariant.name, str(invariant.checked), str(invariant.failures), named or "-"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--devices", type=int, default=1000, help="simulated devices (default %(default)s)")
+    parser.add_argument("--kills", type=int, default=20, help="agent SIGKILLs (default %(default)s)")
+    parser.add_argument("--broker-restarts", type=int, default=5, help="Mosquitto restarts (default %(default)s)")
+    parser.add_argument("--serial-share", type=float, default=0.1, help="share of the devices on the jig")
+    parser.add_argument("--serial-ports", type=int, default=8, help="jig ports (default %(default)s)")
+    parser.add_argument("--arrival-s", type=float, default=240.0, help="devices arrive over this long (s)")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="device protocol timeouts x this")
+    parser.add_argument("--deadline-s", type=float, default=1200.0, help="a device not done by then is lost")
+    parser.add_argument("--seed", type=int, default=1, help="randomness of the plan and the emulator's faults")
+    parser.add_argument("--json-out", default="", help="result file (default: soak-result.json in the work dir)")
+    parser.add_argument("--workdir", default=None, help="parent of the run's work directories (default: tmp)")
+    parser.add_argument("--from-snapshot", action="store_true", help=argparse.SUPPRESS)  # set by the re-exec
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
