@@ -211,7 +211,7 @@ class DeviceService:
         for device_id, due in list(self._due.items()):
             if now < due or self._locks.busy(device_id):
                 continue
-            record = await self._journal.run(self._journal.journal.get, device_id)
+            record = self._journal.get(device_id)
             self._due.pop(device_id, None)
             overdue = result_overdue(record, now) if record else None
             if overdue is not None:
@@ -245,7 +245,7 @@ class DeviceService:
         if profile.sealing_required and message.seal_pub is None:
             await self._refuse_unsealed(tid, message.id, message.device_id, profile)
             return
-        record = await self._journal.run(self._journal.journal.get, message.device_id)
+        record = self._journal.get(message.device_id)
         held = self._keys.get(message.device_id)
         key_in_memory = held is not None and record is not None and held.attempt == record.attempt
         decision = decide_register(
@@ -412,7 +412,7 @@ class DeviceService:
     # -- results ----------------------------------------------------------------------------
 
     async def _on_result(self, tid: str, message: Result) -> None:
-        record = await self._journal.run(self._journal.journal.get, message.device_id)
+        record = self._journal.get(message.device_id)
         model = record.model if record is not None else message.model
         profile = self.profiles.get(model)
         if profile is None:

@@ -75,8 +75,11 @@ __all__ = [
 logger = logging.getLogger("agent.mqtt")
 paho_logger = logging.getLogger("agent.mqtt.paho")
 
-# A line's burst of registrations (tens of devices) fits; beyond it the broker holds messages for us.
-MESSAGE_QUEUE_SIZE: Final = 100
+# Received and not yet taken; MQTT 5 advertises it as Receive Maximum. A burst of a line's registrations
+# fits: what does not, the broker queues for us, and Mosquitto's default max_queued_messages (1000) drops
+# beyond that. With 100 here, 2,000 devices registering at once lost hundreds of registrations (resent
+# only after the device's timeout); messages are a few hundred bytes, so 1000 costs well under a megabyte.
+MESSAGE_QUEUE_SIZE: Final = 1000
 # QoS 1 publishes awaiting PUBACK at once (paho's own default); an MQTT 5 broker's Receive Maximum can lower it.
 MAX_INFLIGHT: Final = 20
 # DNS + TCP + TLS handshake to a broker on the LAN take milliseconds; 10 s only bounds a black hole.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ __all__ = ["PortStatus", "SerialTransport"]
 
 log = logging.getLogger("agent.serial")
 
+DEV_DIR: Final = "/dev"  # its mtime changes whenever a device node is created or removed
 REOPEN_AFTER_S: Final = 5.0  # a port that failed to open is tried again after this long
 
 
@@ -80,17 +82,21 @@ class SerialTransport:
         *,
         link: LinkConfig | None = None,
         list_usb: Callable[[], Iterable[Any]] = usb_ports,
+        usb_relist_s: float = 60.0,
     ) -> None:
         self.config = config
         self.profiles = profiles
         self._deliver = deliver
         self._link = link or LinkConfig()
         self._list_usb = list_usb
+        self._usb_relist_s = usb_relist_s  # the longest a USB listing is trusted while /dev is unchanged
         self._workers: dict[str, PortWorker] = {}  # identity -> worker of an open port
         self._ports: dict[str, PortStatus] = {}  # identity -> status, kept after a port goes (for status)
         self._by_tid: dict[str, str] = {}  # tid -> identity
         self._retry_at: dict[str, float] = {}
         self._announced_absent: set[str] = set()
+        self._usb: list[Any] = []  # the last USB listing
+        self._usb_listed: tuple[int, float] | None = None  # (/dev's mtime, monotonic time) of that listing
 
     @property
     def enabled(self) -> bool:
@@ -101,8 +107,9 @@ class SerialTransport:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                candidates = await asyncio.to_thread(self._discover)
-                self._open_new(candidates, loop)
+                if self._usb_listing_stale():  # walks sysfs: off the loop
+                    self._usb = list(await asyncio.to_thread(self._list_usb))
+                self._open_new(self._discover(), loop)
                 await asyncio.sleep(self.config.scan_interval_s)
         finally:
             await asyncio.to_thread(self.close)
@@ -145,7 +152,7 @@ class SerialTransport:
             for profile in self.profiles.values()
             for text in profile.serial_usb
         ]
-        usb = self._list_usb() if self.config.usb and rules else []
+        usb = self._usb if self.config.usb and rules else []
         found = discover(
             self.config.ports,
             baudrate=self.config.baudrate,
@@ -160,6 +167,22 @@ class SerialTransport:
                 self._announced_absent.add(pattern)
                 log.info("port %s is not there yet; it is opened when it appears", pattern)
         return found
+
+    def _usb_listing_stale(self) -> bool:
+        """List USB adapters again only when /dev changed (a node came or went) or ``usb_relist_s``
+        passed: a listing costs about a millisecond of CPU, and most seconds nothing was plugged in."""
+        if not self.config.usb or not any(p.serial_usb for p in self.profiles.values()):
+            return False
+        try:
+            dev_mtime = os.stat(DEV_DIR).st_mtime_ns
+        except OSError:
+            dev_mtime = 0
+        now = time.monotonic()
+        listed = self._usb_listed
+        if listed is not None and listed[0] == dev_mtime and now - listed[1] < self._usb_relist_s:
+            return False
+        self._usb_listed = (dev_mtime, now)
+        return True
 
     def _open_new(self, candidates: dict[str, PortCandidate], loop: asyncio.AbstractEventLoop) -> None:
         now = time.monotonic()

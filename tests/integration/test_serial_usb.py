@@ -51,6 +51,7 @@ async def test_a_profiles_usb_adapter_is_opened_and_its_messages_reach_the_agent
         load_profiles(PROFILES),  # gate-controller-g2 lists 0403:6001 and 10c4:ea60
         lambda tid, payload: received.append((tid, json.loads(payload))),
         list_usb=lambda: list(listed),
+        usb_relist_s=0.0,  # the fake listing changes without /dev changing: list at every scan
     )
     ftdi, other = Adapter(0x0403, 0x6001), Adapter(0x2341, 0x0043)  # a jig adapter, and some other USB gadget
     (by_path / "pci-0000:00:14.0-usb-0:2:1.0-port0").symlink_to(ftdi.node)

@@ -56,3 +56,18 @@ async def test_a_failing_call_is_undone_alone_and_its_caller_gets_the_error(tmp_
     assert reopened.get("bad") is None  # its record and its outbox row were rolled back together
     assert reopened.due_reports(now=T0 + 1, limit=10) == []
     assert {r.device_id for r in reopened.unfinished()} == {"before", "after"}
+
+
+async def test_get_reads_on_the_callers_thread_and_sees_every_write_that_returned(tmp_path: Path) -> None:
+    worker = JournalWorker(Journal.open(tmp_path / "j.sqlite3"))
+    assert worker.get("d1") is None
+    await worker.run(worker.journal.put, pushed("d1"))
+    assert worker.get("d1") == pushed("d1")
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(worker.run(gate.wait, 5.0))  # the writer is busy...
+    await asyncio.sleep(0.05)
+    assert worker.get("d1") == pushed("d1")  # ...and a read does not wait for it:
+    assert not blocker.done()  # had it waited, the writer's call would have run out first
+    gate.set()
+    await blocker
+    worker.close()
