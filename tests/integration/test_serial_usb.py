@@ -48,12 +48,12 @@ async def test_a_profiles_usb_adapter_is_opened_and_its_messages_reach_the_agent
     config = SerialConfig(ports=[], usb=True, scan_interval_s=0.05, by_path_dir=str(by_path))
     transport = SerialTransport(
         config,
-        load_profiles(PROFILES),  # gate-controller-g2 lists 0403:6001 and 10c4:ea60
+        load_profiles(PROFILES),  # gate-controller-g2 lists 0403:6001:JIG-* and 10c4:ea60:JIG-*
         lambda tid, payload: received.append((tid, json.loads(payload))),
         list_usb=lambda: list(listed),
         usb_relist_s=0.0,  # the fake listing changes without /dev changing: list at every scan
     )
-    ftdi, other = Adapter(0x0403, 0x6001), Adapter(0x2341, 0x0043)  # a jig adapter, and some other USB gadget
+    ftdi, other = Adapter(0x0403, 0x6001, "JIG-07"), Adapter(0x0403, 0x6001, "FT4ZX0")  # a jig's, a console cable
     (by_path / "pci-0000:00:14.0-usb-0:2:1.0-port0").symlink_to(ftdi.node)
     scanning = asyncio.create_task(transport.run())
     try:
@@ -65,7 +65,7 @@ async def test_a_profiles_usb_adapter_is_opened_and_its_messages_reach_the_agent
         assert tid == "serial:by-path_pci-0000:00:14.0-usb-0:2:1.0-port0"
         assert message["device_id"] == "G2-0500"
         [port] = transport.status()
-        assert port["source"] == "usb 0403:6001 (gate-controller-g2)"
+        assert port["source"] == "usb 0403:6001:JIG-* (gate-controller-g2)"  # the console cable was left alone
         assert port["state"] == "up"
         assert port["device_id"] == "G2-0500"
         listed.clear()  # unplugged: the node goes away
