@@ -174,7 +174,8 @@ def serial_flood(port: JigPort, payloads: list[bytes], rng: random.Random, timeo
     """A hostile device on a jig port: each mutant as a DATA message, garbage and damaged frames between."""
     inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     port.attach(inbox.put)
-    device = LinkEndpoint(LinkConfig(), new_session=lambda: rng.getrandbits(32))
+    # Patient timers: under a loaded CI machine this loop may stall, and a link failure would lose answers.
+    device = LinkEndpoint(LinkConfig(ack_timeout_s=2.0, max_tries=10), new_session=lambda: rng.getrandbits(32))
     answers: list[dict[str, Any]] = []
     sent = 0
     deadline = time.monotonic() + timeout_s
