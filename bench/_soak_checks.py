@@ -16,11 +16,12 @@ from typing import Any, Final
 
 from _soak_upstream import Delivery
 
+from agent.emulator._state import KEY_LIFETIME_SECONDS
 from agent.simulator import DeviceOutcome
 
 __all__ = ["KEY_LIFETIME_S", "Invariant", "check_all", "key_ages"]
 
-KEY_LIFETIME_S: Final = 30 * 60  # an AuthKey lives 30 minutes from mint (docs/emulator.md)
+KEY_LIFETIME_S: Final = KEY_LIFETIME_SECONDS  # the emulator's rule: an AuthKey lives 30 minutes from mint
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
+
+from agent._ports import free_port
 
 __all__ = ["Delivery", "WebhookReceiver"]
 
@@ -38,7 +39,7 @@ class WebhookReceiver:
         self.deliveries: list[Delivery] = []
         self.refused = 0  # POSTs that were not a readable report (answered 400)
         self._arrived = asyncio.Event()
-        self.port = _free_port()
+        self.port = free_port(HOST)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -93,10 +94,3 @@ class WebhookReceiver:
         self.deliveries.append(delivery)
         self._arrived.set()
         return web.Response(status=201)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port

@@ -49,20 +49,19 @@ from typing import Any
 
 import httpx
 from _harness import ROOT, Meter, Sample, machine, markdown_table, median, split_evenly  # puts the checkout on sys.path
+from _presign import signed_form
 from alibabacloud_cloudauth20190307 import models as official_models
 from alibabacloud_cloudauth20190307.client import Client as OfficialSdkClient
 from alibabacloud_tea_openapi.utils_models import Config as OfficialConfig
 
 from agent.emulator import EmulatorProcess
 from provisioning.cloudauth import (
-    DEFAULT_VERSION,
     CloudauthClient,
     Credentials,
     LicenceTerm,
     RateLimiter,
     SignatureVersion,
 )
-from provisioning.cloudauth._signing import new_nonce, percent_encode, sign_v1, timestamp
 from provisioning.secret import Secret
 
 DESCRIBE = "DescribeDeviceInfo"
@@ -210,10 +209,8 @@ class OfficialClient(Subject):
         return self._client.create_auth_key(request)
 
 
-class RawPreSigned(Subject):
-    """The call our client makes, signed before the clock starts, sent over a raw keep-alive socket."""
-
-    name = "floor: raw pre-signed"
+class Floor(Subject):
+    """A floor under the clients: requests prepared before the clock starts, on the benchmark's event loop."""
 
     def __init__(self, runner: asyncio.Runner, meter: Meter, emulator: EmulatorProcess) -> None:
         self._runner = runner
@@ -223,9 +220,12 @@ class RawPreSigned(Subject):
     def measure(self, phase: Phase) -> Sample:
         return self._runner.run(self._measure(phase))
 
+    @abc.abstractmethod
     async def _measure(self, phase: Phase) -> Sample:
-        forms = presigned_forms(self._emulator, phase.action, _with_warmup(phase))
-        requests = iter([_raw_request("POST", "/", self._emulator.endpoint, form) for form in forms])
+        """Warm up, then time ``phase.calls`` calls."""
+
+    async def _drive_raw(self, phase: Phase, requests: Iterator[bytes]) -> Sample:
+        """Send ``requests`` over ``phase.concurrency`` raw keep-alive connections."""
         connections = [await RawConnection.open(self._emulator.endpoint) for _ in range(phase.concurrency)]
         try:
             return await drive_async([_sender(c, requests) for c in connections], phase.calls, self._meter)
@@ -234,18 +234,21 @@ class RawPreSigned(Subject):
                 await connection.close()
 
 
-class HttpxPreSigned(Subject):
+class RawPreSigned(Floor):
+    """The call our client makes, signed before the clock starts, sent over a raw keep-alive socket."""
+
+    name = "floor: raw pre-signed"
+
+    async def _measure(self, phase: Phase) -> Sample:
+        forms = presigned_forms(self._emulator, phase.action, _with_warmup(phase))
+        requests = [_raw_request("POST", "/", self._emulator.endpoint, form) for form in forms]
+        return await self._drive_raw(phase, iter(requests))
+
+
+class HttpxPreSigned(Floor):
     """The same pre-signed call with a bare ``httpx.AsyncClient``: the HTTP library's own cost."""
 
     name = "floor: httpx pre-signed"
-
-    def __init__(self, runner: asyncio.Runner, meter: Meter, emulator: EmulatorProcess) -> None:
-        self._runner = runner
-        self._meter = meter
-        self._emulator = emulator
-
-    def measure(self, phase: Phase) -> Sample:
-        return self._runner.run(self._measure(phase))
 
     async def _measure(self, phase: Phase) -> Sample:
         forms = iter(presigned_forms(self._emulator, phase.action, _with_warmup(phase)))
@@ -262,30 +265,15 @@ class HttpxPreSigned(Subject):
             return await drive_async([call] * phase.concurrency, phase.calls, self._meter)
 
 
-class RawHealth(Subject):
+class RawHealth(Floor):
     """``GET /_emulator/health`` over a raw keep-alive socket: loopback HTTP plus the emulator's least work."""
 
     name = "floor: raw health"
     actions = frozenset({DESCRIBE})  # shown next to DescribeDeviceInfo as the floor under it
 
-    def __init__(self, runner: asyncio.Runner, meter: Meter, emulator: EmulatorProcess) -> None:
-        self._runner = runner
-        self._meter = meter
-        self._emulator = emulator
-
-    def measure(self, phase: Phase) -> Sample:
-        return self._runner.run(self._measure(phase))
-
     async def _measure(self, phase: Phase) -> Sample:
         request = _raw_request("GET", "/_emulator/health", self._emulator.endpoint)
-        connections = [await RawConnection.open(self._emulator.endpoint) for _ in range(phase.concurrency)]
-        try:
-            return await drive_async(
-                [_sender(c, itertools.repeat(request)) for c in connections], phase.calls, self._meter
-            )
-        finally:
-            for connection in connections:
-                await connection.close()
+        return await self._drive_raw(phase, itertools.repeat(request))
 
 
 # -- drivers --------------------------------------------------------------------------------------
@@ -422,22 +410,7 @@ def presigned_forms(emulator: EmulatorProcess, action: str, count: int) -> list[
         if action == DESCRIBE
         else {"UserDeviceId": "SN-BENCH", "BizType": BIZ_TYPE, "Test": "false", "AuthYears": "1"}
     )
-    forms = []
-    for _ in range(count):
-        signed = {
-            **business,
-            "Action": action,
-            "Version": DEFAULT_VERSION,
-            "Format": "JSON",
-            "AccessKeyId": emulator.access_key_id,
-            "SignatureMethod": "HMAC-SHA1",
-            "SignatureVersion": "1.0",
-            "SignatureNonce": new_nonce(),
-            "Timestamp": timestamp(),
-        }
-        signed["Signature"] = sign_v1("POST", signed, emulator.access_key_secret)
-        forms.append("&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in signed.items()).encode())
-    return forms
+    return [signed_form(emulator, action, business) for _ in range(count)]
 
 
 # -- the run --------------------------------------------------------------------------------------

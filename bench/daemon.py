@@ -40,7 +40,6 @@ import contextlib
 import itertools
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -66,13 +65,14 @@ from _daemon_device import (
     rss_kib,
 )
 from _harness import ROOT, machine, markdown_table, median, percentile  # puts the checkout on sys.path
+from _presign import signed_form
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent._ports import free_port
 from agent.daemon._process import AgentProcess, write_config
 from agent.emulator import EmulatorProcess
 from agent.simulator import FleetReport, Timing, fleet_specs, run_fleet
-from provisioning.cloudauth import DEFAULT_VERSION, CloudauthClient, Credentials, LicenceTerm, RateLimiter
-from provisioning.cloudauth._signing import new_nonce, percent_encode, sign_v1, timestamp
+from provisioning.cloudauth import CloudauthClient, Credentials, LicenceTerm, RateLimiter
 from provisioning.secret import Secret
 
 try:
@@ -198,14 +198,6 @@ class Line:
         )
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class EchoProcess:
     """``_daemon_echo.py`` as a child process."""
 
@@ -273,23 +265,6 @@ class LatencyRun:
 
     def ms(self, step: str, fraction: float) -> float:
         return percentile(self.steps[step], fraction) / 1e6
-
-
-def signed_form(emulator: EmulatorProcess, action: str, params: dict[str, str]) -> bytes:
-    """The V1 form body our client sends for ``action`` (fresh nonce and timestamp)."""
-    signed = {
-        **params,
-        "Action": action,
-        "Version": DEFAULT_VERSION,
-        "Format": "JSON",
-        "AccessKeyId": emulator.access_key_id,
-        "SignatureMethod": "HMAC-SHA1",
-        "SignatureVersion": "1.0",
-        "SignatureNonce": new_nonce(),
-        "Timestamp": timestamp(),
-    }
-    signed["Signature"] = sign_v1("POST", signed, emulator.access_key_secret)
-    return "&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in signed.items()).encode()
 
 
 class LatencyBench:

@@ -1,6 +1,6 @@
 """Benchmark: a serial station, 32 ports at once at 115200 baud, against the bytes/baud limit.
 
-Run ``.venv/bin/python bench/serial.py [--quick] [--ports 32] [--per-port 4] [--rounds 5] [--json-out FILE]``.
+Run ``.venv/bin/python bench/serial_station.py [--quick] [--ports 32] [--per-port 4] [--rounds 5] [--json-out FILE]``.
 
 How it works
 ------------
@@ -51,14 +51,14 @@ from _harness import ROOT, machine, markdown_table, median, percentile  # puts t
 
 from agent.daemon._process import AgentProcess, write_config
 from agent.emulator import EmulatorProcess
-from agent.simulator import SerialDevice, SerialJig, Timing, fleet_specs, queue_specs
+from agent.simulator import SerialDevice, SerialJig, Timing, fleet_specs, line_rate, queue_specs
 from agent.simulator._sdk import EmulatorSdk
 from agent.simulator._serial import run_port_queue
 from provisioning.serial import Frame, FrameDecoder, FrameType, Hello, HelloAck, encode_frame
 
 MODEL: Final = "gate-controller-g2"  # hardware-profiles/: a serial profile, no verify call
 BAUDRATE: Final = 115200
-LINE_RATE: Final = BAUDRATE / 10  # 8N1: 10 bits a byte
+LINE_RATE: Final = line_rate(BAUDRATE)  # 8N1: 10 bits a byte
 ROUND_DEADLINE_S: Final = 300.0
 IDLE_S: Final = 5.0  # how long the idle cost of the open ports is measured
 _HELLO: Final = len(encode_frame(Frame(FrameType.HELLO, 0, Hello(1, 1, 4096, 0x12345678).to_bytes())))

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Final
 
 from rich.console import Console
 
+from agent._ports import free_port
 from agent.cli._demo_cloud import run_cloud_only
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_table
@@ -145,7 +145,7 @@ async def _line(
             "cloud": {"endpoint": emulator.url, "qps": DEMO_QPS_CAP * 0.8, "burst": 4},
             "mqtt": {"host": broker.host, "port": broker.port},
             "upstream": {"mqtt_topic": REPORTS_TOPIC},
-            "http": {"listen": f"127.0.0.1:{_free_port()}"},  # not 9464: a real agent may run on this machine
+            "http": {"listen": f"127.0.0.1:{free_port()}"},  # not 9464: a real agent may run on this machine
             "serial": {"ports": [str(workdir / "jig" / "port-*")], "usb": False, "scan_interval_s": SERIAL_SCAN_S},
         },
     )
@@ -215,12 +215,6 @@ async def _line(
 async def _collect(connection: MqttConnection, upstream: _Upstream) -> None:
     async for message in connection.messages():
         upstream.add(json.loads(message.payload))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _misbehaving(count: int) -> dict[Behaviour, int]:

@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, stderr_console
-from provisioning.reportsig import SignatureError, parse_header, public_key_pem, verify_report
+from provisioning.reportsig import SignatureError, load_signer, parse_header, public_key_pem, verify_report
 
 __all__ = ["add_parser"]
 
@@ -78,15 +79,15 @@ def _public_key(args: argparse.Namespace) -> int:
 
 def _key(material: bytes) -> Ed25519PublicKey:
     """An Ed25519 public key from a public or private PEM."""
+    if b"PRIVATE KEY" in material:  # the gateway's own key file: read as the agent reads it
+        public_key = load_signer("ed25519", "", material).public_key()
+        if public_key is None:  # pragma: no cover - an Ed25519 signer always has one
+            raise SignatureError("not an Ed25519 key")
+        return public_key
     try:
-        if b"PRIVATE KEY" in material:
-            private = serialization.load_pem_private_key(material, password=None)
-            if isinstance(private, Ed25519PrivateKey):
-                return private.public_key()
-        else:
-            public = serialization.load_pem_public_key(material)
-            if isinstance(public, Ed25519PublicKey):
-                return public
-    except (ValueError, TypeError) as exc:
+        public = serialization.load_pem_public_key(material)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SignatureError(f"not a PEM key ({type(exc).__name__})") from None
-    raise SignatureError("not an Ed25519 key")
+    if not isinstance(public, Ed25519PublicKey):
+        raise SignatureError("not an Ed25519 key")
+    return public

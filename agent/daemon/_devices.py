@@ -49,6 +49,7 @@ from provisioning.protocol import (
     Wait,
     WaitReason,
     decode_device_message,
+    transport_of,
 )
 from provisioning.sealing import SealedKey, SealingError, seal_auth_key
 from provisioning.secret import Secret
@@ -192,6 +193,11 @@ class DeviceService:
                 ErrorReply(message.id, message.device_id, "internal", "the gateway failed; try again later", True),
             )
 
+    @property
+    def in_flight_count(self) -> int:
+        """Devices with a key attempt open (the status line's count, without building the list)."""
+        return len(self._due)
+
     def in_flight(self) -> list[dict[str, Any]]:
         """Devices with a key attempt open: their id and when their result is due."""
         return [
@@ -232,7 +238,7 @@ class DeviceService:
                            f"model {message.model!r} has no hardware profile on this gateway (known: {known})"),
             )  # fmt: skip
             return
-        transport = "serial" if tid.startswith("serial:") else "mqtt"
+        transport = transport_of(tid)
         if transport not in profile.transports:
             self.status.count("not_admitted_wrong_transport")
             await self._send(
@@ -356,8 +362,7 @@ class DeviceService:
     async def _audit_pushed(
         self, tid: str, re: str, record: DeviceRecord, now: float, *, sealed: bool, first: bool
     ) -> None:
-        transport = "serial" if tid.startswith("serial:") else "mqtt"
-        detail: dict[str, str | int | bool] = {"re": re, "transport": transport, "sealed": sealed}
+        detail: dict[str, str | int | bool] = {"re": re, "transport": transport_of(tid), "sealed": sealed}
         if first:  # the attempt and its first push in one transaction
             await self._journal.run(self._journal.journal.put, record, pushed=detail)
         else:

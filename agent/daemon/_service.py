@@ -27,7 +27,6 @@ from agent.daemon._worker import JournalWorker
 from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
-    InboundMessage,
     MqttConnection,
     MqttError,
     MqttRetryableError,
@@ -261,7 +260,7 @@ class ProvisioningAgent:
         counters = self.devices.status.counters
         ports = f", {self.serial.open_ports} serial port(s) open" if self.serial is not None else ""
         return (
-            f"{counters.get('activated', 0)} licensed, {len(self.devices.in_flight())} in flight, "
+            f"{counters.get('activated', 0)} licensed, {self.devices.in_flight_count} in flight, "
             f"cloud {self.devices.status.cloud}, outbox {self.drainer.depth}{ports}"
         )
 
@@ -309,23 +308,21 @@ class ProvisioningAgent:
             if tid is None:
                 log.warning("ignored a message on %r: not a device topic this agent answers", message.topic)
                 continue
-            handler = group.create_task(self._handle(tid, message), name=f"device-{tid}")
-            self._handlers.add(handler)
-            handler.add_done_callback(self._handlers.discard)
-
-    async def _handle(self, tid: str, message: InboundMessage) -> None:
-        await self.devices.handle(tid, message.payload)
-        self._status_dirty.set()
+            self._spawn(group, tid, message.payload)
 
     def _deliver_serial(self, tid: str, payload: bytes) -> None:
         """A message from a serial port (called on the loop by the serial transport)."""
         if self._group is None:
             return  # not serving (yet or any more): the device resends
-        handler = self._group.create_task(self._handle_serial(tid, payload), name=f"device-{tid}")
+        self._spawn(self._group, tid, payload)
+
+    def _spawn(self, group: asyncio.TaskGroup, tid: str, payload: bytes) -> None:
+        """One device message in its own task, tracked so a stop can drain it (both transports)."""
+        handler = group.create_task(self._handle(tid, payload), name=f"device-{tid}")
         self._handlers.add(handler)
         handler.add_done_callback(self._handlers.discard)
 
-    async def _handle_serial(self, tid: str, payload: bytes) -> None:
+    async def _handle(self, tid: str, payload: bytes) -> None:
         await self.devices.handle(tid, payload)
         self._status_dirty.set()
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -372,9 +372,9 @@ class EmulatorState:
         return {
             "format": STATE_FORMAT,
             "clock_offset": self._t.clock_offset,
-            "keys": [_key_to_dict(record) for record in self._t.keys.values()],
+            "keys": [asdict(record) for record in self._t.keys.values()],
             "devices": [_device_to_dict(device) for device in self._t.devices.values()],
-            "jobs": [_job_to_dict(job) for job in self._t.jobs.values()],
+            "jobs": [asdict(job) for job in self._t.jobs.values()],
         }
 
     def load_dict(self, data: Mapping[str, Any]) -> None:
@@ -454,21 +454,6 @@ def _device_audit(device: _Device) -> dict[str, Any]:
     }
 
 
-def _key_to_dict(record: _Key) -> dict[str, Any]:
-    return {
-        "key": record.key,
-        "biz_type": record.biz_type,
-        "user_device_id": record.user_device_id,
-        "test": record.test,
-        "auth_years": record.auth_years,
-        "minted_at": record.minted_at,
-        "used_at": record.used_at,
-        "hardware_id": record.hardware_id,
-        "device_id": record.device_id,
-        "outcome": record.outcome,
-    }
-
-
 def _key_from_dict(item: Mapping[str, Any]) -> _Key:
     used_at = item["used_at"]
     auth_years = item["auth_years"]
@@ -487,17 +472,8 @@ def _key_from_dict(item: Mapping[str, Any]) -> _Key:
 
 
 def _device_to_dict(device: _Device) -> dict[str, Any]:
-    return {
-        "device_id": device.device_id,
-        "hardware_id": device.hardware_id,
-        "user_device_id": device.user_device_id,
-        "biz_type": device.biz_type,
-        "begin_day": format_day(device.begin_day),
-        "expired_day": format_day(device.expired_day),
-        "licence_activations": device.licence_activations,
-        "reactivations": device.reactivations,
-        "extensions": device.extensions,
-    }
+    days = {"begin_day": format_day(device.begin_day), "expired_day": format_day(device.expired_day)}
+    return asdict(device) | days
 
 
 def _device_from_dict(item: Mapping[str, Any]) -> _Device:
@@ -515,16 +491,6 @@ def _device_from_dict(item: Mapping[str, Any]) -> _Device:
         reactivations=int(item["reactivations"]),
         extensions=int(item["extensions"]),
     )
-
-
-def _job_to_dict(job: SdkJob) -> dict[str, Any]:
-    return {
-        "task_id": job.task_id,
-        "app_url": job.app_url,
-        "platform": job.platform,
-        "created_at": job.created_at,
-        "ready_at": job.ready_at,
-    }
 
 
 def _job_from_dict(item: Mapping[str, Any]) -> SdkJob:

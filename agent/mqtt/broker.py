@@ -32,7 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from agent._children import terminate
+from agent import _children
+from agent._ports import free_port
 
 __all__ = [
     "MOSQUITTO_MISSING",
@@ -186,8 +187,8 @@ class MosquittoBroker:
         fixed_ports = self._port is not None
         for attempt in range(1 if fixed_ports else BIND_ATTEMPTS):
             if not fixed_ports:
-                self._port = _free_port()
-                self._tls_port = _free_port() if self.tls is not None else None
+                self._port = free_port(HOST)
+                self._tls_port = free_port(HOST) if self.tls is not None else None
             self._write_files()
             try:
                 self._launch(binary)
@@ -201,15 +202,13 @@ class MosquittoBroker:
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
         """SIGTERM (mosquitto saves persistence), SIGKILL after ``timeout``; the exit code."""
         process, self._process = self._process, None
-        return None if process is None else terminate(process, timeout)
+        return None if process is None else _children.terminate(process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash (nothing saved since the last autosave)."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+            _children.kill(process)
 
     def restart(self, *, kill: bool = False) -> Self:
         """Stop (or kill) and start again on the same ports with the same persistence directory."""
@@ -316,13 +315,6 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     salt = secrets.token_bytes(12) if salt is None else salt
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
     return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _accepts(host: str, port: int) -> bool:

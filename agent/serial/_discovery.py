@@ -20,9 +20,10 @@ from typing import Final, Protocol
 
 from serial.tools import list_ports
 
+from provisioning.protocol import SERIAL_TID_PREFIX
+
 __all__ = ["SERIAL_TID_PREFIX", "PortCandidate", "UsbPort", "UsbRule", "discover", "tid_for", "usb_ports"]
 
-SERIAL_TID_PREFIX: Final = "serial:"
 _TID_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._:~@-]")
 _TID_MAX: Final = 64
 

@@ -13,6 +13,7 @@ answers through :meth:`SerialTransport.send`.
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import logging
 import os
@@ -100,7 +101,12 @@ class SerialTransport:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.config.ports) or (self.config.usb and any(p.serial_usb for p in self.profiles.values()))
+        return bool(self.config.ports) or self._watches_usb
+
+    @property
+    def _watches_usb(self) -> bool:
+        """USB discovery is on and some profile names an adapter."""
+        return self.config.usb and any(p.serial_usb for p in self.profiles.values())
 
     async def run(self) -> None:
         """Scan for ports until cancelled; stops every worker on the way out."""
@@ -161,7 +167,7 @@ class SerialTransport:
             by_path_dir=Path(self.config.by_path_dir),
         )
         for pattern in self.config.ports:
-            if "://" in pattern or any(c in pattern for c in "*?[") or pattern in self._announced_absent:
+            if "://" in pattern or glob.has_magic(pattern) or pattern in self._announced_absent:
                 continue
             if not any(c.url == pattern for c in found.values()):
                 self._announced_absent.add(pattern)
@@ -171,7 +177,7 @@ class SerialTransport:
     def _usb_listing_stale(self) -> bool:
         """List USB adapters again only when /dev changed (a node came or went) or ``usb_relist_s``
         passed: a listing costs about a millisecond of CPU, and most seconds nothing was plugged in."""
-        if not self.config.usb or not any(p.serial_usb for p in self.profiles.values()):
+        if not self._watches_usb:
             return False
         try:
             dev_mtime = os.stat(DEV_DIR).st_mtime_ns

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from agent.simulator._machine import Activate, Command, DeviceMachine, Die, Publish, SetTimer, Stop
+from agent.simulator._driver import MachineDriver
+from agent.simulator._machine import Activate, Command, Die, Publish, SetTimer
 from agent.simulator._mqtt import LinkError, MqttLink
 from agent.simulator._outcome import DeviceOutcome
 from agent.simulator._sdk import EmulatorSdk
@@ -46,32 +46,22 @@ class DeviceEnv:
     passwords: Mapping[str, str] | None = None  # by tid: log in as username <tid> (a broker with an ACL)
 
 
-class SimulatedDevice:
+class SimulatedDevice(MachineDriver):
     """One device from power-on to its outcome."""
 
     def __init__(self, spec: DeviceSpec, env: DeviceEnv) -> None:
-        self.spec = spec
-        self.machine = DeviceMachine(spec, env.timing)
+        super().__init__(spec, env.timing)
         self._env = env
         self._up = up_topic(env.topic_root, spec.tid)
         self._down = down_topic(env.topic_root, spec.tid)
         self._link: MqttLink | None = None
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._timer_at: float | None = None
         self._link_error = ""
 
     async def run(self) -> None:
         """Connect, go through the exchange, disconnect; returns when the device is finished."""
         try:
             await self._connect()
-            commands: deque[Command] = deque(self.machine.start(time.time()))
-            while True:
-                while commands:
-                    command = commands.popleft()
-                    if isinstance(command, Stop):
-                        return
-                    commands.extend(await self._perform(command))
-                commands.extend(await self._next_event())
+            await self._drive()
         finally:
             link, self._link = self._link, None
             if link is not None:
@@ -107,17 +97,6 @@ class SimulatedDevice:
                     await self._connect()
                     return self.machine.revive(time.time())
         return []
-
-    async def _next_event(self) -> list[Command]:
-        loop = asyncio.get_running_loop()
-        timeout = None if self._timer_at is None else max(0.0, self._timer_at - loop.time())
-        try:
-            async with asyncio.timeout(timeout):
-                payload = await self._inbox.get()
-        except TimeoutError:
-            self._timer_at = None
-            return self.machine.timer_fired(time.time())
-        return self.machine.receive(payload, time.time())
 
     async def _connect(self) -> None:
         """Connect and subscribe, retrying with backoff until it works (or the deadline cancels us)."""

@@ -43,11 +43,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from provisioning.serial import DEFAULT_BAUDRATE
+from provisioning.serial import BITS_PER_BYTE, DEFAULT_BAUDRATE
 
-__all__ = ["BITS_PER_BYTE", "DEFAULT_PREFIX", "JigPort", "Noise", "SerialJig", "line_rate"]
+__all__ = ["DEFAULT_PREFIX", "JigPort", "Noise", "SerialJig", "line_rate"]
 
-BITS_PER_BYTE: Final = 10  # 8N1: start bit, 8 data bits, stop bit
 DEFAULT_PREFIX: Final = "port-"
 READ_SIZE: Final = 65536  # one read from a master; a pty holds less
 FLOOD_CHUNK: Final = 4096  # one write of an unpaced flood

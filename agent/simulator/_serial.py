@@ -29,14 +29,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
 import serial
 
-from agent.simulator._machine import Activate, Command, DeviceMachine, Die, Publish, SetTimer, Stop
+from agent.simulator._driver import MachineDriver
+from agent.simulator._jig import JigPort
+from agent.simulator._machine import Activate, Command, Die, Publish, SetTimer
 from agent.simulator._outcome import DeviceOutcome
 from agent.simulator._sdk import EmulatorSdk
 from agent.simulator._spec import COMEBACK_DELAY_S, DeviceSpec, Timing
@@ -153,24 +154,21 @@ class UrlPort:
                 consumer(data)
 
 
-class SerialDevice:
+class SerialDevice(MachineDriver):
     """One device on a serial port, from power-on to its outcome."""
 
     def __init__(
         self, spec: DeviceSpec, port: SerialPort, sdk: EmulatorSdk, timing: Timing, link: LinkConfig | None = None
     ) -> None:
-        self.spec = spec
+        super().__init__(spec, timing)
         self.port = port
-        self.machine = DeviceMachine(spec, timing)
         self.wire = WireLog()
         self._sdk = sdk
         self._timing = timing
         self._link_config = link or LinkConfig()
         self._endpoint = LinkEndpoint(self._link_config)
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._link_up = asyncio.Event()
         self._wake = asyncio.Event()
-        self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._powered = True  # False between a death and the reboot: a dead board sends nothing
 
@@ -182,15 +180,8 @@ class SerialDevice:
         self.port.attach(self._from_thread)
         try:
             await self._link_up.wait()
-            commands: deque[Command] = deque(self.machine.start(time.time()))
-            while True:
-                while commands:
-                    command = commands.popleft()
-                    if isinstance(command, Stop):
-                        self.wire.finished = loop.time()
-                        return
-                    commands.extend(await self._perform(command))
-                commands.extend(await self._next_event())
+            await self._drive()
+            self.wire.finished = loop.time()
         finally:
             self.port.attach(None)
             pump.cancel()
@@ -232,17 +223,6 @@ class SerialDevice:
                     await self._link_up.wait()
                     return self.machine.revive(time.time())
         return []
-
-    async def _next_event(self) -> list[Command]:
-        loop = asyncio.get_running_loop()
-        timeout = None if self._timer_at is None else max(0.0, self._timer_at - loop.time())
-        try:
-            async with asyncio.timeout(timeout):
-                payload = await self._inbox.get()
-        except TimeoutError:
-            self._timer_at = None
-            return self.machine.timer_fired(time.time())
-        return self.machine.receive(payload, time.time())
 
     # -- the link's side -----------------------------------------------------------------------------
 
@@ -329,7 +309,7 @@ class PortQueue:
     def __post_init__(self) -> None:
         if self.swap_s < 0:
             raise ValueError("swap_s must be >= 0")
-        if self.replug and not (hasattr(self.port, "unplug") and hasattr(self.port, "replug")):
+        if self.replug and not isinstance(self.port, JigPort):
             raise ValueError(f"replug needs a jig port, not {self.port.label}")
 
 
@@ -343,13 +323,14 @@ async def run_port_queue(
     """
     pending = [SerialDevice(spec, queue.port, sdk, timing, queue.link) for spec in queue.specs]
     devices.extend(pending)
+    jig_port = queue.port if queue.replug and isinstance(queue.port, JigPort) else None
     for number, device in enumerate(pending):
         try:
             async with asyncio.timeout_at(deadline):
-                if number and queue.replug:
-                    queue.port.unplug()  # type: ignore[attr-defined]
+                if number and jig_port is not None:
+                    jig_port.unplug()
                     await asyncio.sleep(queue.swap_s)
-                    queue.port.replug()  # type: ignore[attr-defined]
+                    jig_port.replug()
                 elif number:
                     await asyncio.sleep(queue.swap_s)
                 await device.run()

@@ -6,7 +6,7 @@ quotas). The runtime feeds it the work orders it reads from the MES's folder
 (:func:`parse_work_order`) and the charges it reads back from the journal (:class:`Ledger`).
 """
 
-from provisioning.admission._admission import SERIAL_TID_PREFIX, Admission, LineLimits, Request
+from provisioning.admission._admission import Admission, LineLimits, Request
 from provisioning.admission._quota import DAY_S, HOUR_S, Ledger, Mint
 from provisioning.admission._refusal import REASONS, RETRYABLE, Reason, Refusal
 from provisioning.admission._rules import SIGNATURE_MODES, Rules, SignatureMode
@@ -25,7 +25,6 @@ __all__ = [
     "MAX_FILE_BYTES",
     "REASONS",
     "RETRYABLE",
-    "SERIAL_TID_PREFIX",
     "SIGNATURE_MODES",
     "Admission",
     "Ledger",

@@ -28,15 +28,14 @@ from typing import Any, Final
 
 from provisioning.admission._quota import DAY_S, HOUR_S, Ledger, Mint
 from provisioning.admission._ratelimit import TokenBuckets
-from provisioning.admission._refusal import Refusal
+from provisioning.admission._refusal import Reason, Refusal
 from provisioning.admission._rules import Rules
 from provisioning.admission._signature import verify
 from provisioning.admission._workorders import WorkOrder, WorkOrderBook
-from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes
+from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes, transport_of
 
-__all__ = ["SERIAL_TID_PREFIX", "Admission", "LineLimits", "Request"]
+__all__ = ["Admission", "LineLimits", "Request"]
 
-SERIAL_TID_PREFIX: Final = "serial:"  # protocol-additions: every other tid is MQTT
 _DEVICE_WINDOW_S: Final = 60
 
 
@@ -80,7 +79,7 @@ class Admission:
             return Refusal("rate_limited_device",
                            f"more than {self._devices.capacity} registrations a minute from this device",
                            _seconds(wait))  # fmt: skip
-        transport = "serial" if tid.startswith(SERIAL_TID_PREFIX) else "mqtt"
+        transport = transport_of(tid)
         buckets = self._transports[transport]
         if buckets.capacity and (wait := buckets.take(transport, now)):
             return Refusal("rate_limited_transport",
@@ -172,7 +171,7 @@ class Admission:
                        f"of model {register.model!r}{hint}")  # fmt: skip
 
     def _quotas(self, model: str, rules: Rules, now: float) -> Refusal | None:
-        checks = (
+        checks: tuple[tuple[Reason, int, int, str | None, str, str], ...] = (
             ("quota_hour", HOUR_S, self.limits.per_hour, None, "this line", "hour"),
             ("quota_day", DAY_S, self.limits.per_day, None, "this line", "24 hours"),
             ("quota_hour", HOUR_S, rules.per_hour, model, f"model {model!r}", "hour"),
@@ -181,7 +180,7 @@ class Admission:
         for reason, window, limit, scope, who, span in checks:
             if limit and self.ledger.used(window, now, scope) >= limit:
                 wait = self.ledger.retry_after(window, limit, now, scope)
-                return Refusal(reason, f"{who} has used its {limit} key(s) of the last {span}", wait)  # type: ignore[arg-type]
+                return Refusal(reason, f"{who} has used its {limit} key(s) of the last {span}", wait)
         return None
 
 

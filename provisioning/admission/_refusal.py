@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 __all__ = ["REASONS", "RETRYABLE", "Reason", "Refusal"]
 
@@ -19,20 +19,11 @@ Reason = Literal[
     "rate_limited_device",
     "rate_limited_transport",
 ]
-REASONS: Final[tuple[Reason, ...]] = (
-    "not_on_allow_list",
-    "no_work_order",
-    "work_order_exhausted",
-    "signature_required",
-    "bad_signature",
-    "untrusted_device_key",
-    "quota_hour",
-    "quota_day",
-    "rate_limited_device",
-    "rate_limited_transport",
-)
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 # Time alone lifts these; every other reason needs a person (a work order, a key, a profile).
-RETRYABLE: Final = frozenset({"quota_hour", "quota_day", "rate_limited_device", "rate_limited_transport"})
+RETRYABLE: Final[frozenset[Reason]] = frozenset(
+    {"quota_hour", "quota_day", "rate_limited_device", "rate_limited_transport"}
+)
 
 
 @dataclass(frozen=True, slots=True)

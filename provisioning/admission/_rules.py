@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 __all__ = ["SIGNATURE_MODES", "Rules", "SignatureMode"]
 
 SignatureMode = Literal["none", "work_order", "factory_ca"]
-SIGNATURE_MODES: Final[tuple[SignatureMode, ...]] = ("none", "work_order", "factory_ca")
+SIGNATURE_MODES: Final[tuple[SignatureMode, ...]] = get_args(SignatureMode)
 
 
 @dataclass(frozen=True, slots=True)

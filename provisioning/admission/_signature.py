@@ -7,12 +7,12 @@ import binascii
 import re
 from typing import Final
 
+from provisioning.protocol import ED25519_KEY_BYTES, ED25519_SIGNATURE_BYTES
+
 # cryptography is imported on first use: a line without device signatures keeps its ~7 MB free.
 
-__all__ = ["KEY_BYTES", "SIGNATURE_BYTES", "decode_public_key", "parse_public_keys", "verify"]
+__all__ = ["decode_public_key", "parse_public_keys", "verify"]
 
-KEY_BYTES: Final = 32
-SIGNATURE_BYTES: Final = 64
 # DER SubjectPublicKeyInfo of an Ed25519 key is this prefix and the raw 32 bytes (RFC 8410):
 # what `openssl pkey -pubout -outform DER | base64` prints, accepted beside the raw form.
 _SPKI_PREFIX: Final = bytes.fromhex("302a300506032b6570032100")
@@ -21,7 +21,7 @@ _PEM_BLOCK: Final = re.compile(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KE
 
 def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """Whether ``signature`` is ``public_key``'s Ed25519 signature of ``data`` (malformed input: False)."""
-    if len(public_key) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+    if len(public_key) != ED25519_KEY_BYTES or len(signature) != ED25519_SIGNATURE_BYTES:
         return False
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -39,10 +39,10 @@ def decode_public_key(text: str) -> bytes:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("is not valid base64") from None
-    if len(raw) == len(_SPKI_PREFIX) + KEY_BYTES and raw.startswith(_SPKI_PREFIX):
+    if len(raw) == len(_SPKI_PREFIX) + ED25519_KEY_BYTES and raw.startswith(_SPKI_PREFIX):
         raw = raw[len(_SPKI_PREFIX) :]
-    if len(raw) != KEY_BYTES:
-        raise ValueError(f"is {len(raw)} bytes; an Ed25519 public key is {KEY_BYTES} (or 44 as DER)")
+    if len(raw) != ED25519_KEY_BYTES:
+        raise ValueError(f"is {len(raw)} bytes; an Ed25519 public key is {ED25519_KEY_BYTES} (or 44 as DER)")
     return raw
 
 

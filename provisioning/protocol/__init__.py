@@ -5,6 +5,7 @@ from provisioning.protocol._messages import (
     ED25519_SIGNATURE_BYTES,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
+    SERIAL_TID_PREFIX,
     AgentMessage,
     DeviceMessage,
     Done,
@@ -21,6 +22,7 @@ from provisioning.protocol._messages import (
     encode,
     is_valid_tid,
     register_signed_bytes,
+    transport_of,
 )
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "ED25519_SIGNATURE_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
+    "SERIAL_TID_PREFIX",
     "AgentMessage",
     "DeviceMessage",
     "Done",
@@ -44,4 +47,5 @@ __all__ = [
     "encode",
     "is_valid_tid",
     "register_signed_bytes",
+    "transport_of",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "ED25519_SIGNATURE_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
+    "SERIAL_TID_PREFIX",
     "AgentMessage",
     "DeviceMessage",
     "Done",
@@ -44,9 +45,11 @@ __all__ = [
     "encode",
     "is_valid_tid",
     "register_signed_bytes",
+    "transport_of",
 ]
 
 PROTOCOL_VERSION: Final = 1
+SERIAL_TID_PREFIX: Final = "serial:"  # the topic ids of devices on serial ports (the port is the address)
 MAX_MESSAGE_BYTES: Final = 4096  # fits one MQTT packet on the smallest MCU stacks and one serial frame
 ED25519_KEY_BYTES: Final = 32
 ED25519_SIGNATURE_BYTES: Final = 64
@@ -167,6 +170,11 @@ class ErrorReply:
 
 
 AgentMessage = Key | Done | Wait | ErrorReply
+
+
+def transport_of(tid: str) -> Literal["serial", "mqtt"]:
+    """The transport a topic id belongs to: ``serial:<port>`` for devices on serial ports, MQTT otherwise."""
+    return "serial" if tid.startswith(SERIAL_TID_PREFIX) else "mqtt"
 
 
 def is_valid_tid(tid: str) -> bool:

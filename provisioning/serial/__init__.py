@@ -36,6 +36,7 @@ from provisioning.serial._frames import (
 )
 from provisioning.serial._link import (
     ACK_TIMEOUT_S,
+    BITS_PER_BYTE,
     DATA_MAX_TRIES,
     DEFAULT_BAUDRATE,
     HELLO_INTERVAL_S,
@@ -50,6 +51,7 @@ from provisioning.serial._link import (
 
 __all__ = [
     "ACK_TIMEOUT_S",
+    "BITS_PER_BYTE",
     "DATA_MAX_TRIES",
     "DEFAULT_BAUDRATE",
     "HELLO_INTERVAL_S",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent._ports import free_port
 from agent.simulator import fleet_specs
 from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes
 from tests.integration.provisioning_line import MODEL, PROFILES, Line, Watcher, line_fixture
@@ -32,12 +32,6 @@ def b64(data: bytes) -> str:
 
 def raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes_raw()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def profiles(tmp_path: Path, admission: str, *, ca_admission: str = "") -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent._ports import free_port
 from agent.simulator import Behaviour, FleetReport, fleet_specs
 from provisioning.reportsig import HEADER, parse_header, verify_report
 from tests.conftest import SignedRequests
@@ -73,13 +73,6 @@ def serving(webhook: Webhook) -> Iterator[None]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def cli(line: Line, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,17 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent._ports import free_port
 from agent.daemon._process import AgentProcess
 from agent.simulator import fleet_specs
 from tests.integration.provisioning_line import MODEL, PROFILES, Line, line_fixture
 
 __all__ = ["line_fixture"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class NotifySocket:

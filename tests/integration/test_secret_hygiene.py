@@ -18,7 +18,6 @@ import http.server
 import json
 import os
 import secrets
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import aiohttp
 import httpx
 import pytest
 
+from agent._ports import free_port
 from agent.daemon._process import write_config
 from agent.emulator import EmulatorProcess
 from agent.simulator import Behaviour, SerialDevice, SerialJig, fleet_specs, queue_specs
@@ -76,13 +76,6 @@ class WebhookRecorder(http.server.ThreadingHTTPServer):
     def close(self) -> None:
         self.shutdown()
         self.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def private_file(path: Path, text: str) -> Path:

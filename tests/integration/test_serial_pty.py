@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 import serial
 
+from agent.simulator import Noise as LineNoise
 from provisioning.serial import (
     MAX_ENCODED,
     DropReason,
@@ -123,15 +124,10 @@ class Station:
                 self.events.append(event)
 
 
-@dataclass
-class Noise:
-    """What the relay does to the bytes it copies (per byte, per read, and in idle time)."""
+@dataclass(frozen=True)
+class Noise(LineNoise):
+    """The jig's line damage (``cut`` per read here), plus garbage before anything is forwarded."""
 
-    flip: float = 0.0  # flip one bit of a byte
-    drop: float = 0.0  # lose a byte
-    dup: float = 0.0  # send a byte twice
-    cut: float = 0.0  # per read: lose a run of up to 64 bytes (a truncated frame)
-    idle_garbage: bool = False  # fill every idle moment with random bytes at line rate
     lead_garbage_s: float = 0.0  # garbage at line rate, and nothing forwarded, for this long at the start
 
 
@@ -167,7 +163,7 @@ class Relay:
             now = time.monotonic()
             data = os.read(src, 4096) if ready else b""
             leading = now - started < self.noise.lead_garbage_s
-            data = b"" if leading or self.cut_off.is_set() else self._mutate(data, rnd)
+            data = b"" if leading or self.cut_off.is_set() else self.noise.apply(data, rnd)
             if (leading or self.noise.idle_garbage) and not data:
                 garbage = rnd.randbytes(max(1, int((now - last) * LINE_RATE)))
                 self.garbage_sent[index] += len(garbage)
@@ -176,26 +172,6 @@ class Relay:
             while data:
                 written = os.write(dst, data)
                 data = data[written:]
-
-    def _mutate(self, data: bytes, rnd: random.Random) -> bytes:
-        noise = self.noise
-        if noise.flip or noise.drop or noise.dup:
-            out = bytearray()
-            for byte in data:
-                roll = rnd.random()
-                if roll < noise.flip:
-                    out.append(byte ^ (1 << rnd.randrange(8)))
-                elif roll < noise.flip + noise.drop:
-                    pass
-                elif roll < noise.flip + noise.drop + noise.dup:
-                    out += bytes((byte, byte))
-                else:
-                    out.append(byte)
-            data = bytes(out)
-        if data and rnd.random() < noise.cut:
-            i = rnd.randrange(len(data))
-            data = data[:i] + data[i + rnd.randint(1, 64) :]
-        return data
 
 
 @dataclass

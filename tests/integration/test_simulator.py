@@ -27,6 +27,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent._ports import free_port
 from agent.emulator import EmulatorProcess
 from agent.simulator import Behaviour, DeviceSpec, FleetReport, Timing, fleet_specs, run_fleet
 from agent.simulator._cli import add_parser
@@ -224,7 +225,7 @@ class MosquittoBroker:
     host = "127.0.0.1"
 
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.config = directory / "mosquitto.conf"
         self.config.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n")
         self.process: subprocess.Popen[bytes] | None = None
@@ -253,13 +254,6 @@ class MosquittoBroker:
     def restart(self) -> None:
         self.stop()
         self.start()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -583,7 +577,7 @@ async def test_unreachable_broker_times_out(emulator: EmulatorProcess) -> None:
     report = await run_fleet(
         [device()],
         mqtt_host="127.0.0.1",
-        mqtt_port=_free_port(),
+        mqtt_port=free_port(),
         emulator_url=emulator.url,
         deadline_s=1.0,
         timing=FAST,

@@ -284,6 +284,7 @@ def test_snapshot_round_trip(state: EmulatorState, clock: FakeClock) -> None:
     restored = EmulatorState(clock)
     restored.load_dict(state.to_dict())
     assert restored.to_dict() == state.to_dict()
+    assert restored.audit() == state.audit()  # every key and device field survived, not just the layout
     assert restored.describe_devices().items == (licence,)
     restored.activate(key, "hw-2")  # an unused key survives a restart
     with pytest.raises(ValueError, match="format"):

@@ -18,11 +18,22 @@ def pushed(device_id: str) -> DeviceRecord:
     return DeviceRecord(device_id, f"hw-{device_id}", "m", "t", State.PUSHED, attempts=1, attempt="0" * 16)
 
 
+async def hold_the_thread(worker: JournalWorker) -> tuple[threading.Event, asyncio.Future[bool]]:
+    """A call that occupies the journal thread until the returned gate is set; returns once it runs."""
+    started, gate = threading.Event(), threading.Event()
+
+    def block() -> bool:
+        started.set()
+        return gate.wait(5.0)
+
+    blocker = asyncio.ensure_future(worker.run(block))
+    assert await asyncio.to_thread(started.wait, 5.0)
+    return gate, blocker
+
+
 async def test_calls_queued_together_share_a_commit_and_all_are_durable(tmp_path: Path) -> None:
     worker = JournalWorker(Journal.open(tmp_path / "j.sqlite3"))
-    gate = threading.Event()
-    blocker = asyncio.ensure_future(worker.run(gate.wait, 5.0))  # holds the thread while the others queue
-    await asyncio.sleep(0.05)
+    gate, blocker = await hold_the_thread(worker)  # the others queue up behind it
     puts = [asyncio.ensure_future(worker.run(worker.journal.put, pushed(f"d{n}"))) for n in range(50)]
     await asyncio.sleep(0.05)
     gate.set()
@@ -36,9 +47,7 @@ async def test_calls_queued_together_share_a_commit_and_all_are_durable(tmp_path
 
 async def test_a_failing_call_is_undone_alone_and_its_caller_gets_the_error(tmp_path: Path) -> None:
     worker = JournalWorker(Journal.open(tmp_path / "j.sqlite3"))
-    gate = threading.Event()
-    blocker = asyncio.ensure_future(worker.run(gate.wait, 5.0))
-    await asyncio.sleep(0.05)
+    gate, blocker = await hold_the_thread(worker)
     record = DeviceRecord("bad", "hw", "m", "t", State.ACTIVATED, attempts=1, attempt="a" * 16,
                           sdk_device_id="wd.x", begin_day="20261123", expired_day="20271122")  # fmt: skip
     report = build_report(record, gateway_id="gw", biz_type="B", term="1y", now=T0) | {"unserialisable": {1, 2}}
@@ -63,9 +72,7 @@ async def test_get_reads_on_the_callers_thread_and_sees_every_write_that_returne
     assert worker.get("d1") is None
     await worker.run(worker.journal.put, pushed("d1"))
     assert worker.get("d1") == pushed("d1")
-    gate = threading.Event()
-    blocker = asyncio.ensure_future(worker.run(gate.wait, 5.0))  # the writer is busy...
-    await asyncio.sleep(0.05)
+    gate, blocker = await hold_the_thread(worker)  # the writer is busy...
     assert worker.get("d1") == pushed("d1")  # ...and a read does not wait for it:
     assert not blocker.done()  # had it waited, the writer's call would have run out first
     gate.set()
