@@ -1,17 +1,32 @@
-"""The daemon's local HTTP endpoint: /metrics for Prometheus, /health for probes, /status for people."""
+"""The daemon's local HTTP endpoint: /metrics for Prometheus, /health for probes, /status for people.
+
+A few GET routes for local scrapers, so a small ``asyncio.Protocol`` with httptools' request
+parser (the one the cloud client's answers go through) rather than a web framework: the
+framework was 2-3 MB of the agent's resident memory for three routes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Final, cast
 
-from aiohttp import web
+import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.metrics import Metrics
 
+log = logging.getLogger("agent.http")
+
 __all__ = ["HttpListenError", "StatusServer"]
+
+IDLE_TIMEOUT_S: Final = 30.0  # a client that stays silent this long is disconnected
+MAX_REQUEST_BYTES: Final = 16 * 1024  # head and body of one request: these routes take no body
+
+Route = Callable[[], tuple[int, str, bytes]]  # status, content type, body
 
 
 class HttpListenError(OSError):
@@ -31,34 +46,132 @@ class StatusServer:
         host, _, port = listen.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._metrics, self._status, self._healthy = metrics, status, healthy
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.BaseTransport] = set()
+        self._routes: dict[str, Route] = {
+            "/metrics": self._get_metrics,
+            "/health": self._get_health,
+            "/status": self._get_status,
+        }
 
     async def start(self) -> None:
-        """Bind and serve (raises OSError when the port is taken)."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._get_metrics)
-        app.router.add_get("/health", self._get_health)
-        app.router.add_get("/status", self._get_status)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
+        """Bind and serve (raises :class:`HttpListenError` when the port is taken)."""
+        loop = asyncio.get_running_loop()
         try:
-            await web.TCPSite(self._runner, self._host, self._port).start()
+            self._server = await loop.create_server(
+                lambda: _Exchange(self._routes, self._clients), self._host, self._port
+            )
         except OSError as exc:
-            await self._runner.cleanup()
             raise HttpListenError(f"http.listen {self._host}:{self._port}: {exc.strerror or exc}") from None
 
     async def stop(self) -> None:
-        """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
+        """Stop serving (open connections are closed)."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.close()
+            for transport in list(self._clients):
+                transport.close()
+            await server.wait_closed()
 
-    async def _get_metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def _get_metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
 
-    async def _get_health(self, request: web.Request) -> web.Response:
+    def _get_health(self) -> tuple[int, str, bytes]:
         ok, reason = self._healthy()
-        return web.json_response({"ok": ok, "reason": reason}, status=200 if ok else 503)
+        return 200 if ok else 503, "application/json", json.dumps({"ok": ok, "reason": reason}).encode()
 
-    async def _get_status(self, request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(self._status(), ensure_ascii=False), content_type="application/json")
+    def _get_status(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(self._status(), ensure_ascii=False).encode()
+
+
+class _Exchange(asyncio.Protocol):
+    """One client connection: requests parsed by httptools, answered in order, kept alive when asked."""
+
+    def __init__(self, routes: dict[str, Route], clients: set[asyncio.BaseTransport]) -> None:
+        self._routes, self._clients = routes, clients
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._received = 0
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # create_server makes stream transports
+        self._clients.add(transport)
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._received += len(data)
+        self._arm_idle_timer()
+        if self._received > MAX_REQUEST_BYTES:
+            self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "text/plain", b"request too large\n", keep_alive=False)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._answer(HTTPStatus.BAD_REQUEST, "text/plain", f"bad request: {exc}\n".encode(), keep_alive=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._clients.discard(self._transport)
+        if self._idle is not None:
+            self._idle.cancel()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_message_complete(self) -> None:
+        method = self._parser.get_method()
+        keep_alive = self._parser.should_keep_alive()
+        path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else ""
+        self._url, self._received = b"", 0
+        route = self._routes.get(path)
+        if route is None:
+            self._answer(
+                HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /status, /health or /metrics\n", keep_alive
+            )
+        elif method not in (b"GET", b"HEAD"):
+            self._answer(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"only GET\n", keep_alive, allow="GET, HEAD")
+        else:
+            try:
+                status, content_type, body = route()
+            except Exception:  # a broken page must not break the daemon
+                log.exception("GET %s failed", path)
+                status, content_type, body = 500, "text/plain", b"internal error: see the agent's log\n"
+            self._answer(status, content_type, b"" if method == b"HEAD" else body, keep_alive, length=len(body))
+
+    # -- answering -------------------------------------------------------------------------
+
+    def _answer(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        keep_alive: bool,
+        *,
+        length: int | None = None,
+        allow: str = "",
+    ) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        head = [
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body) if length is None else length}",
+            "Connection: keep-alive" if keep_alive else "Connection: close",
+        ]
+        if allow:
+            head.append(f"Allow: {allow}")
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        if not keep_alive:
+            transport.close()
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        transport = self._transport
+        if transport is not None:
+            self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, transport.close)

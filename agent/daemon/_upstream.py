@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from agent.daemon._worker import JournalWorker
+from provisioning.httpclient import HttpClient
 from provisioning.reportsig import HEADER, SIGNATURE_MEMBER, ReportSigner, header_value
 from provisioning.secret import Secret
 
@@ -66,32 +65,28 @@ class MqttSink:
 
 
 class WebhookSink:
-    """POSTs each report as JSON with an ``Idempotency-Key`` header (aiohttp: the cloud client's library)."""
+    """POSTs each report as JSON with an ``Idempotency-Key`` header, over kept-alive connections."""
 
     def __init__(self, url: str, *, timeout_s: float, token_file: str = "") -> None:
-        self.name = f"webhook:{urlsplit(url).hostname}"
-        self._url = url
+        parts = urlsplit(url)
+        self.name = f"webhook:{parts.hostname}"
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._token = Secret(Path(token_file).read_text(encoding="utf-8").strip()) if token_file else None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._http: aiohttp.ClientSession | None = None  # made on the event loop at the first report
+        self._http = HttpClient(url, connect_timeout=timeout_s, read_timeout=timeout_s, max_connections=2)
 
     async def deliver(self, key: str, report: dict[str, Any]) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-        headers = {"content-type": "application/json", "idempotency-key": key}
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         if self._token is not None:  # added per request, so no object holds the token in the clear
-            headers["authorization"] = "Bearer " + self._token.reveal()
+            headers["Authorization"] = "Bearer " + self._token.reveal()
         if isinstance(report.get(SIGNATURE_MEMBER), dict):
             headers[HEADER] = header_value(report[SIGNATURE_MEMBER])
-        async with self._http.post(self._url, data=json.dumps(report).encode(), headers=headers) as response:
-            status = response.status
-        if status == HTTPStatus.CONFLICT or 200 <= status < 300:  # 409: the MES has it already
+        answer = await self._http.request("POST", self._target, body=json.dumps(report).encode(), headers=headers)
+        if answer.status == HTTPStatus.CONFLICT or 200 <= answer.status < 300:  # 409: the MES has it already
             return
-        raise RuntimeError(f"webhook answered HTTP {status}")
+        raise RuntimeError(f"webhook answered HTTP {answer.status}")
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.aclose()
 
 
 class UpstreamDrainer:
@@ -122,17 +117,19 @@ class UpstreamDrainer:
         """Deliver until cancelled."""
         if not self._sinks:
             log.warning("no upstream configured: reports stay in the journal's outbox")
-            self.depth = await self._journal.run(self._journal.journal.outbox_depth)
+            self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
             return
         while True:
             self._wake.clear()
-            rows = await self._journal.run(self._journal.journal.due_reports, now=self._clock(), limit=BATCH)
+            rows = await self._journal.run_bookkeeping(
+                self._journal.journal.due_reports, now=self._clock(), limit=BATCH
+            )
             for row in rows:
                 await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts)
-            self.depth = await self._journal.run(self._journal.journal.outbox_depth)
+            self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
             if len(rows) == BATCH:
                 continue
-            next_due = await self._journal.run(self._journal.journal.next_report_due)
+            next_due = await self._journal.run_bookkeeping(self._journal.journal.next_report_due)
             wait = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, max(0.05, next_due - self._clock()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):  # not wait_for: 3.11 can swallow a cancel
@@ -150,10 +147,10 @@ class UpstreamDrainer:
             delay = min(MAX_BACKOFF_S, 2.0**attempts) * random.uniform(0.5, 1.0)
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("report %s not delivered (%s); retry in %.1f s", key, self.last_error, delay)
-            await self._journal.run(
+            await self._journal.run_bookkeeping(
                 self._journal.journal.mark_retry, row_id, next_attempt_at=self._clock() + delay, error=self.last_error
             )
             return
-        await self._journal.run(self._journal.journal.mark_delivered, row_id, now=self._clock())
+        await self._journal.run_bookkeeping(self._journal.journal.mark_delivered, row_id, now=self._clock())
         self.delivered += 1
         self.last_error = ""

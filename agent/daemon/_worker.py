@@ -36,6 +36,7 @@ class _Call:
     function: Callable[[], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    durable: bool = True
     outcome: tuple[bool, Any] = (False, None)  # (ok, result or exception)
 
 
@@ -56,6 +57,17 @@ class JournalWorker:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._calls.put(_Call(lambda: function(*args, **kwargs), future, loop))
+        return await future
+
+    async def run_bookkeeping(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like :meth:`run`, for writes that are redone when lost: committed without waiting for the disk.
+
+        A batch of such calls alone costs no fsync; queued with any :meth:`run` call, it shares that
+        call's durable commit. Safe against a crash of the process; a power cut may undo it.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put(_Call(lambda: function(*args, **kwargs), future, loop, durable=False))
         return await future
 
     def get(self, device_id: str) -> DeviceRecord | None:
@@ -91,7 +103,7 @@ class JournalWorker:
 
     def _run_batch(self, batch: list[_Call]) -> None:
         try:
-            with self.journal.batch():
+            with self.journal.batch(durable=any(call.durable for call in batch)):
                 for call in batch:
                     try:
                         call.outcome = (True, call.function())

@@ -98,6 +98,7 @@ class CloudauthClient:
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"endpoint must be an http(s) URL without query, got {endpoint!r}")
         self._endpoint = endpoint.rstrip("/") + "/"
+        self._path = parts.path.rstrip("/") + "/"  # what the requests ask for on the endpoint's origin
         self._version = version
         self._signature = signature
         self._format = response_format
@@ -110,6 +111,7 @@ class CloudauthClient:
         self._host_header = parts.netloc
         timeouts = timeouts or Timeouts()
         self._http = HttpTransport(
+            self._endpoint,
             connect_timeout=timeouts.connect,
             read_timeout=timeouts.read,
             max_connections=max_connections,
@@ -324,12 +326,12 @@ class CloudauthClient:
         raise RequestError(f"DeviceId {device_id} is not known to the service", request_id=page.request_id)
 
     async def _send(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
-        url, body, headers = self._build_request(action, params)
-        response = await self._http.post(url, body=body, headers=headers, action=action, host=self._host_header)
+        target, body, headers = self._build_request(action, params)
+        response = await self._http.post(target, body=body, headers=headers, action=action)
         return _read_answer(action, response)
 
     def _build_request(self, action: str, params: Mapping[str, str]) -> tuple[str, bytes, dict[str, str]]:
-        """URL, body and headers of one signed attempt."""
+        """Target (path and query), body and headers of one signed attempt."""
         credentials = self._credentials
         stamp = _signing.timestamp(self._utcnow())
         nonce = _signing.new_nonce()
@@ -347,10 +349,13 @@ class CloudauthClient:
             )
             if credentials.security_token:
                 form["SecurityToken"] = credentials.security_token.reveal()
-            form["Signature"] = _signing.sign_v1("POST", form, credentials.access_key_secret.reveal())
             # Everything travels in the form body (the service signs query and form alike): no
             # request log or proxy access log sees ids, the token or the signature in a URL.
-            return self._endpoint, _encode(form), _FORM_HEADERS
+            return (
+                self._path,
+                _signing.signed_form_v1("POST", form, credentials.access_key_secret.reveal()),
+                _FORM_HEADERS,
+            )
         query = dict(params)
         if self._format != "JSON":
             query["Format"] = self._format
@@ -369,14 +374,14 @@ class CloudauthClient:
         signature = _signing.sign_v3(canonical, credentials.access_key_secret.reveal())
         headers["authorization"] = _signing.v3_authorization(credentials.access_key_id, headers, signature)
         # Encoded by us (and sent as is) so the service reads exactly the bytes we signed.
-        url = self._endpoint + "?" + _encode(query).decode() if query else self._endpoint
-        return url, b"", headers
+        target = self._path + "?" + _encode(query).decode() if query else self._path
+        return target, b"", headers
 
 
 def _read_answer(action: str, response: RawResponse) -> dict[str, Any]:
     header_id = response.headers.get("x-acs-request-id")
     content_type = response.headers.get("content-type", "")
-    if response.is_success:
+    if 200 <= response.status < 300:
         answer = unwrap(parse_body(response.body, content_type=content_type, request_id=header_id))
         if answer.get("Success") is False or str(answer.get("Success")).lower() == "false":
             code = str(answer.get("Code") or "UnknownError")

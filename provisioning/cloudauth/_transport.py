@@ -1,86 +1,53 @@
-"""One HTTP POST to the Cloudauth endpoint over pooled keep-alive connections (aiohttp).
+"""One HTTP POST to the Cloudauth endpoint, over :mod:`provisioning.httpclient`'s kept-alive connections.
 
-Why aiohttp and not httpx here: measured side by side (docs/performance.md), httpx with
-httpcore cost 1.4-1.8x the official SDK's CPU per call, almost all of it in the HTTP layers
-(httpcore's pool rescans every connection on every state change, encode/httpcore#1035);
-the same requests through aiohttp cost well under half of the official SDK's. This module is
-the only place that knows the HTTP library: it maps its exceptions onto our error tree.
+This module is the only place in the client that knows the HTTP layer: it maps its errors onto
+our error tree (nothing sent: :class:`NetworkError`; sent but unanswered: ambiguous or timeout).
+Why our own small client rather than httpx or aiohttp: measured side by side in
+docs/performance.md (httpx cost 1.4-1.8x the official SDK's CPU per call, aiohttp was the
+largest single item of the daemon's CPU per device and 13 MB of its memory).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-import aiohttp
-from yarl import URL
 
 from provisioning.cloudauth._errors import AmbiguousRequestError, NetworkError, RequestTimeout, ResponseError
 from provisioning.cloudauth._parse import MAX_RESPONSE_BYTES
+from provisioning.httpclient import AnswerLost, AnswerUnreadable, ConnectFailed, HttpClient, HttpResponse
 
 __all__ = ["HttpTransport", "RawResponse"]
 
-
-@dataclass(frozen=True, slots=True)
-class RawResponse:
-    """Status, lowercase headers and body of one answer."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @property
-    def is_success(self) -> bool:
-        """2xx."""
-        return 200 <= self.status < 300
+RawResponse = HttpResponse
 
 
 class HttpTransport:
-    """A keep-alive connection pool; the session is created inside the running event loop on first use."""
+    """A keep-alive connection pool to the endpoint's origin."""
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int, user_agent: str) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
-        self._max_connections = max_connections
-        self._user_agent = user_agent
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(
+        self, endpoint: str, *, connect_timeout: float, read_timeout: float, max_connections: int, user_agent: str
+    ) -> None:
+        self._http = HttpClient(
+            endpoint,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_connections=max_connections,
+            max_body=MAX_RESPONSE_BYTES,
+            user_agent=user_agent,
+        )
 
-    async def post(self, url: str, *, body: bytes, headers: Mapping[str, str], action: str, host: str) -> RawResponse:
-        """Send one POST; errors say whether the request could have been processed."""
-        session = self._session or self._open()
+    async def post(self, target: str, *, body: bytes, headers: Mapping[str, str], action: str) -> RawResponse:
+        """Send one POST for ``target`` (path and query); errors say whether it could have been processed."""
         try:
-            async with session.post(URL(url, encoded=True), data=body, headers=headers) as response:
-                declared = response.content_length
-                if declared is not None and declared > MAX_RESPONSE_BYTES:
-                    raise ResponseError(f"{action}: answer of {declared} bytes is larger than {MAX_RESPONSE_BYTES}")
-                payload = await response.content.read(MAX_RESPONSE_BYTES + 1)
-                if len(payload) > MAX_RESPONSE_BYTES:
-                    raise ResponseError(f"{action}: answer is larger than {MAX_RESPONSE_BYTES} bytes")
-                lowered = {name.lower(): value for name, value in response.headers.items()}
-                return RawResponse(response.status, lowered, payload)
-        except aiohttp.ClientConnectorError as exc:
-            raise NetworkError(f"{action}: cannot connect to {host}: {exc.os_error or exc}") from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise NetworkError(f"{action}: connect timeout reaching {host}") from exc
-        except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
-            raise RequestTimeout(f"{action}: no answer within the read timeout") from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            raise AmbiguousRequestError(f"{action}: connection lost before the answer ({type(exc).__name__})") from exc
-        except aiohttp.ClientResponseError as exc:
-            raise ResponseError(f"{action}: unreadable HTTP answer ({exc.message})") from exc
+            return await self._http.request("POST", target, body=body, headers=headers)
+        except ConnectFailed as exc:
+            raise NetworkError(f"{action}: {exc}") from None
+        except AnswerLost as exc:
+            if exc.timeout:
+                raise RequestTimeout(f"{action}: no answer within the read timeout") from None
+            raise AmbiguousRequestError(f"{action}: connection lost before the answer ({exc})") from None
+        except AnswerUnreadable as exc:
+            raise ResponseError(f"{action}: {exc}") from None
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            headers={"User-Agent": self._user_agent},
-            auto_decompress=True,
-            trust_env=False,
-        )
-        return self._session
+        await self._http.aclose()

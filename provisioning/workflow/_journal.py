@@ -346,14 +346,21 @@ class Journal:
     # -- internals --------------------------------------------------------------------------
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, durable: bool = True) -> Iterator[None]:
         """Group commit: every call made inside is durable at one COMMIT (one fsync) when the block ends.
 
         Each call still runs in its own savepoint, so one that fails leaves the others intact.
         Nothing done inside may be acted on (a key pushed, an answer sent) before the block ends.
+
+        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this
+        transaction): it survives a crash of the process but maybe not a power cut, and the next
+        durable commit makes it durable too. Only for writes that are redone when lost, such as
+        marking a report delivered (a report sent again is deduplicated by its idempotency key).
         """
         with self._lock:
             try:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
                 self._in_batch = True
                 try:
@@ -366,6 +373,9 @@ class Journal:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self.path}: {exc}") from exc
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = FULL")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -78,3 +78,26 @@ async def test_get_reads_on_the_callers_thread_and_sees_every_write_that_returne
     gate.set()
     await blocker
     worker.close()
+
+
+def synchronous_level(journal: Journal) -> int:
+    """The connection's ``PRAGMA synchronous`` now: 2 = FULL (fsync at every commit), 1 = NORMAL."""
+    return int(journal._db.execute("PRAGMA synchronous").fetchone()[0])  # the setting under test
+
+
+async def test_bookkeeping_alone_commits_without_fsync_and_with_a_durable_call_shares_its_fsync(
+    tmp_path: Path,
+) -> None:
+    worker = JournalWorker(Journal.open(tmp_path / "j.sqlite3"))
+    journal = worker.journal
+    assert await worker.run_bookkeeping(synchronous_level, journal) == 1  # alone: NORMAL
+    assert await worker.run(synchronous_level, journal) == 2
+    gate, blocker = await hold_the_thread(worker)
+    lazy = asyncio.ensure_future(worker.run_bookkeeping(synchronous_level, journal))
+    durable = asyncio.ensure_future(worker.run(worker.journal.put, pushed("d1")))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(blocker, durable)
+    assert await lazy == 2  # queued with a durable call: the batch is durable
+    assert synchronous_level(journal) == 2  # and the connection is back to FULL after a lazy batch
+    worker.close()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, quote
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from provisioning.cloudauth._signing import (
     EMPTY_PAYLOAD_SHA256,
@@ -12,6 +16,7 @@ from provisioning.cloudauth._signing import (
     percent_encode,
     sign_v1,
     sign_v3,
+    signed_form_v1,
     string_to_sign_v1,
     v3_authorization,
 )
@@ -99,6 +104,29 @@ def test_v1_encoding_vector() -> None:
 )
 def test_percent_encode_table(raw: str, encoded: str) -> None:
     assert percent_encode(raw) == encoded
+
+
+@given(st.text())
+def test_percent_encode_agrees_with_quote_on_any_text(text: str) -> None:
+    """The ASCII fast path (a translate table) encodes exactly as the reference rule."""
+    try:
+        expected = quote(text, safe="-_.~")
+    except UnicodeEncodeError:  # lone surrogates cannot be UTF-8: both paths refuse them
+        with pytest.raises(UnicodeEncodeError):
+            percent_encode(text)
+        return
+    assert percent_encode(text) == expected
+
+
+def test_signed_form_carries_the_vector_signature_once() -> None:
+    """The V1 body encodes the parameters once and appends the signature the vectors expect."""
+    business = {"BizType": "a b*c~d/e+f=g&h", "UserDeviceId": "设备-1", "Test": "false", "AuthYears": "1"}
+    params = v1("CreateAuthKey", business)
+    body = signed_form_v1("POST", params, SECRET).decode()
+    form = dict(parse_qsl(body, keep_blank_values=True))
+    assert form.pop("Signature") == "EHTsLQNea1AYZvhEEKDEmOs5ifE="
+    assert form == params
+    assert body.startswith(canonical_query_v1(params) + "&Signature=")
 
 
 V3_HEADERS = {

@@ -1,0 +1,235 @@
+"""The daemon's HTTP/1.1 client against scripted servers on real sockets: reuse, framing, every failure."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from provisioning.httpclient import AnswerLost, AnswerUnreadable, ConnectFailed, HttpClient
+from tests.broker import make_pki
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+
+@asynccontextmanager
+async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A server on a free loopback port running ``handler`` per connection; yields its URL and the heads it read."""
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield (f"{'https' if tls else 'http'}://127.0.0.1:{port}", heads)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader, heads: list[bytes] | None = None) -> bytes:
+    """One request: head and Content-Length body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if heads is not None:
+        heads.append(head)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
+    return head + await reader.readexactly(length)
+
+
+def client(url: str, **options: float) -> HttpClient:
+    return HttpClient(
+        url, connect_timeout=options.get("connect", 2.0), read_timeout=options.get("read", 2.0), max_body=1000
+    )
+
+
+async def test_keep_alive_carries_many_requests_on_one_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+
+    async with serving(handler) as (url, _):
+        http = client(url)
+        answers = [await http.request("POST", "/", body=b"x=1") for _ in range(20)]
+        await http.aclose()
+    assert {(answer.status, answer.body) for answer in answers} == {(200, b"ok")}
+    assert http.connections_opened == 1
+
+
+async def test_request_head_is_what_the_caller_set() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await read_request(reader))
+        writer.write(OK)
+
+    heads: list[bytes] = []
+    async with serving(handler) as (url, _):
+        http = HttpClient(url, connect_timeout=2, read_timeout=2, user_agent="agent/1")
+        await http.request("POST", "/p?q=1", body=b"abc", headers={"content-type": "a/b", "host": "signed.example"})
+    request = heads[0].decode()
+    assert request.startswith("POST /p?q=1 HTTP/1.1\r\n")
+    assert "\r\nhost: signed.example\r\n" in request
+    assert "Host: 127.0.0.1" not in request
+    assert "\r\nUser-Agent: agent/1\r\n" in request
+    assert "\r\nContent-Length: 3\r\n" in request
+    assert request.endswith("\r\n\r\nabc")
+
+
+async def test_connection_close_answer_is_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with serving(handler) as (url, _):
+        http = client(url)
+        assert (await http.request("GET", "/")).body == b"ok"
+        assert (await http.request("GET", "/")).body == b"ok"
+    assert http.connections_opened == 2
+
+
+async def test_chunked_and_close_delimited_bodies_are_read_whole() -> None:
+    answers = iter(
+        [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+        ]
+    )
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:  # both on one connection: chunked keeps it, the last one ends it
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    async with serving(handler) as (url, _):
+        http = client(url)
+        assert (await http.request("GET", "/")).body == b"hello world"
+        assert (await http.request("GET", "/")).body == b"until the end"
+    assert http.connections_opened == 1
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        # keep-alive answered, then the server drops the idle connection (its idle timeout)
+
+    async with serving(handler) as (url, _):
+        http = client(url)
+        await http.request("GET", "/")
+        await asyncio.sleep(0.1)  # the FIN reaches the client's protocol
+        assert (await http.request("GET", "/")).status == 200
+    assert http.connections_opened == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b"", "closed the connection before answering"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", "ended before the whole answer"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", "ended before the whole answer"),
+    ],
+)
+async def test_a_connection_lost_mid_answer_is_answer_lost(answer: bytes, says: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+
+    async with serving(handler) as (url, _):
+        with pytest.raises(AnswerLost, match=says) as caught:
+            await client(url).request("POST", "/", body=b"x")
+    assert not caught.value.timeout
+
+
+async def test_silence_is_a_read_timeout() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with serving(handler) as (url, _):
+        with pytest.raises(AnswerLost, match="read timeout") as caught:
+            await client(url, read=0.3).request("POST", "/")
+    assert caught.value.timeout
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", "5000 bytes is larger than 1000"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n" + b"x" * 2000 + b"\r\n0\r\n\r\n",
+            "larger than",
+        ),
+        (b"SMTP ready\r\n\r\n", "not valid HTTP/1.1"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "not valid HTTP/1.1"),
+    ],
+)
+async def test_unreadable_and_oversized_answers(answer: bytes, says: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with serving(handler) as (url, _):
+        with pytest.raises(AnswerUnreadable, match=says):
+            await client(url).request("GET", "/")
+
+
+async def test_nothing_listening_is_connect_failed() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(ConnectFailed, match=f"cannot connect to 127.0.0.1:{port}"):
+        await client(f"http://127.0.0.1:{port}").request("GET", "/")
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\nb", "a\x00b"])
+async def test_a_line_break_in_a_header_is_refused_before_sending(value: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await read_request(reader))
+
+    heads: list[bytes] = []
+    async with serving(handler) as (url, _):
+        with pytest.raises(ValueError, match="control character"):
+            await client(url).request("POST", "/", headers={"authorization": value})
+    assert heads == []
+
+
+async def test_tls_is_verified(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pki.server_cert, pki.server_key)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+
+    async with serving(handler, tls=server_tls) as (url, _):
+        trusted = HttpClient(
+            url, connect_timeout=2, read_timeout=2, ssl_context=ssl.create_default_context(cafile=pki.ca_file)
+        )
+        assert [(await trusted.request("GET", "/")).body for _ in range(3)] == [b"ok"] * 3
+        assert trusted.connections_opened == 1
+        await trusted.aclose()
+        with pytest.raises(ConnectFailed, match=r"TLS with 127\.0\.0\.1"):  # the system CAs do not know this server
+            await client(url).request("GET", "/")
