@@ -322,8 +322,10 @@ class DeviceService:
         self.status.count("keys_minted")
         if self.status.metrics is not None:
             self.status.metrics.steps.labels("mint").observe(max(0.0, now - intent_at))
-        log.info("device %r: key %s minted (fingerprint %s)", record.device_id, attempt, pushed.key_fingerprint)
-        await self._push(tid, re, pushed, profile, first=True)  # journals the attempt before the key leaves
+        try:
+            await self._push(tid, re, pushed, profile, first=True)  # journals the attempt before the key leaves
+        finally:  # logged once the key is on its way: the log line is not on the device's path
+            log.info("device %r: key %s minted (fingerprint %s)", record.device_id, attempt, pushed.key_fingerprint)
 
     async def _push(self, tid: str, re: str, record: DeviceRecord, profile: Profile, *, first: bool = False) -> None:
         """Push the held key; ``first``: ``record`` is the attempt just minted, not yet journaled."""
@@ -482,10 +484,12 @@ class DeviceService:
             self.status.metrics.activated.labels(profile.model).inc()
             if not record.reconciled and record.minted_at:
                 self.status.metrics.steps.labels("activation").observe(max(0.0, now - record.minted_at))
-        log.info("device %r: activated as %s until %s%s", record.device_id, record.sdk_device_id,
-                 record.expired_day, " (read back from the cloud)" if record.reconciled else "")  # fmt: skip
-        self._on_report()
-        await self._send(tid, _done(re, record))
+        try:
+            await self._send(tid, _done(re, record))
+        finally:  # the answer first: the log line and the report's delivery are not on the device's path
+            self._on_report()
+            log.info("device %r: activated as %s until %s%s", record.device_id, record.sdk_device_id,
+                     record.expired_day, " (read back from the cloud)" if record.reconciled else "")  # fmt: skip
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -99,7 +99,11 @@ class ProvisioningAgent:
             max_connections=max(2, min(config.limits.max_in_flight, 16)),
             observer=self.metrics.cloud_call,
         )
-        self.journal = JournalWorker(Journal.open(Path(config.journal), gateway_id=config.gateway_id))
+        # A device served alone has its journal writes made on the loop (no thread hand-offs);
+        # with others in flight they go to the journal thread and share its group commits.
+        self.journal = JournalWorker(
+            Journal.open(Path(config.journal), gateway_id=config.gateway_id), alone=lambda: len(self._handlers) <= 1
+        )
         self.mqtt: MqttConnection | None = None
         if config.mqtt.enabled:
             self.mqtt = MqttConnection(self._mqtt_settings(), [(self.topics.subscription, 1)])

@@ -43,8 +43,10 @@ class _Call:
 class JournalWorker:
     """Runs journal methods on a dedicated thread, grouping the calls that queue up into one commit."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, *, alone: Callable[[], bool] = lambda: False) -> None:
         self.journal = journal
+        self._alone = alone  # True while the caller is the only device in flight (see run)
+        self._outstanding = 0  # calls handed to the thread and not yet settled
         self._reader = Journal.open_readonly(journal.path)
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="journal", daemon=True)
@@ -53,11 +55,19 @@ class JournalWorker:
         self.calls = 0
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``await worker.run(journal.put, record)``: the result once it is durable."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._calls.put(_Call(lambda: function(*args, **kwargs), future, loop))
-        return await future
+        """``await worker.run(journal.put, record)``: the result once it is durable.
+
+        When the thread is idle and ``alone()`` says no other device is in flight, the call runs
+        here and now instead: there is no commit to share, and the two hand-offs between threads
+        cost more latency (~150 us on a small gateway) than the write itself apart from its fsync.
+        """
+        if self._outstanding == 0 and self._alone():
+            with self.journal.batch():
+                result = function(*args, **kwargs)
+            self.batches += 1
+            self.calls += 1
+            return result
+        return await self._hand_off(lambda: function(*args, **kwargs), durable=True)
 
     async def run_bookkeeping(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Like :meth:`run`, for writes that are redone when lost: committed without waiting for the disk.
@@ -65,10 +75,18 @@ class JournalWorker:
         A batch of such calls alone costs no fsync; queued with any :meth:`run` call, it shares that
         call's durable commit. Safe against a crash of the process; a power cut may undo it.
         """
+        return await self._hand_off(lambda: function(*args, **kwargs), durable=False)
+
+    async def _hand_off(self, function: Callable[[], T], *, durable: bool) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._calls.put(_Call(lambda: function(*args, **kwargs), future, loop, durable=False))
+        self._outstanding += 1
+        future.add_done_callback(self._settled)
+        self._calls.put(_Call(function, future, loop, durable=durable))
         return await future
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self._outstanding -= 1
 
     def get(self, device_id: str) -> DeviceRecord | None:
         """A device's committed record, read here and now (see the module docstring)."""

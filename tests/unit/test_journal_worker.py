@@ -101,3 +101,28 @@ async def test_bookkeeping_alone_commits_without_fsync_and_with_a_durable_call_s
     assert await lazy == 2  # queued with a durable call: the batch is durable
     assert synchronous_level(journal) == 2  # and the connection is back to FULL after a lazy batch
     worker.close()
+
+
+async def test_a_device_alone_writes_on_the_loop_and_otherwise_on_the_journal_thread(tmp_path: Path) -> None:
+    alone = [True]
+    worker = JournalWorker(Journal.open(tmp_path / "j.sqlite3"), alone=lambda: alone[0])
+    loop_thread = threading.get_ident()
+
+    def where_and_how(journal: Journal) -> tuple[int, int]:
+        return threading.get_ident(), synchronous_level(journal)
+
+    assert await worker.run(where_and_how, worker.journal) == (loop_thread, 2)  # inline, and durable
+    await worker.run(worker.journal.put, pushed("d1"))
+    assert worker.get("d1") is not None
+    alone[0] = False
+    thread, level = await worker.run(where_and_how, worker.journal)
+    assert (thread != loop_thread, level) == (True, 2)
+    gate, blocker = await hold_the_thread(worker)  # the thread is busy: even a lone device queues behind it
+    alone[0] = True
+    queued = asyncio.ensure_future(worker.run(where_and_how, worker.journal))
+    await asyncio.sleep(0.05)
+    assert not queued.done()
+    gate.set()
+    await blocker
+    assert (await queued)[0] != loop_thread
+    worker.close()
