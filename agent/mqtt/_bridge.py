@@ -52,6 +52,8 @@ class SocketBridge:
         self._writing = False  # paho has bytes queued
         self._writer_registered = False  # ... that did not fit in the socket: waiting for it to drain
         self._flush_scheduled = False
+        self.eager_writes = False
+        """Set once CONNACK came: packets are written at the end of the loop iteration (see _set_writing)."""
         self._closed = False
         self._keepalive: asyncio.Task[None] | None = None
         self._connecting: asyncio.Future[None] | None = None  # the attempt thread's result
@@ -201,7 +203,13 @@ class SocketBridge:
         self._writing = writing
         if self._fd is None or self._loop is None:
             return
-        if writing:
+        if writing and not self.eager_writes:
+            # CONNECT waits for the socket to be writable, as paho's own loop does: written any
+            # sooner, it can reach a broker still judging the TLS client certificate, which then
+            # resets the connection and the client never reads the alert that says why.
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writer_registered = True
+        elif writing:
             # Write at the end of this loop iteration, not after the next select: the bytes nearly
             # always fit in the socket at once, which saves the writer's registration (two epoll_ctl
             # calls) and a loop iteration for every packet paho queues.

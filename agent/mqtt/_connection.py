@@ -309,6 +309,7 @@ class MqttConnection:
         settings = self._settings
         self._set_state(ConnectionState.CONNECTING, "opening the socket")
         self._client.drop_out_messages()  # never resend what a caller was told was lost
+        self._bridge.eager_writes = False
         self._paho_error = None
         self._connack = loop.create_future()
         clean_start: paho.CleanStartOption = settings.clean_start if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
@@ -326,6 +327,7 @@ class MqttConnection:
                 raise _paho.open_error(exc, settings) from exc
             async with asyncio.timeout(CONNACK_TIMEOUT_SECONDS):
                 session_present = await self._connack
+                self._bridge.eager_writes = True
                 await self._subscribe_all()
         except BaseException as exc:
             self._bridge.abort()
