@@ -81,12 +81,19 @@ class JournalWorker:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._outstanding += 1
-        future.add_done_callback(self._settled)
         self._calls.put(_Call(function, future, loop, durable=durable))
         return await future
 
-    def _settled(self, future: asyncio.Future[Any]) -> None:
+    def _settle(self, call: _Call) -> None:
+        """On the loop, once the thread is done with ``call`` (even when its caller stopped waiting)."""
         self._outstanding -= 1
+        if call.future.done():  # the caller was cancelled
+            return
+        ok, value = call.outcome
+        if ok:
+            call.future.set_result(value)
+        else:
+            call.future.set_exception(value)
 
     def get(self, device_id: str) -> DeviceRecord | None:
         """A device's committed record, read here and now (see the module docstring)."""
@@ -134,14 +141,5 @@ class JournalWorker:
         self.calls += len(batch)
         for call in batch:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                call.loop.call_soon_threadsafe(_settle, call)
+                call.loop.call_soon_threadsafe(self._settle, call)
 
-
-def _settle(call: _Call) -> None:
-    if call.future.done():  # the caller was cancelled
-        return
-    ok, value = call.outcome
-    if ok:
-        call.future.set_result(value)
-    else:
-        call.future.set_exception(value)

@@ -109,9 +109,10 @@ def canonical_bytes(entry: AuditEntry) -> bytes:
     return _canonical(entry.as_dict())
 
 
-def chain_hash(prev_hash: str, entry: AuditEntry) -> str:
-    """SHA-256 over the previous hash (64 hex, ASCII) and the entry's canonical bytes, as hex."""
-    return hashlib.sha256(prev_hash.encode("ascii") + canonical_bytes(entry)).hexdigest()
+def chain_hash(prev_hash: str, entry: AuditEntry | bytes) -> str:
+    """SHA-256 over the previous hash (64 hex, ASCII) and the entry's canonical bytes (given, or made here), as hex."""
+    canonical = entry if isinstance(entry, bytes) else canonical_bytes(entry)
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest()
 
 
 def format_at(epoch: float) -> str:

@@ -40,11 +40,11 @@ def append(
     last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
     entry = AuditEntry(seq, at, event, device_id, model, attempt, key_fingerprint, gateway_id, dict(detail))
+    canonical = canonical_bytes(entry)
     db.execute(
         "INSERT INTO audit (seq, event, device_id, attempt, entry, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (seq, event, device_id, attempt, canonical_bytes(entry).decode("utf-8"), prev_hash,
-         chain_hash(prev_hash, entry)),
-    )  # fmt: skip
+        (seq, event, device_id, attempt, canonical.decode("utf-8"), prev_hash, chain_hash(prev_hash, canonical)),
+    )
     return entry
 
 
