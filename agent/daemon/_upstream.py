@@ -72,6 +72,7 @@ class WebhookSink:
         self.name = f"webhook:{parts.hostname}"
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._token = Secret(Path(token_file).read_text(encoding="utf-8").strip()) if token_file else None
+        self._timeout_s = timeout_s
         self._http = HttpClient(url, connect_timeout=timeout_s, read_timeout=timeout_s, max_connections=2)
 
     async def deliver(self, key: str, report: dict[str, Any]) -> None:
@@ -80,7 +81,8 @@ class WebhookSink:
             headers["Authorization"] = "Bearer " + self._token.reveal()
         if isinstance(report.get(SIGNATURE_MEMBER), dict):
             headers[HEADER] = header_value(report[SIGNATURE_MEMBER])
-        answer = await self._http.request("POST", self._target, body=json.dumps(report).encode(), headers=headers)
+        async with asyncio.timeout(self._timeout_s):  # connecting and answering together, as configured
+            answer = await self._http.request("POST", self._target, body=json.dumps(report).encode(), headers=headers)
         if answer.status == HTTPStatus.CONFLICT or 200 <= answer.status < 300:  # 409: the MES has it already
             return
         raise RuntimeError(f"webhook answered HTTP {answer.status}")
