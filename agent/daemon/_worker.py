@@ -142,4 +142,3 @@ class JournalWorker:
         for call in batch:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 call.loop.call_soon_threadsafe(self._settle, call)
-
