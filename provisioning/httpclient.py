@@ -17,6 +17,7 @@ HTTP, or was larger than allowed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import time
@@ -97,6 +98,8 @@ class HttpClient:
         self._user_agent = [f"User-Agent: {user_agent}"] if user_agent else []
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._max_body = max_body
+        self._max_connections = max_connections
+        self._loop: asyncio.AbstractEventLoop | None = None  # the pool belongs to one loop (see _pool)
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
         self.connections_opened = 0  # for tests and diagnostics: how often a new connection was needed
@@ -114,6 +117,7 @@ class HttpClient:
         ``headers`` may set Host (a signature may cover it as the caller wrote it); Content-Length is ours.
         """
         request = self._head(method, target, headers or {}, len(body)) + body
+        self._pool()
         async with self._slots:
             connection = self._reuse() or await self._connect()
             reusable = False
@@ -147,6 +151,17 @@ class HttpClient:
             return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         except UnicodeEncodeError:
             raise ValueError(f"cannot send {method}: a header or the target is not Latin-1") from None
+
+    def _pool(self) -> None:
+        """A pool made in another event loop (a CLI's second ``asyncio.run``) is of no use here: start afresh."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._slots = asyncio.Semaphore(self._max_connections)
+            idle, self._idle = self._idle, []
+            for connection in idle:  # their loop is gone or elsewhere: never write to them from this one
+                with contextlib.suppress(RuntimeError):  # a closed loop cannot close them any more
+                    connection.close()
 
     def _reuse(self) -> _Connection | None:
         expired = time.monotonic() - KEEPALIVE_S

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -233,3 +236,38 @@ async def test_tls_is_verified(tmp_path: Path) -> None:
         await trusted.aclose()
         with pytest.raises(ConnectFailed, match=r"TLS with 127\.0\.0\.1"):  # the system CAs do not know this server
             await client(url).request("GET", "/")
+
+
+class _KeepAliveOk(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps connections open between requests
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_one_client_serves_two_event_loops_one_after_the_other() -> None:
+    """A CLI may call ``asyncio.run`` twice with one client: the second loop must not reuse the first's connections."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveOk)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    http = HttpClient(f"http://127.0.0.1:{server.server_address[1]}", connect_timeout=2, read_timeout=1)
+
+    async def once(close: bool) -> bytes:
+        body = (await http.request("GET", "/")).body
+        if close:
+            await http.aclose()
+        return body
+
+    try:  # the first run leaves its connection in the pool, as a CLI that forgot aclose() would
+        assert (asyncio.run(once(close=False)), asyncio.run(once(close=True))) == (b"ok", b"ok")
+        assert http.connections_opened == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+        gc.collect()  # the first loop's socket, which its closed loop can no longer close: warned about here
