@@ -42,10 +42,6 @@ class HttpClientError(Exception):
 class ConnectFailed(HttpClientError):
     """No connection (refused, unreachable, TLS failure, connect timeout): the request was not sent."""
 
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.timeout = timeout
-
 
 class AnswerLost(HttpClientError):
     """The request may have reached the server, but no whole answer came back."""
@@ -99,15 +95,10 @@ class HttpClient:
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._max_body = max_body
         self._max_connections = max_connections
-        self._loop: asyncio.AbstractEventLoop | None = None  # the pool belongs to one loop (see _pool)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pool belongs to (see _pool)
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
         self.connections_opened = 0  # for tests and diagnostics: how often a new connection was needed
-
-    @property
-    def host_header(self) -> str:
-        """The Host header this client sends."""
-        return self._host_header
 
     async def request(
         self, method: str, target: str, *, body: bytes = b"", headers: Mapping[str, str] | None = None
@@ -155,13 +146,15 @@ class HttpClient:
     def _pool(self) -> None:
         """A pool made in another event loop (a CLI's second ``asyncio.run``) is of no use here: start afresh."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._loop = loop
+        if loop is self._loop:
+            return
+        if self._loop is not None:
             self._slots = asyncio.Semaphore(self._max_connections)
             idle, self._idle = self._idle, []
             for connection in idle:  # their loop is gone or elsewhere: never write to them from this one
                 with contextlib.suppress(RuntimeError):  # a closed loop cannot close them any more
                     connection.close()
+        self._loop = loop
 
     def _reuse(self) -> _Connection | None:
         expired = time.monotonic() - KEEPALIVE_S
@@ -184,7 +177,7 @@ class HttpClient:
                     _Connection, self._host, self._port, ssl=context, server_hostname=self._host if context else None
                 )
         except TimeoutError:
-            raise ConnectFailed(f"connect timeout reaching {where}", timeout=True) from None
+            raise ConnectFailed(f"connect timeout reaching {where}") from None
         except ssl.SSLError as exc:
             raise ConnectFailed(f"TLS with {where} failed: {exc.reason or exc}") from None
         except OSError as exc:

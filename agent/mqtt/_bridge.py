@@ -207,8 +207,7 @@ class SocketBridge:
             # CONNECT waits for the socket to be writable, as paho's own loop does: written any
             # sooner, it can reach a broker still judging the TLS client certificate, which then
             # resets the connection and the client never reads the alert that says why.
-            self._loop.add_writer(self._fd, self._on_writable)
-            self._writer_registered = True
+            self._watch_writable()
         elif writing:
             # Write at the end of this loop iteration, not after the next select: the bytes nearly
             # always fit in the socket at once, which saves the writer's registration (two epoll_ctl
@@ -225,7 +224,11 @@ class SocketBridge:
         if not self._writing or self._fd is None or self._loop is None:
             return
         self._guarded(self._client.loop_write)
-        if self._writing and self._fd is not None and not self._writer_registered:  # the socket is full
+        if self._writing and not self._writer_registered:  # the socket is full
+            self._watch_writable()
+
+    def _watch_writable(self) -> None:
+        if self._fd is not None and self._loop is not None:
             self._loop.add_writer(self._fd, self._on_writable)
             self._writer_registered = True
 

@@ -37,7 +37,7 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, cast
@@ -130,7 +130,7 @@ class MqttConnection:
         self._client.on_publish = self._on_publish
         # A logger, not on_log: paho formats every packet's debug line for on_log; through a
         # logger, only the lines someone will see (that was 3 % of the agent's CPU per device).
-        self._client.enable_logger(cast(logging.Logger, _PahoLog(self)))
+        self._client.enable_logger(cast(logging.Logger, _PahoLog(self._on_paho_log)))
         self._bridge = SocketBridge(self._client, settings.client_id, self._on_broken)
         self._tls_ready = False
 
@@ -606,8 +606,8 @@ class MqttConnection:
 class _PahoLog:
     """What paho's ``enable_logger`` needs: a ``log(level, fmt, *args)`` that formats nothing it will not show."""
 
-    def __init__(self, connection: MqttConnection) -> None:
-        self._connection = connection
+    def __init__(self, sink: Callable[[int, str, tuple[object, ...]], None]) -> None:
+        self._sink = sink
 
     def log(self, level: int, fmt: str, *args: object) -> None:
-        self._connection._on_paho_log(level, fmt, args)
+        self._sink(level, fmt, args)

@@ -57,7 +57,8 @@ from provisioning.cloudauth._models import (
 from provisioning.cloudauth._parse import device_rows, parse_body, unwrap
 from provisioning.cloudauth._ratelimit import RateLimiter, shared_rate_limiter
 from provisioning.cloudauth._retry import DEFAULT_THROTTLE_PAUSE, RetryPolicy, Timeouts
-from provisioning.cloudauth._transport import HttpTransport, RawResponse
+from provisioning.cloudauth._transport import HttpTransport
+from provisioning.httpclient import HttpResponse
 from provisioning.secret import Secret
 
 __all__ = ["DEFAULT_ENDPOINT", "DEFAULT_VERSION", "CloudauthClient", "SignatureVersion"]
@@ -378,7 +379,7 @@ class CloudauthClient:
         return target, b"", headers
 
 
-def _read_answer(action: str, response: RawResponse) -> dict[str, Any]:
+def _read_answer(action: str, response: HttpResponse) -> dict[str, Any]:
     header_id = response.headers.get("x-acs-request-id")
     content_type = response.headers.get("content-type", "")
     if 200 <= response.status < 300:
@@ -416,7 +417,7 @@ def _encode(params: Mapping[str, str]) -> bytes:
     return "&".join(f"{_signing.percent_encode(k)}={_signing.percent_encode(v)}" for k, v in params.items()).encode()
 
 
-def _retry_after(response: RawResponse) -> float | None:
+def _retry_after(response: HttpResponse) -> float | None:
     """``x-acs-retry-after`` (milliseconds, as tea reads it) or a standard ``Retry-After`` (seconds)."""
     for name, scale in (("x-acs-retry-after", 1000.0), ("retry-after", 1.0)):
         value = response.headers.get(name)

@@ -70,7 +70,7 @@ def canonical_query_v1(params: Mapping[str, str]) -> str:
 
 def string_to_sign_v1(method: str, params: Mapping[str, str]) -> str:
     """``METHOD&%2F&percentEncode(canonical query)``."""
-    return f"{method.upper()}&%2F&{percent_encode(canonical_query_v1(params))}"
+    return _string_to_sign_of(method, canonical_query_v1(params))
 
 
 def sign_v1(method: str, params: Mapping[str, str], secret: str) -> str:
@@ -81,8 +81,12 @@ def sign_v1(method: str, params: Mapping[str, str], secret: str) -> str:
 def signed_form_v1(method: str, params: Mapping[str, str], secret: str) -> bytes:
     """The form body of a V1 request: ``params`` encoded once, sorted, ``Signature`` appended."""
     canonical = canonical_query_v1(params)
-    signature = _hmac_sha1_b64(f"{method.upper()}&%2F&{percent_encode(canonical)}", secret)
+    signature = _hmac_sha1_b64(_string_to_sign_of(method, canonical), secret)
     return f"{canonical}&Signature={percent_encode(signature)}".encode()
+
+
+def _string_to_sign_of(method: str, canonical_query: str) -> str:
+    return f"{method.upper()}&%2F&{percent_encode(canonical_query)}"
 
 
 def _hmac_sha1_b64(string_to_sign: str, secret: str) -> str:

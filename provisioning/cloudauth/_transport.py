@@ -15,9 +15,7 @@ from provisioning.cloudauth._errors import AmbiguousRequestError, NetworkError, 
 from provisioning.cloudauth._parse import MAX_RESPONSE_BYTES
 from provisioning.httpclient import AnswerLost, AnswerUnreadable, ConnectFailed, HttpClient, HttpResponse
 
-__all__ = ["HttpTransport", "RawResponse"]
-
-RawResponse = HttpResponse
+__all__ = ["HttpTransport"]
 
 
 class HttpTransport:
@@ -35,7 +33,7 @@ class HttpTransport:
             user_agent=user_agent,
         )
 
-    async def post(self, target: str, *, body: bytes, headers: Mapping[str, str], action: str) -> RawResponse:
+    async def post(self, target: str, *, body: bytes, headers: Mapping[str, str], action: str) -> HttpResponse:
         """Send one POST for ``target`` (path and query); errors say whether it could have been processed."""
         try:
             return await self._http.request("POST", target, body=body, headers=headers)

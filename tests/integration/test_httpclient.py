@@ -22,9 +22,8 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\no
 
 
 @asynccontextmanager
-async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """A server on a free loopback port running ``handler`` per connection; yields its URL and the heads it read."""
-    heads: list[bytes] = []
+async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """A server on a free loopback port running ``handler`` per connection; yields its URL."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -37,21 +36,39 @@ async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncI
     server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield (f"{'https' if tls else 'http'}://127.0.0.1:{port}", heads)
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.close()
         await server.wait_closed()
 
 
-async def read_request(reader: asyncio.StreamReader, heads: list[bytes] | None = None) -> bytes:
+async def read_request(reader: asyncio.StreamReader) -> bytes:
     """One request: head and Content-Length body."""
     head = await reader.readuntil(b"\r\n\r\n")
-    if heads is not None:
-        heads.append(head)
     length = next(
         (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
     )
     return head + await reader.readexactly(length)
+
+
+def answering(*answers: bytes, linger_s: float = 0.0) -> Handler:
+    """A handler answering the requests of a connection with ``answers`` in turn, then closing it after ``linger_s``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        await asyncio.sleep(linger_s)
+
+    return handler
+
+
+async def always_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A handler answering every request of a connection with ``OK``."""
+    while True:
+        await read_request(reader)
+        writer.write(OK)
 
 
 def client(url: str, **options: float) -> HttpClient:
@@ -61,12 +78,7 @@ def client(url: str, **options: float) -> HttpClient:
 
 
 async def test_keep_alive_carries_many_requests_on_one_connection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(OK)
-
-    async with serving(handler) as (url, _):
+    async with serving(always_ok) as url:
         http = client(url)
         answers = [await http.request("POST", "/", body=b"x=1") for _ in range(20)]
         await http.aclose()
@@ -80,7 +92,7 @@ async def test_request_head_is_what_the_caller_set() -> None:
         writer.write(OK)
 
     heads: list[bytes] = []
-    async with serving(handler) as (url, _):
+    async with serving(handler) as url:
         http = HttpClient(url, connect_timeout=2, read_timeout=2, user_agent="agent/1")
         await http.request("POST", "/p?q=1", body=b"abc", headers={"content-type": "a/b", "host": "signed.example"})
     request = heads[0].decode()
@@ -93,12 +105,8 @@ async def test_request_head_is_what_the_caller_set() -> None:
 
 
 async def test_connection_close_answer_is_not_reused() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-
-    async with serving(handler) as (url, _):
+    closing = answering(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+    async with serving(closing) as url:
         http = client(url)
         assert (await http.request("GET", "/")).body == b"ok"
         assert (await http.request("GET", "/")).body == b"ok"
@@ -106,20 +114,11 @@ async def test_connection_close_answer_is_not_reused() -> None:
 
 
 async def test_chunked_and_close_delimited_bodies_are_read_whole() -> None:
-    answers = iter(
-        [
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
-        ]
+    both = answering(  # on one connection: chunked keeps it, the last one ends it
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
     )
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for answer in answers:  # both on one connection: chunked keeps it, the last one ends it
-            await read_request(reader)
-            writer.write(answer)
-            await writer.drain()
-
-    async with serving(handler) as (url, _):
+    async with serving(both) as url:
         http = client(url)
         assert (await http.request("GET", "/")).body == b"hello world"
         assert (await http.request("GET", "/")).body == b"until the end"
@@ -127,13 +126,7 @@ async def test_chunked_and_close_delimited_bodies_are_read_whole() -> None:
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
-        # keep-alive answered, then the server drops the idle connection (its idle timeout)
-
-    async with serving(handler) as (url, _):
+    async with serving(answering(OK)) as url:  # keep-alive answered, then dropped (the server's idle timeout)
         http = client(url)
         await http.request("GET", "/")
         await asyncio.sleep(0.1)  # the FIN reaches the client's protocol
@@ -150,12 +143,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
     ],
 )
 async def test_a_connection_lost_mid_answer_is_answer_lost(answer: bytes, says: str) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-
-    async with serving(handler) as (url, _):
+    async with serving(answering(answer)) as url:
         with pytest.raises(AnswerLost, match=says) as caught:
             await client(url).request("POST", "/", body=b"x")
     assert not caught.value.timeout
@@ -166,7 +154,7 @@ async def test_silence_is_a_read_timeout() -> None:
         await read_request(reader)
         await asyncio.sleep(5)
 
-    async with serving(handler) as (url, _):
+    async with serving(handler) as url:
         with pytest.raises(AnswerLost, match="read timeout") as caught:
             await client(url, read=0.3).request("POST", "/")
     assert caught.value.timeout
@@ -185,13 +173,7 @@ async def test_silence_is_a_read_timeout() -> None:
     ],
 )
 async def test_unreadable_and_oversized_answers(answer: bytes, says: str) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    async with serving(handler) as (url, _):
+    async with serving(answering(answer, linger_s=1.0)) as url:
         with pytest.raises(AnswerUnreadable, match=says):
             await client(url).request("GET", "/")
 
@@ -211,7 +193,7 @@ async def test_a_line_break_in_a_header_is_refused_before_sending(value: str) ->
         heads.append(await read_request(reader))
 
     heads: list[bytes] = []
-    async with serving(handler) as (url, _):
+    async with serving(handler) as url:
         with pytest.raises(ValueError, match="control character"):
             await client(url).request("POST", "/", headers={"authorization": value})
     assert heads == []
@@ -221,13 +203,7 @@ async def test_tls_is_verified(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(pki.server_cert, pki.server_key)
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(OK)
-
-    async with serving(handler, tls=server_tls) as (url, _):
+    async with serving(always_ok, tls=server_tls) as url:
         trusted = HttpClient(
             url, connect_timeout=2, read_timeout=2, ssl_context=ssl.create_default_context(cafile=pki.ca_file)
         )
