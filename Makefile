@@ -6,16 +6,16 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck unit bench soak clean broker-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml lab/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "provisioning-agent needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]' -e ./lab
 	@touch $(STAMP)
 
 ## demo: the main job on an embedded default (emulated cloud, simulated devices, no account)
 demo: $(STAMP)
-	$(PY) -m agent demo
+	$(PY) -m provisioning_lab demo
 
 ## test: lint, type-check and the whole test suite (tests start their own Mosquitto brokers)
 test: lint typecheck broker-check

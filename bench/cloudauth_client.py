@@ -54,7 +54,6 @@ from alibabacloud_cloudauth20190307 import models as official_models
 from alibabacloud_cloudauth20190307.client import Client as OfficialSdkClient
 from alibabacloud_tea_openapi.utils_models import Config as OfficialConfig
 
-from agent.emulator import EmulatorProcess
 from provisioning.cloudauth import (
     CloudauthClient,
     Credentials,
@@ -63,6 +62,7 @@ from provisioning.cloudauth import (
     SignatureVersion,
 )
 from provisioning.secret import Secret
+from provisioning_lab.emulator import EmulatorProcess
 
 DESCRIBE = "DescribeDeviceInfo"
 CREATE = "CreateAuthKey"

@@ -41,10 +41,11 @@ from _harness import ROOT, machine, markdown_table  # puts the checkout on sys.p
 from _soak_checks import Invariant, check_all, key_ages
 from _soak_upstream import WebhookReceiver
 
-from agent.daemon._process import AgentProcess, AgentStartError, write_config
-from agent.emulator import EmulatorProcess
-from agent.mqtt.broker import MosquittoBroker, MosquittoNotFound
-from agent.simulator import (
+from provisioning.profiles import load_profiles
+from provisioning_lab.agentprocess import AgentProcess, AgentStartError, write_config
+from provisioning_lab.broker import MosquittoBroker, MosquittoNotFound
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import (
     SERIAL_PROTOCOL,
     Behaviour,
     DeviceOutcome,
@@ -55,7 +56,6 @@ from agent.simulator import (
     queue_specs,
     run_fleet,
 )
-from provisioning.profiles import load_profiles
 
 PROFILES: Final = ROOT / "hardware-profiles"
 MODEL: Final = "face-terminal-x1"  # the MQTT devices' profile

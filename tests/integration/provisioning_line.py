@@ -16,9 +16,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.daemon._process import AgentProcess, write_config
-from agent.emulator import EmulatorProcess
-from agent.simulator import FleetReport, Timing, run_fleet
+from provisioning_lab.agentprocess import AgentProcess, write_config
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import FleetReport, Timing, run_fleet
 from tests.broker import MosquittoBroker
 
 __all__ = ["FAST", "MODEL", "PROFILES", "Line", "Watcher", "line_fixture"]

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent._ports import free_port
-from agent.simulator import fleet_specs
 from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes
+from provisioning_lab._ports import free_port
+from provisioning_lab.simulator import fleet_specs
 from tests.integration.provisioning_line import MODEL, PROFILES, Line, Watcher, line_fixture
 
 __all__ = ["line_fixture"]  # the fixture, imported so pytest finds it here

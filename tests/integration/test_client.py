@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from agent.emulator import EmulatorProcess
 from provisioning.cloudauth import (
     AmbiguousRequestError,
     CloudauthClient,
@@ -29,6 +28,7 @@ from provisioning.cloudauth import (
     Timeouts,
 )
 from provisioning.secret import Secret
+from provisioning_lab.emulator import EmulatorProcess
 
 FAST_RETRY = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, total_time=10)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.daemon._process import write_config
-from agent.emulator import EmulatorProcess
-from agent.simulator import DeviceSpec, FleetReport, fleet_specs
 from provisioning.workflow import Journal, State
+from provisioning_lab.agentprocess import write_config
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import DeviceSpec, FleetReport, fleet_specs
 from tests.integration.provisioning_line import MODEL, Line, line_fixture
 
 __all__ = ["line_fixture"]  # the fixture, imported so pytest finds it here

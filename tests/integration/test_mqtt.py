@@ -33,8 +33,8 @@ from agent.mqtt import (
     MqttUnavailable,
     Will,
 )
-from agent.mqtt import broker as broker_module
 from provisioning.secret import Secret
+from provisioning_lab import broker as broker_module
 from tests.broker import MOSQUITTO_MISSING, MosquittoBroker, hash_password
 
 PROTOCOLS = pytest.mark.parametrize("protocol", ["3.1.1", "5"])

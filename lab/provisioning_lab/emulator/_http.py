@@ -18,13 +18,13 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from agent.emulator._artifact import sdk_zip
-from agent.emulator._auth import RawCall, parse_call
-from agent.emulator._errors import ApiError
-from agent.emulator._faults import FaultConfig, FaultDecision, fault_message, fault_status
-from agent.emulator._ids import new_request_id
-from agent.emulator._render import error_fields, render
-from agent.emulator._service import Emulator
+from provisioning_lab.emulator._artifact import sdk_zip
+from provisioning_lab.emulator._auth import RawCall, parse_call
+from provisioning_lab.emulator._errors import ApiError
+from provisioning_lab.emulator._faults import FaultConfig, FaultDecision, fault_message, fault_status
+from provisioning_lab.emulator._ids import new_request_id
+from provisioning_lab.emulator._render import error_fields, render
+from provisioning_lab.emulator._service import Emulator
 
 __all__ = ["ADMIN_PREFIX", "SHUTDOWN_GRACE_SECONDS", "build_app", "format_url", "serve"]
 
@@ -34,7 +34,7 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 SHUTDOWN_GRACE_SECONDS = 2.0  # in-flight calls (latency faults) get this long on SIGTERM
 _EMULATOR_KEY: web.AppKey[Emulator] = web.AppKey("emulator", Emulator)
 
-log = logging.getLogger("agent.emulator")
+log = logging.getLogger("provisioning_lab.emulator")
 
 
 def build_app(emulator: Emulator) -> web.Application:

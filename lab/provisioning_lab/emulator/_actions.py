@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from agent.emulator._errors import invalid, missing
-from agent.emulator._state import (
+from provisioning_lab.emulator._errors import invalid, missing
+from provisioning_lab.emulator._state import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     PERMANENT_YEARS,

@@ -1,4 +1,4 @@
-"""``provisioning-agent simulate``: a fleet of simulated devices against a gateway's broker."""
+"""``provisioning-lab simulate``: a fleet of simulated devices against a gateway's broker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_table, stderr_console
-from agent.simulator._fleet import (
+from provisioning_lab.simulator._fleet import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DEADLINE_S,
     DEFAULT_MODEL,
@@ -16,9 +16,9 @@ from agent.simulator._fleet import (
     fleet_specs,
     run_fleet,
 )
-from agent.simulator._outcome import STATUSES, FleetReport
-from agent.simulator._serial_cli import add_serial_arguments, describe, serial_queues, wants_serial
-from agent.simulator._spec import LATE_BY_S, Behaviour, Timing
+from provisioning_lab.simulator._outcome import STATUSES, FleetReport
+from provisioning_lab.simulator._serial_cli import add_serial_arguments, describe, serial_queues, wants_serial
+from provisioning_lab.simulator._spec import LATE_BY_S, Behaviour, Timing
 
 __all__ = ["add_parser", "run"]
 

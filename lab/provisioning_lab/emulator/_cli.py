@@ -1,4 +1,4 @@
-"""``provisioning-agent emulator``: run the Cloudauth emulator as a foreground server."""
+"""``provisioning-lab emulator``: run the Cloudauth emulator as a foreground server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from agent.cli._exit import ExitCode
-from agent.emulator._faults import FaultConfig
-from agent.emulator._service import DEFAULT_SDK_DELAY_SECONDS, Emulator, EmulatorConfig
+from provisioning_lab.emulator._faults import FaultConfig
+from provisioning_lab.emulator._service import DEFAULT_SDK_DELAY_SECONDS, Emulator, EmulatorConfig
 
 __all__ = ["DEMO_ACCESS_KEY", "add_parser", "run"]
 
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(emulator: Emulator, host: str, port: int) -> None:
-    from agent.emulator._http import serve  # aiohttp only when serving, not for every CLI command
+    from provisioning_lab.emulator._http import serve  # aiohttp only when serving, not for every CLI command
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

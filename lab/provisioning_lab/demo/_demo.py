@@ -1,4 +1,4 @@
-"""``provisioning-agent demo``: the embedded default behind ``make demo``.
+"""``provisioning-lab demo``: the embedded default behind ``make demo``.
 
 A whole provisioning line on this machine, no account needed: the Cloudauth emulator
 (with cloud faults injected), a Mosquitto broker, the agent daemon, and simulated devices
@@ -25,15 +25,15 @@ from typing import Any, Final
 
 from rich.console import Console
 
-from agent._ports import free_port
-from agent.cli._demo_cloud import run_cloud_only
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_table
-from agent.daemon._process import AgentProcess, write_config
-from agent.emulator import EmulatorProcess
 from agent.mqtt import MqttConnection, MqttSettings
-from agent.mqtt.broker import MosquittoBroker, MosquittoNotFound
-from agent.simulator import (
+from provisioning_lab._ports import free_port
+from provisioning_lab.agentprocess import AgentProcess, write_config
+from provisioning_lab.broker import MosquittoBroker, MosquittoNotFound
+from provisioning_lab.demo._cloud import run_cloud_only
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import (
     SERIAL_PROTOCOL,
     Behaviour,
     FleetReport,
@@ -46,7 +46,7 @@ from agent.simulator import (
 
 __all__ = ["add_parser"]
 
-PROFILES: Final = Path(__file__).resolve().parents[2] / "hardware-profiles"
+PROFILES: Final = Path(__file__).resolve().parents[3] / "hardware-profiles"  # the repository's
 DEMO_FAULTS: Final = {"ServiceUnavailable": 0.15, "InternalError": 0.05}  # a bad day at the cloud
 DEMO_QPS_CAP: Final = 40.0  # the emulated account's limit; the agent keeps under it
 REPORTS_TOPIC: Final = "prov/v1/reports"
@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.devices < 1 or args.serial_devices < 0:
         console.print("error: --devices must be at least 1 and --serial-devices at least 0")
         return ExitCode.USAGE
-    console.print("[bold]provisioning-agent demo[/]: a provisioning line on this machine, no account needed")
+    console.print("[bold]provisioning-lab demo[/]: a provisioning line on this machine, no account needed")
     with tempfile.TemporaryDirectory(prefix="provisioning-demo-") as workdir:
         try:
             broker = MosquittoBroker(Path(workdir) / "broker").start()

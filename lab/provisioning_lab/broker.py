@@ -32,8 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from agent import _children
-from agent._ports import free_port
+from provisioning_lab import _children
+from provisioning_lab._ports import free_port
 
 __all__ = [
     "MOSQUITTO_MISSING",

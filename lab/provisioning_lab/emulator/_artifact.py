@@ -6,7 +6,7 @@ import io
 import json
 import zipfile
 
-from agent.emulator._state import SdkJob
+from provisioning_lab.emulator._state import SdkJob
 
 __all__ = ["sdk_zip"]
 

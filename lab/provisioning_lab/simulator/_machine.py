@@ -44,9 +44,11 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent.simulator._outcome import Counters, DeviceOutcome, Status
-from agent.simulator._sdk import ActivationResult, Licence
-from agent.simulator._spec import (
+from provisioning.sealing import SealingError, open_sealed_key
+from provisioning.secret import Secret
+from provisioning_lab.simulator._outcome import Counters, DeviceOutcome, Status
+from provisioning_lab.simulator._sdk import ActivationResult, Licence
+from provisioning_lab.simulator._spec import (
     GARBAGE_ANSWER_TIMEOUT_S,
     INTERNAL_RETRY_S,
     REGISTER_BACKOFF_MAX_S,
@@ -56,7 +58,7 @@ from agent.simulator._spec import (
     DeviceSpec,
     Timing,
 )
-from agent.simulator._wire import (
+from provisioning_lab.simulator._wire import (
     AgentDone,
     AgentError,
     AgentKey,
@@ -68,8 +70,6 @@ from agent.simulator._wire import (
     result_failed_message,
     result_ok_message,
 )
-from provisioning.sealing import SealingError, open_sealed_key
-from provisioning.secret import Secret
 
 __all__ = ["Activate", "Command", "DeviceMachine", "Die", "Phase", "Publish", "SetTimer", "Stop", "new_message_id"]
 

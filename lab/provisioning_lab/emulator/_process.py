@@ -25,7 +25,7 @@ from typing import IO, Any, Self
 
 import httpx
 
-from agent._children import kill, terminate
+from provisioning_lab._children import kill, terminate
 
 __all__ = ["ActivationError", "EmulatorProcess", "EmulatorStartError"]
 
@@ -51,7 +51,7 @@ class ActivationError(RuntimeError):
 
 
 class EmulatorProcess:
-    """A running ``provisioning-agent emulator`` subprocess and its admin API."""
+    """A running ``provisioning-lab emulator`` subprocess and its admin API."""
 
     def __init__(
         self,
@@ -78,7 +78,7 @@ class EmulatorProcess:
 
     def command(self) -> list[str]:
         """The command line the process runs."""
-        command = [sys.executable, "-m", "agent", "emulator", "--port", "0"]
+        command = [sys.executable, "-m", "provisioning_lab", "emulator", "--port", "0"]
         command += ["--access-key", f"{self.access_key_id}:{self.access_key_secret}"]
         if self.state_file is not None:
             command += ["--state", str(self.state_file)]

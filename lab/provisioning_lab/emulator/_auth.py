@@ -31,8 +31,6 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agent.emulator._errors import ApiError, missing
-from agent.emulator._render import ResponseFormat, requested_format
 from provisioning.cloudauth._signing import (
     V3_ALGORITHM,
     canonical_request_v3,
@@ -41,6 +39,8 @@ from provisioning.cloudauth._signing import (
     sign_v3,
     string_to_sign_v1,
 )
+from provisioning_lab.emulator._errors import ApiError, missing
+from provisioning_lab.emulator._render import ResponseFormat, requested_format
 
 __all__ = [
     "NONCE_RETENTION_SECONDS",

@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from agent.emulator._errors import ApiError, invalid, missing, not_found
-from agent.emulator._ids import fingerprint, new_auth_key, new_device_id, new_task_id
+from provisioning_lab.emulator._errors import ApiError, invalid, missing, not_found
+from provisioning_lab.emulator._ids import fingerprint, new_auth_key, new_device_id, new_task_id
 
 __all__ = [
     "DAYS_PER_YEAR",

@@ -2,7 +2,7 @@
 
 Each simulated device gets a key, activates with it at the emulator, and its licence is
 read back; one device registers again (no second licence), one licence is renewed, and the
-SDK is built. Used by ``provisioning-agent demo`` when Mosquitto is not installed.
+SDK is built. Used by ``provisioning-lab demo`` when Mosquitto is not installed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_table
-from agent.emulator import EmulatorProcess
 from provisioning.cloudauth import (
     CloudauthClient,
     CloudauthError,
@@ -25,6 +24,7 @@ from provisioning.cloudauth import (
     RetryPolicy,
 )
 from provisioning.secret import Secret
+from provisioning_lab.emulator import EmulatorProcess
 
 __all__ = ["run_cloud_only"]
 

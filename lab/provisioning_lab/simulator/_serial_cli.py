@@ -1,4 +1,4 @@
-"""The serial options of ``provisioning-agent simulate``: a jig of paced ptys, or pyserial URLs."""
+"""The serial options of ``provisioning-lab simulate``: a jig of paced ptys, or pyserial URLs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from agent.simulator._fleet import fleet_specs
-from agent.simulator._jig import DEFAULT_PREFIX, Noise, SerialJig
-from agent.simulator._serial import PortQueue, SerialPort, UrlPort, queue_specs
 from provisioning.serial import DEFAULT_BAUDRATE
+from provisioning_lab.simulator._fleet import fleet_specs
+from provisioning_lab.simulator._jig import DEFAULT_PREFIX, Noise, SerialJig
+from provisioning_lab.simulator._serial import PortQueue, SerialPort, UrlPort, queue_specs
 
 __all__ = ["DEFAULT_SERIAL_MODEL", "add_serial_arguments", "serial_queues", "wants_serial"]
 

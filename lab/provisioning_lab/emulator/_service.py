@@ -14,20 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.emulator._actions import ACTIONS, ActionContext, dispatch
-from agent.emulator._auth import AuthenticatedCall, RawCall, RequestVerifier
-from agent.emulator._errors import ApiError, missing
-from agent.emulator._faults import FaultConfig, FaultInjector
-from agent.emulator._ids import fingerprint
-from agent.emulator._persist import load_state_file, save_state_file
-from agent.emulator._state import EmulatorState
+from provisioning_lab.emulator._actions import ACTIONS, ActionContext, dispatch
+from provisioning_lab.emulator._auth import AuthenticatedCall, RawCall, RequestVerifier
+from provisioning_lab.emulator._errors import ApiError, missing
+from provisioning_lab.emulator._faults import FaultConfig, FaultInjector
+from provisioning_lab.emulator._ids import fingerprint
+from provisioning_lab.emulator._persist import load_state_file, save_state_file
+from provisioning_lab.emulator._state import EmulatorState
 
 __all__ = ["DEFAULT_SDK_DELAY_SECONDS", "MAX_HARDWARE_ID_LENGTH", "Emulator", "EmulatorConfig"]
 
 DEFAULT_SDK_DELAY_SECONDS = 2.0  # CreateVerifySDK builds take "usually within 1 minute"; short for tests
 MAX_HARDWARE_ID_LENGTH = 128  # the device SDK's hardware id is opaque; bound what we store
 
-log = logging.getLogger("agent.emulator")
+log = logging.getLogger("provisioning_lab.emulator")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent.simulator._spec import DeviceSpec
 from provisioning.sealing import SealedKey, SealingError
 from provisioning.secret import Secret
+from provisioning_lab.simulator._spec import DeviceSpec
 
 __all__ = [
     "GARBAGE_EXPECTED_CODES",

@@ -4,14 +4,14 @@ Each device is an independent MQTT client (its own connection and persistent ses
 registers, activates the key it gets through the Cloudauth emulator's SDK step, reports its
 result and waits for ``done``, following the protocol's device-side timeouts and retries; some
 misbehave on demand (``Behaviour``). ``run_fleet`` runs many at once on one event loop and
-returns a ``FleetReport``; ``provisioning-agent simulate`` is its command line (docs/simulator.md).
+returns a ``FleetReport``; ``provisioning-lab simulate`` is its command line (docs/simulator.md).
 
 Serial devices run the same decisions over the serial link layer (``_serial``): a ``SerialJig``
 makes pty ports paced like a UART, with noise and hotplug on demand (``_jig``), and each
 ``PortQueue`` given to ``run_fleet(serial=...)`` provisions its devices one after another.
 """
 
-from agent.simulator._fleet import (
+from provisioning_lab.simulator._fleet import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DEADLINE_S,
     DEFAULT_MODEL,
@@ -19,10 +19,17 @@ from agent.simulator._fleet import (
     fleet_specs,
     run_fleet,
 )
-from agent.simulator._jig import JigPort, Noise, SerialJig, line_rate
-from agent.simulator._outcome import Counters, DeviceOutcome, FleetReport, Status
-from agent.simulator._serial import SERIAL_PROTOCOL, PortQueue, SerialDevice, SerialPort, UrlPort, queue_specs
-from agent.simulator._spec import Behaviour, DeviceSpec, MqttProtocol, Timing, derive_tid
+from provisioning_lab.simulator._jig import JigPort, Noise, SerialJig, line_rate
+from provisioning_lab.simulator._outcome import Counters, DeviceOutcome, FleetReport, Status
+from provisioning_lab.simulator._serial import (
+    SERIAL_PROTOCOL,
+    PortQueue,
+    SerialDevice,
+    SerialPort,
+    UrlPort,
+    queue_specs,
+)
+from provisioning_lab.simulator._spec import Behaviour, DeviceSpec, MqttProtocol, Timing, derive_tid
 
 __all__ = [
     "DEFAULT_CONCURRENCY",

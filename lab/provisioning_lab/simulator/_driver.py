@@ -12,8 +12,8 @@ import asyncio
 import time
 from collections import deque
 
-from agent.simulator._machine import Command, DeviceMachine, Stop
-from agent.simulator._spec import DeviceSpec, Timing
+from provisioning_lab.simulator._machine import Command, DeviceMachine, Stop
+from provisioning_lab.simulator._spec import DeviceSpec, Timing
 
 __all__ = ["MachineDriver"]
 

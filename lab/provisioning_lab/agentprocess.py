@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self
 
-from agent._children import kill, terminate
+from provisioning_lab._children import kill, terminate
 
 __all__ = ["AgentProcess", "AgentStartError", "write_config"]
 

@@ -7,7 +7,7 @@ from collections import Counter as _Tally
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from agent.simulator._spec import Behaviour
+from provisioning_lab.simulator._spec import Behaviour
 
 __all__ = ["Counters", "DeviceOutcome", "FleetReport", "Status"]
 

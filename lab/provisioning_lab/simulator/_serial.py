@@ -3,9 +3,9 @@
 How it works
 ------------
 A device's firmware here is three parts, each reused as is: the protocol decisions
-(:class:`~agent.simulator._machine.DeviceMachine`, shared with the MQTT devices), the link layer
+(:class:`~provisioning_lab.simulator._machine.DeviceMachine`, shared with the MQTT devices), the link layer
 (:class:`provisioning.serial.LinkEndpoint`, the same sans-I/O machine the agent runs on its side)
-and the SDK step against the emulator (:class:`~agent.simulator._sdk.EmulatorSdk`). This module
+and the SDK step against the emulator (:class:`~provisioning_lab.simulator._sdk.EmulatorSdk`). This module
 only moves bytes and time between them, on the fleet's event loop:
 
     port bytes --> LinkEndpoint.receive_bytes --> ACKs out at once; MessageReceived --> machine.receive
@@ -18,7 +18,8 @@ SUBACK. ``Die`` reboots the device: a new link session (the agent sees a restart
 at a jig plugs the next board when one is done.
 
 Ports are anything with ``attach(consumer)``, ``write(bytes)`` and a ``label``: a
-:class:`~agent.simulator._jig.JigPort` (a paced pty of a :class:`~agent.simulator._jig.SerialJig`),
+:class:`~provisioning_lab.simulator._jig.JigPort` (a paced pty of a
+:class:`~provisioning_lab.simulator._jig.SerialJig`),
 or a :class:`UrlPort` (any pyserial URL or device path, e.g. one end of a socat pair).
 """
 
@@ -35,12 +36,6 @@ from typing import Final, Protocol
 
 import serial
 
-from agent.simulator._driver import MachineDriver
-from agent.simulator._jig import JigPort
-from agent.simulator._machine import Activate, Command, Die, Publish, SetTimer
-from agent.simulator._outcome import DeviceOutcome
-from agent.simulator._sdk import EmulatorSdk
-from agent.simulator._spec import COMEBACK_DELAY_S, DeviceSpec, Timing
 from provisioning.serial import (
     DEFAULT_BAUDRATE,
     Event,
@@ -54,6 +49,12 @@ from provisioning.serial import (
     MessageTooLarge,
     SendBytes,
 )
+from provisioning_lab.simulator._driver import MachineDriver
+from provisioning_lab.simulator._jig import JigPort
+from provisioning_lab.simulator._machine import Activate, Command, Die, Publish, SetTimer
+from provisioning_lab.simulator._outcome import DeviceOutcome
+from provisioning_lab.simulator._sdk import EmulatorSdk
+from provisioning_lab.simulator._spec import COMEBACK_DELAY_S, DeviceSpec, Timing
 
 __all__ = [
     "SERIAL_PROTOCOL",

@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.simulator._spec import MqttProtocol
+from provisioning_lab.simulator._spec import MqttProtocol
 
 __all__ = ["ConnectFailed", "LinkError", "MqttLink", "SubscribeRefused"]
 

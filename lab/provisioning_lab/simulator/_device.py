@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from agent.simulator._driver import MachineDriver
-from agent.simulator._machine import Activate, Command, Die, Publish, SetTimer
-from agent.simulator._mqtt import LinkError, MqttLink
-from agent.simulator._outcome import DeviceOutcome
-from agent.simulator._sdk import EmulatorSdk
-from agent.simulator._spec import COMEBACK_DELAY_S, DeviceSpec, Timing
+from provisioning_lab.simulator._driver import MachineDriver
+from provisioning_lab.simulator._machine import Activate, Command, Die, Publish, SetTimer
+from provisioning_lab.simulator._mqtt import LinkError, MqttLink
+from provisioning_lab.simulator._outcome import DeviceOutcome
+from provisioning_lab.simulator._sdk import EmulatorSdk
+from provisioning_lab.simulator._spec import COMEBACK_DELAY_S, DeviceSpec, Timing
 
 __all__ = ["DeviceEnv", "SimulatedDevice", "down_topic", "up_topic"]
 

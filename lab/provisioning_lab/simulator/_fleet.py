@@ -8,11 +8,11 @@ from typing import Final
 
 import aiohttp
 
-from agent.simulator._device import DeviceEnv, SimulatedDevice
-from agent.simulator._outcome import FleetReport
-from agent.simulator._sdk import ACTIVATIONS_IN_FLIGHT, EmulatorSdk
-from agent.simulator._serial import PortQueue, SerialDevice, run_port_queue
-from agent.simulator._spec import Behaviour, DeviceSpec, MqttProtocol, Timing
+from provisioning_lab.simulator._device import DeviceEnv, SimulatedDevice
+from provisioning_lab.simulator._outcome import FleetReport
+from provisioning_lab.simulator._sdk import ACTIVATIONS_IN_FLIGHT, EmulatorSdk
+from provisioning_lab.simulator._serial import PortQueue, SerialDevice, run_port_queue
+from provisioning_lab.simulator._spec import Behaviour, DeviceSpec, MqttProtocol, Timing
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
