@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, get_args, get_type_hints
 
+from agent.secretfile import SecretFileError, check_private_file
 from provisioning.reportsig import ReportSigner, SignatureError, load_signer
-from provisioning.secretfile import SecretFileError, check_private_file
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

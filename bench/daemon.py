@@ -68,7 +68,8 @@ from _harness import ROOT, machine, markdown_table, median, percentile  # puts t
 from _presign import signed_form
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from provisioning.cloudauth import CloudauthClient, Credentials, LicenceTerm, RateLimiter
+from agent.cloud import CloudauthClient, Credentials, RateLimiter
+from provisioning.cloudauth import LicenceTerm
 from provisioning.secret import Secret
 from provisioning_lab._ports import free_port
 from provisioning_lab.agentprocess import AgentProcess, write_config

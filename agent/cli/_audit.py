@@ -14,10 +14,11 @@ from typing import IO, Any
 from agent.cli._cloud import ENV_ENDPOINT, client_from_args
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, print_table, report_error, stderr_console
+from agent.cloud import DEFAULT_ENDPOINT
 from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from agent.journal import Journal, JournalError
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, reconcile, verify_chain
-from provisioning.cloudauth import DEFAULT_ENDPOINT, CloudauthError, DeviceInfo
-from provisioning.workflow import Journal, JournalError
+from provisioning.cloudauth import CloudauthError, DeviceInfo
 
 __all__ = ["add_parser"]
 

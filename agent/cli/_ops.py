@@ -15,7 +15,8 @@ import httpx
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, print_table
 from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from provisioning.workflow import Journal, JournalError, State
+from agent.journal import Journal, JournalError
+from provisioning.workflow import State
 
 __all__ = ["add_parsers"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AdmissionConfig
-from agent.daemon._worker import JournalWorker
+from agent.journal import JournalWorker
 from provisioning.admission import (
     DAY_S,
     MAX_FILE_BYTES,

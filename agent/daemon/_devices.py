@@ -23,14 +23,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from agent.cloud import CloudauthClient
 from agent.config import AdmissionConfig
 from agent.daemon._admission import LineAdmission
-from agent.daemon._worker import JournalWorker
+from agent.journal import JournalWorker
 from agent.metrics import Metrics
 from provisioning.admission import Mint, Refusal, Request
 from provisioning.cloudauth import (
     AmbiguousRequestError,
-    CloudauthClient,
     CloudauthError,
     RequestTimeout,
     ResponseError,

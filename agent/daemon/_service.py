@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.brokerauth import broker_credentials
+from agent.cloud import CloudauthClient, RateLimiter, resolve_credentials
 from agent.config import AgentConfig, report_signer
 from agent.daemon._admission import LineAdmission
 from agent.daemon._devices import DeviceService
 from agent.daemon._http import StatusServer
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
-from agent.daemon._worker import JournalWorker
+from agent.journal import Journal, JournalWorker
 from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
@@ -35,10 +36,9 @@ from agent.mqtt import (
 )
 from agent.sdnotify import Notifier
 from agent.serial import SerialTransport
-from provisioning.cloudauth import CloudauthClient, RateLimiter, Timeouts, resolve_credentials
+from provisioning.cloudauth import Timeouts
 from provisioning.profiles import Profile, ProfileError, load_profiles
 from provisioning.protocol import AgentMessage, encode, is_valid_tid
-from provisioning.workflow import Journal
 
 __all__ = ["ProvisioningAgent", "Topics"]
 

@@ -1,6 +1,5 @@
-"""The per-device workflow (decisions) and its journal (durable records and the upstream outbox)."""
+"""The per-device workflow: the decisions (the journal that stores the records is the runtime's, agent.journal)."""
 
-from provisioning.workflow._journal import Journal, JournalError, OutboxRow
 from provisioning.workflow._report import REPORT_SCHEMA, build_report
 from provisioning.workflow._state import (
     AUTH_KEY_LIFETIME_S,
@@ -22,9 +21,6 @@ __all__ = [
     "REPORT_SCHEMA",
     "Decision",
     "DeviceRecord",
-    "Journal",
-    "JournalError",
-    "OutboxRow",
     "Policy",
     "State",
     "after_mint_failure",

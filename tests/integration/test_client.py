@@ -11,14 +11,12 @@ from typing import Any
 
 import pytest
 
+from agent.cloud import CloudauthClient, Credentials, RateLimiter
 from provisioning.cloudauth import (
     AmbiguousRequestError,
-    CloudauthClient,
-    Credentials,
     CredentialsError,
     LicenceTerm,
     NetworkError,
-    RateLimiter,
     RequestError,
     RequestTimeout,
     RetryPolicy,

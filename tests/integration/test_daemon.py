@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from provisioning.workflow import Journal, State
+from agent.journal import Journal
+from provisioning.workflow import State
 from provisioning_lab.agentprocess import write_config
 from provisioning_lab.emulator import EmulatorProcess
 from provisioning_lab.simulator import DeviceSpec, FleetReport, fleet_specs

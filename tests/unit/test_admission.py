@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import ConfigError, load_config
 from agent.daemon._admission import WorkOrderFolder
+from agent.journal import Journal
 from provisioning.admission import (
     DAY_S,
     HOUR_S,
@@ -32,7 +33,6 @@ from provisioning.admission import (
 from provisioning.admission._ratelimit import TokenBuckets
 from provisioning.profiles import ProfileError, load_profile
 from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes
-from provisioning.workflow import Journal
 
 MODEL = "face-terminal-x1"
 NOW = 1_750_000_000.0

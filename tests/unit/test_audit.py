@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.journal import Journal
 from provisioning.audit import (
     GENESIS_HASH,
     AuditEntry,
@@ -22,7 +23,6 @@ from provisioning.protocol import Register, Result
 from provisioning.secret import Secret
 from provisioning.workflow import (
     DeviceRecord,
-    Journal,
     Policy,
     after_reconcile,
     build_report,

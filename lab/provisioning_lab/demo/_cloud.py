@@ -15,14 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_table
-from provisioning.cloudauth import (
-    CloudauthClient,
-    CloudauthError,
-    Credentials,
-    LicenceTerm,
-    RateLimiter,
-    RetryPolicy,
-)
+from agent.cloud import CloudauthClient, Credentials, RateLimiter
+from provisioning.cloudauth import CloudauthError, LicenceTerm, RetryPolicy
 from provisioning.secret import Secret
 from provisioning_lab.emulator import EmulatorProcess
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
-from provisioning.workflow import DeviceRecord, Journal
+from agent.journal._sqlite import Journal
+from provisioning.workflow import DeviceRecord
 
 __all__ = ["JournalWorker"]
 

@@ -29,8 +29,11 @@ from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
+from agent.cloud._credentials import Credentials
+from agent.cloud._ratelimit import RateLimiter, shared_rate_limiter
+from agent.cloud._transport import HttpTransport
+from agent.http import HttpResponse
 from provisioning.cloudauth import _signing
-from provisioning.cloudauth._credentials import Credentials
 from provisioning.cloudauth._errors import (
     AmbiguousRequestError,
     CloudauthError,
@@ -55,10 +58,7 @@ from provisioning.cloudauth._models import (
     parse_day,
 )
 from provisioning.cloudauth._parse import device_rows, parse_body, unwrap
-from provisioning.cloudauth._ratelimit import RateLimiter, shared_rate_limiter
 from provisioning.cloudauth._retry import DEFAULT_THROTTLE_PAUSE, RetryPolicy, Timeouts
-from provisioning.cloudauth._transport import HttpTransport
-from provisioning.httpclient import HttpResponse
 from provisioning.secret import Secret
 
 __all__ = ["DEFAULT_ENDPOINT", "DEFAULT_VERSION", "CloudauthClient", "SignatureVersion"]

@@ -23,10 +23,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+from agent.journal import _audit_store as audit_store
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, implied_entries, verify_chain
-from provisioning.audit import _store as audit_store
 from provisioning.audit._chain import DetailValue
-from provisioning.workflow._state import DeviceRecord, State
+from provisioning.workflow import DeviceRecord, State
 
 __all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from agent.http import AnswerLost, AnswerUnreadable, ConnectFailed, HttpClient, HttpResponse
 from provisioning.cloudauth._errors import AmbiguousRequestError, NetworkError, RequestTimeout, ResponseError
 from provisioning.cloudauth._parse import MAX_RESPONSE_BYTES
-from provisioning.httpclient import AnswerLost, AnswerUnreadable, ConnectFailed, HttpClient, HttpResponse
 
 __all__ = ["HttpTransport"]
 

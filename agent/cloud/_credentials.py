@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.secretfile import SecretFileError, check_private_file
 from provisioning.cloudauth._errors import CredentialsError
 from provisioning.secret import Secret
-from provisioning.secretfile import SecretFileError, check_private_file
 
 __all__ = [
     "DEFAULT_CREDENTIAL_FILES",
