@@ -336,5 +336,5 @@ def _cloud_failure(exc: CloudauthError) -> CloudFailure:
     return CloudFailure("rejected", code, text)
 
 
-def _internal_error(re: str, device_id: str) -> AgentMessage:
-    return ErrorReply(re, device_id, "internal", "the gateway failed; try again later", True)
+def _internal_error(reply_to: str, device_id: str) -> AgentMessage:
+    return ErrorReply(reply_to, device_id, "internal", "the gateway failed; try again later", True)

@@ -625,7 +625,7 @@ class Line:
 
     # -- the end of a device -------------------------------------------------------------------
 
-    def _complete(self, tid: str, re: str, record: DeviceRecord, profile: Profile) -> Flow:
+    def _complete(self, tid: str, reply_to: str, record: DeviceRecord, profile: Profile) -> Flow:
         now = self.clock()
         report = build_report(
             record, gateway_id=self.gateway_id, biz_type=profile.biz_type, term=profile.term_label, now=now
@@ -634,7 +634,7 @@ class Line:
         self.held.pop(record.device_id, None)
         self.due.pop(record.device_id, None)
         self._finished(record, "licensed")
-        yield Send(tid, _done(re, record))
+        yield Send(tid, _done(reply_to, record))
         yield Note(
             "activated",
             f"device {record.device_id!r}: activated as {record.sdk_device_id} until "
@@ -643,7 +643,7 @@ class Line:
 
     # -- answers -------------------------------------------------------------------------------
 
-    def _not_admitted(self, tid: str, re: str, device_id: str, refusal: Refusal) -> Flow:
+    def _not_admitted(self, tid: str, reply_to: str, device_id: str, refusal: Refusal) -> Flow:
         quiet = refusal.reason.startswith("rate_limited") or refusal.reason == "bound_elsewhere"
         yield Note("refused_not_admitted")
         yield Note(
@@ -653,7 +653,7 @@ class Line:
         )
         if not refusal.retry:
             self._finished_refused(device_id, tid, refusal.text())
-        yield Send(tid, ErrorReply(re, device_id, "not_admitted", refusal.text(), refusal.retry))
+        yield Send(tid, ErrorReply(reply_to, device_id, "not_admitted", refusal.text(), refusal.retry))
 
     def _unknown_profile(self, tid: str, message: Register) -> Flow:
         known = ", ".join(sorted(self.profiles))
@@ -665,20 +665,20 @@ class Line:
             f"model {message.model!r} has no hardware profile on this gateway (known: {known})",
         )
 
-    def _error(self, tid: str, re: str, device_id: str, code: ErrorCode, text: str) -> Flow:
+    def _error(self, tid: str, reply_to: str, device_id: str, code: ErrorCode, text: str) -> Flow:
         yield Note(f"refused_{code}")
-        yield Send(tid, ErrorReply(re, device_id, code, text))
+        yield Send(tid, ErrorReply(reply_to, device_id, code, text))
 
-    def _queue_full(self, tid: str, re: str, device_id: str, turn: object) -> Flow:
+    def _queue_full(self, tid: str, reply_to: str, device_id: str, turn: object) -> Flow:
         ahead = turn.position if isinstance(turn, Turn) else 0
         yield Note("queue_full")
-        yield Send(tid, Wait(re, device_id, "queued", self.come_back.after(ahead, self.clock())))
+        yield Send(tid, Wait(reply_to, device_id, "queued", self.come_back.after(ahead, self.clock())))
 
-    def _cloud_trouble(self, tid: str, re: str, device_id: str, failure: CloudFailure) -> Flow:
+    def _cloud_trouble(self, tid: str, reply_to: str, device_id: str, failure: CloudFailure) -> Flow:
         if failure.kind == "rejected":
             self.cloud, self.cloud_detail = "rejected", failure.text
             yield Note("cloud_rejected", f"cloud refused a request for {device_id!r}: {failure.text}", logging.ERROR)
-            yield Send(tid, ErrorReply(re, device_id, "cloud_rejected", f"the cloud refused: {failure.code}"))
+            yield Send(tid, ErrorReply(reply_to, device_id, "cloud_rejected", f"the cloud refused: {failure.code}"))
             return
         throttled = failure.kind == "throttled"
         self.cloud, self.cloud_detail = ("throttled" if throttled else "unavailable"), failure.text
@@ -688,7 +688,7 @@ class Line:
         yield Note(
             f"cloud_{self.cloud}", f"device {device_id!r} waits: cloud {self.cloud} ({failure.text})", logging.WARNING
         )
-        yield Send(tid, Wait(re, device_id, "throttled" if throttled else "cloud_unavailable", wait))
+        yield Send(tid, Wait(reply_to, device_id, "throttled" if throttled else "cloud_unavailable", wait))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -752,8 +752,8 @@ def _failure(outcome: object) -> CloudFailure:
     return CloudFailure("unavailable", "Internal", f"unexpected answer {type(outcome).__name__}")
 
 
-def _done(re: str | None, record: DeviceRecord) -> Done:
-    return Done(re, record.device_id, record.sdk_device_id, record.begin_day, record.expired_day)
+def _done(reply_to: str | None, record: DeviceRecord) -> Done:
+    return Done(reply_to, record.device_id, record.sdk_device_id, record.begin_day, record.expired_day)
 
 
 def _transport_word(tid: str) -> str:
