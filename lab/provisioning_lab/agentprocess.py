@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import queue
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self
 
-from provisioning_lab._children import kill, terminate
+from provisioning_lab._children import child_env, kill, terminate
 
 __all__ = ["AgentProcess", "AgentStartError", "write_config"]
 
@@ -59,9 +58,7 @@ class AgentProcess:
 
     def start(self) -> Self:
         """Start and wait for ``ready``; :class:`AgentStartError` with its log otherwise."""
-        environment = dict(os.environ if self._env is None else self._env)
-        root = str(Path(__file__).resolve().parents[2])
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH", "")]))
+        environment = child_env(self._env)
         self._log.clear()
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "agent", "run", "--config", str(self.config_file)],
