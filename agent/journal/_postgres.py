@@ -118,6 +118,10 @@ _MIGRATIONS: Final[dict[int, str]] = {
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
 _UNFINISHED: Final = [State.MINTING.value, State.PUSHED.value, State.UNSURE.value]
 _SELECT_RECORDS: Final = f"SELECT {', '.join(_COLUMNS)} FROM devices"  # noqa: S608 - our own column names
+_MINTED_HERE: Final = (  # open attempts whose key this agent minted
+    " d WHERE state = ANY(%s) AND attempt != '' AND EXISTS (SELECT 1 FROM audit a WHERE a.device_id = d.device_id "
+    "AND a.attempt = d.attempt AND a.event = 'minted' AND a.gateway_id = %s)"
+)
 _NOW: Final = "extract(epoch FROM clock_timestamp())"  # the database's clock: one for every agent
 _UPSERT: Final = (
     f"INSERT INTO devices ({', '.join(_COLUMNS)}, gateway_id) VALUES ({', '.join('%s' for _ in _COLUMNS)}, %s) "  # noqa: S608
@@ -332,10 +336,8 @@ class PostgresJournal:
         entries = []
         with self._transaction() as db:
             self._lock_ledger(db)
-            rows = db.execute(  # noqa: S608 - our own column names
-                _SELECT_RECORDS + " d WHERE state = ANY(%s) AND attempt != '' AND EXISTS (SELECT 1 FROM audit a "
-                "WHERE a.device_id = d.device_id AND a.attempt = d.attempt AND a.event = 'minted' "
-                "AND a.gateway_id = %s)",
+            rows = db.execute(
+                _SELECT_RECORDS + _MINTED_HERE,
                 ([State.PUSHED.value, State.UNSURE.value], self.gateway_id),
             ).fetchall()
             for record in map(_record, rows):
