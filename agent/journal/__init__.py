@@ -55,26 +55,26 @@ POSTGRES_MISSING = "the PostgreSQL ledger needs psycopg: install provisioning-ag
 def open_journal(config: JournalConfig, *, gateway_id: str) -> JournalStore:
     """The journal the configuration names: the shared ledger when ``url`` is set, else the SQLite file."""
     if config.url:
-        return _postgres().open(config.url, gateway_id=gateway_id, lease_s=config.lease_s)
+        return _postgres_backend().open(config.url, gateway_id=gateway_id, lease_s=config.lease_s)
     return Journal.open(Path(config.path), gateway_id=gateway_id)
 
 
 def open_readonly(config: JournalConfig) -> JournalStore:
     """A read-only view of the configured journal (export, audit, status), safe beside running agents."""
     if config.url:
-        return _postgres().open_readonly(config.url)
+        return _postgres_backend().open_readonly(config.url)
     return Journal.open_readonly(Path(config.path))
 
 
 def open_url(target: str, *, gateway_id: str = "", readonly: bool = False) -> JournalStore:
     """A journal named on a command line: a ``postgresql://`` URL or a SQLite file."""
     if target.startswith(("postgresql://", "postgres://")):
-        backend = _postgres()
+        backend = _postgres_backend()
         return backend.open_readonly(target) if readonly else backend.open(target, gateway_id=gateway_id)
     return Journal.open_readonly(Path(target)) if readonly else Journal.open(Path(target), gateway_id=gateway_id)
 
 
-def _postgres() -> type[_PostgresJournal]:
+def _postgres_backend() -> type[_PostgresJournal]:
     try:
         from agent.journal._postgres import PostgresJournal  # psycopg is an optional extra
     except ImportError as exc:
