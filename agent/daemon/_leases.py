@@ -22,12 +22,13 @@ a whole lease after the write.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from agent.journal import Fence, Fenced, JournalError, JournalWorker
+from agent.journal import Fence, Fenced, JournalError, JournalStore, JournalWorker
 
 __all__ = ["Leases"]
 
@@ -87,7 +88,7 @@ class Leases:
             if not fences and not custody:
                 continue
             try:
-                lost = await self._journal.aside(lambda reader, f=fences, c=custody: reader.renew(f, c))
+                lost = await self._journal.aside(functools.partial(_renew, fences=fences, custody=custody))
             except JournalError as exc:
                 log.warning("leases not renewed (%s); flows stop at their next write if the ledger stays away", exc)
                 continue
@@ -96,3 +97,7 @@ class Leases:
                     fence.deadline = 0.0  # the flow is fenced at its next write or push
                     self.lost += 1
                     log.warning("device %r: its lease moved to another agent", fence.device_id)
+
+
+def _renew(reader: JournalStore, *, fences: list[Fence], custody: list[str]) -> set[str]:
+    return reader.renew(fences, custody)

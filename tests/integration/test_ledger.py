@@ -32,9 +32,9 @@ def agents(ledger_url: str) -> Iterator[list[PostgresJournal]]:
 
 
 def record(device_id: str, state: State = State.MINTING, **changes: object) -> DeviceRecord:
-    return DeviceRecord(device_id, f"hw-{device_id}", "face-terminal-x1", device_id, state, updated_at=time.time()).replace(
-        **changes
-    )
+    return DeviceRecord(
+        device_id, f"hw-{device_id}", "face-terminal-x1", device_id, state, updated_at=time.time()
+    ).replace(**changes)
 
 
 def pushed(device_id: str, attempt: str) -> DeviceRecord:
@@ -46,14 +46,16 @@ def pushed(device_id: str, attempt: str) -> DeviceRecord:
 def test_the_postgres_journal_is_a_journal_store(agents: list[PostgresJournal]) -> None:
     store: JournalStore = agents[0]  # mypy checks the protocol; this checks the flag the runtime reads
     assert store.shared is True
-    assert "@" in store.where and "***" not in store.where  # no password in the test URL to hide
+    assert "@" in store.where
+    assert "***" not in store.where
 
 
 def test_a_second_agent_cannot_write_a_device_whose_lease_another_holds(agents: list[PostgresJournal]) -> None:
     first, second, _ = agents
     fence = Fence("D1", None)
     first.put(record("D1"), fence=fence)
-    assert fence.token == 1 and fence.held(time.monotonic())
+    assert fence.token == 1
+    assert fence.held(time.monotonic())
     with pytest.raises(Fenced, match="gw1 holds its lease") as refused:
         second.put(record("D1"), fence=Fence("D1", first.get("D1")))
     assert 0 < refused.value.retry_after_s <= LEASE_S
@@ -115,8 +117,7 @@ def test_a_work_order_ceiling_holds_across_agents_charging_at_once(ledger_url: s
                             limits=[limit], fence=Fence(device, None))  # fmt: skip
                 granted.append(device)
             except LimitReached as exc:
-                assert exc.limit.reason == "work_order_exhausted"
-                refused.append(device)
+                refused.append(exc.limit.reason)
 
     threads = [threading.Thread(target=agent, args=(journal, n)) for n, journal in enumerate(sessions)]
     for thread in threads:
@@ -124,7 +125,7 @@ def test_a_work_order_ceiling_holds_across_agents_charging_at_once(ledger_url: s
     for thread in threads:
         thread.join()
     assert len(granted) == ceiling
-    assert len(refused) == 36 - ceiling
+    assert refused == ["work_order_exhausted"] * (36 - ceiling)
     assert sessions[0].charges_per_order() == {"WO-7": ceiling}
     for journal in sessions:
         journal.close()
@@ -171,7 +172,8 @@ def test_each_report_is_taken_by_one_agent_only(agents: list[PostgresJournal]) -
         first.complete(activated, {"idempotency_key": f"k{i}", "biz_type": "b", "term": "t"}, now=now)
     taken_by_first = first.due_reports(now=now, limit=4)
     taken_by_second = second.due_reports(now=now, limit=4)
-    assert len(taken_by_first) == 4 and len(taken_by_second) == 2
+    assert len(taken_by_first) == 4
+    assert len(taken_by_second) == 2
     assert not {r.id for r in taken_by_first} & {r.id for r in taken_by_second}
     assert first.due_reports(now=now, limit=10) == []  # claimed: nobody takes them again ...
     assert len(second.due_reports(now=now + 61, limit=10)) == 6  # ... until a dead drainer's claim lapses
@@ -183,7 +185,8 @@ def test_custody_tells_other_agents_who_holds_a_key_while_it_is_renewed(agents: 
     first.put(pushed("K1", "a1"), fence=fence)
     first.record_push(pushed("K1", "a1"), now=time.time(), detail={"re": "r"}, fence=fence)
     holder, left = second.key_custodian("K1", "a1")
-    assert holder == "gw1" and 0 < left <= LEASE_S
+    assert holder == "gw1"
+    assert 0 < left <= LEASE_S
     assert first.key_custodian("K1", "a1") == ("", 0.0)  # one's own custody is not "elsewhere"
     assert second.key_custodian("K1", "another-attempt") == ("", 0.0)
     time.sleep(LEASE_S * 0.6)
@@ -211,7 +214,7 @@ def test_the_schema_is_created_once_by_agents_starting_together(ledger_url: str)
         start.wait()
         try:
             PostgresJournal.open(ledger_url, gateway_id=f"gw{n}").close()
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=open_one, args=(n,)) for n in range(4)]
