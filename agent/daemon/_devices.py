@@ -225,6 +225,8 @@ class DeviceService:
         turn = _TurnHolder(self)
         step = _Step(fence)
         try:
+            if fence is not None:  # a shared ledger: one flow per device across the agents, as the lock here
+                await self._journal.run(self._journal.journal.claim, fence)
             outcome: Outcome = None
             while True:
                 try:
