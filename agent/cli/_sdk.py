@@ -16,7 +16,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, stderr_console
 from agent.cloud import CloudauthClient
-from provisioning.cloudauth import NetworkError, RequestError, ServiceError
+from provisioning.cloudauth import (
+    AmbiguousRequestError,
+    CloudauthError,
+    ConnectError,
+    RequestError,
+    RequestTimeout,
+    ServiceError,
+)
 
 __all__ = ["run_sdk"]
 
@@ -84,8 +91,13 @@ async def _download(url: str, directory: Path, task_id: str, *, quiet: bool) -> 
                     progress.advance(task, len(chunk))
                 handle.flush()
                 os.fsync(handle.fileno())
-    except httpx.TransportError as exc:
+    except httpx.TransportError as exc:  # translated as agent.cloud does: how far the download got
         partial.unlink(missing_ok=True)
-        raise NetworkError(f"SDK download failed: {type(exc).__name__}", code="SdkDownloadFailed") from exc
+        error: type[CloudauthError] = AmbiguousRequestError
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError):
+            error = ConnectError
+        elif isinstance(exc, httpx.TimeoutException):
+            error = RequestTimeout
+        raise error(f"SDK download failed: {type(exc).__name__}", code="SdkDownloadFailed") from exc
     partial.replace(target)
     return target, digest.hexdigest(), size
