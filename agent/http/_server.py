@@ -78,6 +78,9 @@ READ_CHUNK: Final = 16 * 1024  # one read from a client's socket
 MAX_OUTPUT_BYTES: Final = 64 * 1024  # answers buffered for a client that does not read; then we stop answering it
 REQUEST_TIMEOUT_S: Final = 10.0  # a request must arrive whole this soon after its first byte (slow-loris)
 IDLE_TIMEOUT_S: Final = 30.0  # a kept-alive connection silent this long is closed (Prometheus scrapes every 15 s)
+# After our last answer the write side is shut and what the client still sends is read and dropped this long:
+# closing with unread input would send a reset that can destroy answers the client has not read yet.
+LINGER_S: Final = 2.0
 ACCEPT_PAUSE_S: Final = 0.5  # out of file descriptors: accept nothing for this long, then try again
 ACCEPT_BATCH: Final = 32  # connections taken per readiness of a listening socket
 LOG_EVERY_S: Final = 60.0  # the same complaint is logged at most this often
@@ -378,6 +381,10 @@ class _Exchange(asyncio.BufferedProtocol):
     # -- requests and answers -------------------------------------------------------------------
 
     def _received(self, data: bytes) -> None:
+        if self._done:
+            if not data and self._transport is not None:  # lingering, and the client is done too
+                self._transport.close()
+            return  # lingering: the rest of a pipeline we will not answer
         self._listener.touch(self)
         if data and self._waiting_for_request:
             self._waiting_for_request = False
@@ -486,10 +493,18 @@ class _Exchange(asyncio.BufferedProtocol):
         self._timer = asyncio.get_running_loop().call_later(seconds, self.abort)
 
     def _close(self) -> None:
-        """Close after what was written has gone out."""
+        """No more answers: shut our side after what was written, drop what still comes, then close."""
         self._done = True
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._reading_paused = False
+            transport.resume_reading()
+            self._arm(LINGER_S)
+        else:
+            transport.close()
 
     def _guarded(self, step: Callable[..., None], *args: object) -> None:
         """Run a callback; an exception closes this connection and is logged, never raised into the loop."""
