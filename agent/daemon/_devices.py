@@ -32,6 +32,7 @@ from provisioning.admission import Mint, Refusal, Request
 from provisioning.cloudauth import (
     AmbiguousRequestError,
     CloudauthError,
+    ProxyError,
     RequestTimeout,
     ResponseError,
     RetryableError,
@@ -506,7 +507,7 @@ class DeviceService:
     async def _cloud_trouble(self, tid: str, re: str, device_id: str, exc: CloudauthError) -> None:
         if isinstance(exc, ThrottledError):
             self.status.cloud, retry_after = "throttled", THROTTLED_RETRY_AFTER_S
-        elif isinstance(exc, RetryableError):
+        elif isinstance(exc, RetryableError | ProxyError):  # a proxy refusing us is our uplink down, not a verdict
             self.status.cloud, retry_after = "unavailable", CLOUD_RETRY_AFTER_S
         else:
             self.status.cloud, self.status.cloud_detail = "rejected", str(exc)

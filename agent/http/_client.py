@@ -118,6 +118,8 @@ class HttpClient:
             try:
                 response = await connection.exchange(request, body, self._read_timeout, self._max_body)
                 reusable = connection.next_cycle()
+                if response.status == 407 and self._target_prefix:  # forwarded by a proxy that wants credentials
+                    raise ProxyRefused(self._refusal(response.status), status=response.status)
             finally:
                 if reusable:
                     connection.idle_since = self._clock()
@@ -131,6 +133,11 @@ class HttpClient:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+    def _refusal(self, status: int) -> str:
+        proxy = self._proxy
+        where = f"the proxy {proxy} ({proxy.source})" if proxy is not None else "the proxy"
+        return f"{where} refused to forward to {self._authority}: HTTP {status} (wrong or missing proxy credentials)"
 
     def _build(self, method: str, target: str, headers: Mapping[str, str], length: int) -> h11.Request:
         fields = [] if any(name.lower() == "host" for name in headers) else [("Host", self._host_header)]

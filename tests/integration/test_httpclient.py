@@ -425,3 +425,17 @@ async def test_an_unreachable_proxy_is_connect_failed_naming_it_without_the_pass
     with pytest.raises(ConnectFailed, match=rf"proxy http://127.0.0.1:{port} \(\[cloud\] proxy\)") as caught:
         await http.request("GET", "/")
     assert "Hidden1" not in str(caught.value)
+
+
+async def test_a_407_from_a_forwarding_proxy_is_a_proxy_refusal() -> None:
+    async with serving(always_ok) as url, TestProxy(credentials=("ops", "right")) as proxy:
+        http = HttpClient(
+            url,
+            connect_timeout=2,
+            read_timeout=2,
+            proxy=parse_proxy(f"ops:Bad-Pa55@127.0.0.1:{proxy.port}", source="t"),
+        )
+        with pytest.raises(ProxyRefused, match="refused to forward") as caught:
+            await http.request("POST", "/", body=b"x")
+    assert caught.value.status == 407
+    assert "Bad-Pa55" not in str(caught.value)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -225,6 +226,22 @@ def test_sigterm_lets_a_device_in_flight_finish(line: Line) -> None:
     assert "1 in flight get" in agent.log_text()
     keys = [m for _, m in watcher.messages if m.get("type") == "key" and m.get("device_id") == "SN-DRAIN"]
     assert len(keys) == 1  # the device in flight got its key before the agent left
+
+
+def test_the_agent_waits_for_a_broker_that_boots_after_it(line: Line) -> None:
+    """The MQTT connection retries by itself; the agent becomes ready once the broker is up."""
+    line.broker.stop()
+    agent = AgentProcess(line.config(), env=line.env)
+    line.agents.append(agent)
+    starting = threading.Thread(target=agent.start, name="agent-start")
+    starting.start()
+    assert _wait_for_log(agent, "cannot connect to broker", timeout=30)
+    assert not agent.log_text().count("ready")  # still waiting
+    line.broker.start()
+    starting.join(60)
+    assert agent.running()
+    report = line.fleet(fleet_specs(1, model=MODEL))
+    assert [device.status for device in report.devices] == ["licensed"]
 
 
 def test_a_taken_status_port_is_a_clear_configuration_error(line: Line) -> None:

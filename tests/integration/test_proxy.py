@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,3 +65,23 @@ def test_no_proxy_sends_the_cloud_calls_direct(line: Line) -> None:
     line.start_agent(env={"http_proxy": f"http://127.0.0.1:{dead}", "NO_PROXY": "localhost,127.0.0.0/8"})
     report = line.fleet(fleet_specs(1, model=MODEL))
     assert [device.status for device in report.devices] == ["licensed"]
+
+
+def test_a_proxy_refusing_the_agent_makes_devices_wait_and_names_no_password(line: Line) -> None:
+    """Wrong proxy credentials are the gateway's uplink down, not the cloud's verdict on a device."""
+    with proxy_running(credentials=("gw", "right")) as proxy:
+        agent = line.start_agent(env={"http_proxy": f"http://gw:{PASSWORD}@127.0.0.1:{proxy.port}"})
+        watcher = line.watch("prov/v1/dev/+/down")
+        watcher.publish(
+            "prov/v1/dev/SN-PROXY/up",
+            json.dumps({"v": 1, "type": "register", "id": "r1", "device_id": "SN-PROXY", "hardware_id": "hw-p",
+                        "model": MODEL}).encode(),
+        )  # fmt: skip
+        assert watcher.wait_for(lambda: any(m.get("type") in ("wait", "error") for _, m in watcher.messages))
+        answers = [m for _, m in watcher.messages if m.get("device_id") == "SN-PROXY"]
+        assert answers[0]["type"] == "wait"
+        assert answers[0]["reason"] == "cloud_unavailable"
+        assert line.emulator.audit()["keys"]["minted"] == 0
+    log = agent.log_text()
+    assert "ProxyError" in log or "407" in log
+    assert PASSWORD not in log

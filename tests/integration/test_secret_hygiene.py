@@ -181,7 +181,7 @@ def test_no_secret_reaches_anything_the_agent_wrote(
                 "sign": "hmac-sha256",
                 "sign_key_file": str(private_file(tmp_path / "report-hmac", hmac_key)),
             },
-            "http": {"listen": f"127.0.0.1:{http_port}"},
+            "http": {"listen": f"127.0.0.1:{http_port}", "socket": ""},
             "serial": {"ports": [str(jig.directory / "port-*")], "usb": False, "scan_interval_s": 0.2},
         },
     )
