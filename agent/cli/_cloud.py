@@ -135,7 +135,7 @@ def client_from_args(args: argparse.Namespace) -> CloudauthClient:
         signature=args.signature,
         timeouts=Timeouts(read=args.timeout),
         retry=RetryPolicy(),
-        proxy=args.proxy,
+        proxy=getattr(args, "proxy", ""),  # commands without the connection flags (audit) read the environment
     )
 
 

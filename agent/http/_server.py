@@ -202,9 +202,11 @@ class StatusServer:
             self._complaints.log(f"page {path}", "GET %s failed", path, exc_info=True)
             return Page(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error: see the agent's log\n"), method
 
-    def complain(self, what: str, message: str, *args: object, exc_info: bool = False) -> None:
+    def complain(
+        self, what: str, message: str, *args: object, exc_info: bool = False, level: int = logging.WARNING
+    ) -> None:
         """Log ``message`` unless the same ``what`` was logged within ``LOG_EVERY_S``."""
-        self._complaints.log(what, message, *args, exc_info=exc_info)
+        self._complaints.log(what, message, *args, exc_info=exc_info, level=level)
 
     def _token_matches(self, authorization: str) -> bool:
         scheme, _, credential = authorization.strip().partition(" ")
@@ -270,7 +272,10 @@ class _Listener:
                         return
                     continue  # the client left before we took it (ECONNABORTED, EPROTO)
                 if self._refused:
-                    log.info("http: accepting connections again (%d refused while out of descriptors)", self._refused)
+                    self.server.complain(
+                        "descriptors back", "http: accepting connections again (%d refused while out of descriptors)",
+                        self._refused, level=logging.INFO,
+                    )  # fmt: skip
                     self._refused = 0
                 self._admit(conn)
         except Exception:  # noqa: BLE001 - never into the loop's handler: a traceback per connection
@@ -278,11 +283,10 @@ class _Listener:
 
     def _pause(self, exc: OSError) -> None:
         """Out of descriptors: stop accepting briefly (the kernel queues new clients meanwhile)."""
-        if self._refused == 0:
-            log.warning(
-                "http: cannot accept connections: %s; pausing %.1f s at a time until descriptors are free "
-                "(raise LimitNOFILE, or lower [http] max_connections)",
-                exc.strerror or exc, ACCEPT_PAUSE_S,
+        if self._refused == 0:  # once an episode, and episodes that flap are logged once a minute
+            self.server.complain(
+                "descriptors", "http: cannot accept connections: %s; pausing %.1f s at a time until descriptors "
+                "are free (raise LimitNOFILE, or lower [http] max_connections)", exc.strerror or exc, ACCEPT_PAUSE_S,
             )  # fmt: skip
         self._refused += 1
         self._loop.remove_reader(self._sock.fileno())
@@ -521,7 +525,7 @@ class _Complaints:
     def __init__(self) -> None:
         self._last: dict[str, tuple[float, int]] = {}
 
-    def log(self, what: str, message: str, *args: object, exc_info: bool = False) -> None:
+    def log(self, what: str, message: str, *args: object, exc_info: bool = False, level: int = logging.WARNING) -> None:
         now = time.monotonic()
         last, skipped = self._last.get(what, (-LOG_EVERY_S, 0))
         if now - last < LOG_EVERY_S:
@@ -530,7 +534,7 @@ class _Complaints:
         self._last[what] = (now, 0)
         suffix = f" ({skipped} more like it not logged in the last minute)" if skipped else ""
         with contextlib.suppress(Exception):  # logging itself failed (out of descriptors?): nothing better to do
-            log.warning(message + suffix, *args, exc_info=exc_info)
+            log.log(level, message + suffix, *args, exc_info=exc_info)
 
 
 # -- sockets -----------------------------------------------------------------------------------------
