@@ -341,6 +341,7 @@ class _Exchange(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._scheduled = False
         self._done = False
+        self._peer_done = False  # the client shut its side: nothing more will come
 
     def abort(self) -> None:
         """Drop the connection now (eviction, shutdown); nothing more is written."""
@@ -365,6 +366,7 @@ class _Exchange(asyncio.BufferedProtocol):
         self._guarded(self._received, bytes(self._buffer[:nbytes]))
 
     def eof_received(self) -> bool:
+        self._peer_done = True
         self._guarded(self._received, b"")
         return True  # keep writing: pipelined requests before the EOF still get their answers
 
@@ -502,7 +504,9 @@ class _Exchange(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None:
             return
-        if transport.can_write_eof():
+        if self._peer_done:
+            transport.close()  # nothing left to drain: close once our answers are out
+        elif transport.can_write_eof():
             transport.write_eof()
             self._reading_paused = False
             transport.resume_reading()

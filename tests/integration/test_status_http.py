@@ -227,3 +227,31 @@ def test_the_status_token_is_made_once_private_to_the_group(tmp_path: Path) -> N
     link.symlink_to(path)
     with pytest.raises(StatusTokenError, match="regular file"):
         load_status_token(link)
+
+
+async def test_a_client_that_shuts_its_side_after_a_pipeline_gets_every_answer(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(get("/health") * 10)
+    writer.write_eof()
+    async with asyncio.timeout(10):
+        everything = await reader.read()  # until the server closes, which it does once it answered
+    writer.close()
+    assert everything.count(b"HTTP/1.1 200 OK") == 10
+
+
+async def test_a_request_dribbled_byte_by_byte_is_cut_off(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow-loris: the time for a whole request runs from its first byte, whatever trickles in after."""
+    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT_S", 0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    async with asyncio.timeout(10):  # without the cut-off the read below would wait for ever
+        for byte in get("/health")[:-2]:  # 1.5 s of bytes, never the final CRLF
+            if reader.at_eof():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+        try:
+            answer = await reader.read()
+        except ConnectionResetError:
+            answer = b""
+    writer.close()
+    assert answer == b""  # dropped without an answer
