@@ -37,13 +37,10 @@ import asyncio
 import collections
 import contextlib
 import errno
-import grp
 import hmac
 import logging
 import os
-import resource
 import socket
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +51,7 @@ from typing import Final, cast
 import h11
 
 from agent.http._models import Headers
+from agent.http._sockets import HttpListenError, fit_to_descriptors, tcp_socket, unix_socket
 from provisioning.secret import Secret
 
 __all__ = [
@@ -88,10 +86,6 @@ SOCKET_MODE: Final = 0o660
 OPERATORS_GROUP: Final = "provisioning-operators"  # the group of the Unix socket (systemd/*.sysusers.conf)
 _OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _TEXT: Final = "text/plain; charset=utf-8"
-
-
-class HttpListenError(OSError):
-    """The status endpoint cannot listen (the port is taken, the address is not ours, the socket path is wrong)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +156,11 @@ class StatusServer:
         """Bind and serve; :class:`HttpListenError` when an address cannot be taken."""
         loop = asyncio.get_running_loop()
         if self._listen:
-            sock = _tcp_socket(self._listen)
-            cap = _fit_to_descriptors(self._max_connections)
+            sock = tcp_socket(self._listen)
+            cap = fit_to_descriptors(self._max_connections)
             self._listeners.append(_Listener(self, sock, cap, trusted=False, loop=loop))
         if self._socket_path:
-            sock_or_none = _unix_socket(Path(self._socket_path), self._socket_group)
+            sock_or_none = unix_socket(Path(self._socket_path), self._socket_group, SOCKET_MODE)
             if sock_or_none is not None:
                 self._listeners.append(_Listener(self, sock_or_none, UNIX_MAX_CONNECTIONS, trusted=True, loop=loop))
 
@@ -539,87 +533,3 @@ class _Complaints:
         suffix = f" ({skipped} more like it not logged in the last minute)" if skipped else ""
         with contextlib.suppress(Exception):  # logging itself failed (out of descriptors?): nothing better to do
             log.log(level, message + suffix, *args, exc_info=exc_info)
-
-
-# -- sockets -----------------------------------------------------------------------------------------
-
-
-def _tcp_socket(listen: str) -> socket.socket:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, int(port)), family=family, backlog=128)
-    except OSError as exc:
-        raise HttpListenError(f"http.listen {host}:{port}: {exc.strerror or exc}") from exc
-    sock.setblocking(False)
-    return sock
-
-
-def _unix_socket(path: Path, group: str) -> socket.socket | None:
-    """The operators' socket, mode 0660 in ``group`` when we may give it; None when its folder is missing."""
-    if not path.parent.is_dir():
-        log.warning(
-            "http: no Unix socket at %s: folder %s does not exist (the unit's RuntimeDirectory= makes it); "
-            "/status is served over TCP to the token holders only", path, path.parent,
-        )  # fmt: skip
-        return None
-    try:
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            if _answers(path):
-                raise HttpListenError(f"http.socket {path}: another agent serves on it")
-            path.unlink()  # left by an agent that did not stop cleanly
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        if isinstance(exc, HttpListenError):
-            raise
-        raise HttpListenError(f"http.socket {path}: {exc.strerror or exc}") from exc
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(path))
-        os.chmod(path, SOCKET_MODE)
-        _give_to_group(path, group)
-        sock.listen(64)
-    except OSError as exc:
-        sock.close()
-        raise HttpListenError(f"http.socket {path}: {exc.strerror or exc}") from exc
-    sock.setblocking(False)
-    return sock
-
-
-def _answers(path: Path) -> bool:
-    """Something accepts connections on the socket at ``path``."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
-def _give_to_group(path: Path, group: str) -> None:
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        log.info("http: group %s does not exist; %s keeps the agent's own group", group, path)
-        return
-    try:
-        os.chown(path, -1, gid)
-    except PermissionError:
-        log.warning("http: cannot give %s to group %s (the agent is not a member of it)", path, group)
-
-
-def _fit_to_descriptors(wanted: int) -> int:
-    """At most a quarter of the process's descriptors go to HTTP clients: devices, cloud and journal need theirs."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fitting = wanted if soft == resource.RLIM_INFINITY else min(wanted, max(4, soft // 4))
-    if fitting < wanted:
-        log.warning(
-            "http: serving at most %d connections, not %d: the descriptor limit is %d (raise LimitNOFILE)",
-            fitting, wanted, soft,
-        )  # fmt: skip
-    return fitting
