@@ -87,6 +87,7 @@ class PipelinedFlood(threading.Thread):
         super().__init__(name="flood", daemon=True)
         self.port, self.connections = port, connections
         self.answers: list[int] = []  # per reading client: how many answers it got before the server closed
+        self.evicted = 0  # reading clients reset by the server: over the connection cap, the least recently active
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -110,9 +111,10 @@ class PipelinedFlood(threading.Thread):
                 await asyncio.sleep(server_module.REQUEST_TIMEOUT_S + 2)  # reads nothing: the server gives up on it
             while reads and (chunk := await reader.read(65536)):  # until the server closes
                 received += chunk
-        except ConnectionError as exc:
+        except ConnectionError:
             if reads:
-                raise AssertionError(f"reset after {received.count(b'HTTP/1.1 200 OK')} answers") from exc
+                self.evicted += 1
+                return
         finally:
             writer.close()
         if reads:
@@ -130,7 +132,8 @@ def test_a_pipelined_metrics_flood_costs_bounded_cpu_and_memory(line: Line) -> N
     licensed_one(line, "FLOOD")
     flood.join(GUARD_S)
     assert flood.error is None, flood.error
-    assert len(flood.answers) == FLOOD_CONNECTIONS // 2
+    assert len(flood.answers) + flood.evicted == FLOOD_CONNECTIONS // 2
+    assert flood.answers  # readers were answered (80 clients are more than the 64 at once: some were evicted)
     assert max(flood.answers) <= server_module.MAX_REQUESTS_PER_CONNECTION  # each pipeline cut at the cap
     assert cpu_seconds(agent.pid) - cpu_before < FLOOD_CPU_CEILING_S
     assert memory_kb(agent.pid, "VmHWM") - peak_before < FLOOD_RSS_CEILING_KB
