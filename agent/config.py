@@ -10,15 +10,17 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal, get_args, get_type_hints
 
+from agent.http._proxy import ProxySettingError, proxy_for
 from agent.secretfile import SecretFileError, check_private_file
-from provisioning.reportsig import ReportSigner, SignatureError, load_signer
+from provisioning.reportsig import ReportSignatureError, ReportSigner, load_signer
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_STATUS_SOCKET",
     "AdmissionConfig",
     "AgentConfig",
     "CloudConfig",
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/provisioning-agent/agent.toml")
+DEFAULT_STATUS_SOCKET: Final = "/run/provisioning-agent/status.sock"  # the unit's RuntimeDirectory=
 ENV_PREFIX: Final = "PROVISIONING_AGENT_"
 
 
@@ -53,6 +56,7 @@ class CloudConfig:
     read_timeout_s: float = 10.0
     credentials_file: str = ""  # TOML with access_key_id / access_key_secret (mode 600)
     key_lifetime_s: int = 1800  # the cloud's AuthKey lifetime (30 minutes); shorter only against a test cloud
+    proxy: str = ""  # http://[user:password@]host:port, "direct" for none; "" = HTTPS_PROXY/NO_PROXY as curl reads them
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,8 @@ class UpstreamConfig:
     mqtt_topic: str = "prov/v1/reports"  # on the devices' broker; "" disables
     webhook_url: str = ""
     webhook_timeout_s: float = 10.0
-    webhook_secret_file: str = ""  # optional bearer token for the webhook, alone in a file
+    webhook_secret_file: str = ""  # optional bearer token for the webhook, alone in a file (https:// only)
+    webhook_ca_file: str = ""  # PEM CA bundle that verifies the webhook's certificate; "" = the system's CAs
     sign: Literal["none", "hmac-sha256", "ed25519"] = "none"  # report signatures (docs/upstream.md)
     sign_key_file: str = ""  # the HMAC secret or the Ed25519 private key (PEM), mode 600
     sign_key_id: str = ""  # names the key in each signature (default: gateway_id)
@@ -98,9 +103,12 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """The local HTTP endpoint: /metrics (Prometheus), /health, /status."""
+    """The local HTTP endpoint: /metrics (Prometheus) and /health for anyone, /status for the operators."""
 
     listen: str = "127.0.0.1:9464"  # host:port; "" disables it
+    socket: str = DEFAULT_STATUS_SOCKET  # every page, no token, mode 0660 for the operators; "" = none
+    token_file: str = ""  # bearer token for /status over TCP, made if missing; "" = status.token beside the journal
+    max_connections: int = 64  # TCP clients at once; beyond it the least recently active is closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +211,12 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Agen
         else:
             top[key] = value
     config = _build(AgentConfig, top, path, "", required={"gateway_id"})
-    return _check(config, path)
+    config = _check(config, path)
+    _check_http(config, path, env)
+    if not config.http.token_file:  # the state folder: /var/lib/provisioning-agent/status.token on a gateway
+        token_file = str(Path(config.journal.path).parent / "status.token")
+        config = replace(config, http=replace(config.http, token_file=token_file))
+    return config
 
 
 def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -331,6 +344,25 @@ def _check(config: AgentConfig, path: Path) -> AgentConfig:
     return config
 
 
+def _check_http(config: AgentConfig, path: Path, env: Mapping[str, str]) -> None:
+    """Proxies (the key, else the environment), the webhook's TLS and token, the status server's limits."""
+    upstream = config.upstream
+    for url, setting in ((config.cloud.endpoint, config.cloud.proxy), (upstream.webhook_url, "")):
+        try:
+            if url.startswith(("http://", "https://")):
+                proxy_for(url, setting=setting, setting_name=f"{path}: key cloud.proxy", environ=env)
+        except ProxySettingError as exc:
+            raise ConfigError(str(exc)) from None
+    _file_exists(path, "upstream.webhook_ca_file", upstream.webhook_ca_file)
+    if upstream.webhook_secret_file and upstream.webhook_url.startswith("http://"):
+        raise ConfigError(
+            f"{path}: key upstream.webhook_secret_file: a bearer token is never sent over plain http:// "
+            f"(webhook_url = {upstream.webhook_url!r}); use an https:// URL (and webhook_ca_file for a private CA)"
+        )
+    if config.http.max_connections < 1:
+        raise ConfigError(f"{path}: key http.max_connections: must be at least 1")
+
+
 def _check_admission(admission: AdmissionConfig, path: Path) -> None:
     keys = ("per_hour", "per_day", "device_per_minute", "mqtt_per_second", "serial_per_second")
     for key in (*keys, "keys_per_login_hour", "keys_per_port_hour", "results_per_minute"):
@@ -360,7 +392,7 @@ def report_signer(config: AgentConfig) -> ReportSigner | None:
         raise ConfigError(f"{where}: file {key_file} cannot be read ({exc.strerror or exc})") from None
     try:
         return load_signer(upstream.sign, upstream.sign_key_id or config.gateway_id, material)
-    except SignatureError as exc:
+    except ReportSignatureError as exc:
         key = "upstream.sign_key_id" if "key id" in str(exc) else "upstream.sign_key_file"
         raise ConfigError(f"{config.source}: key {key}: {key_file}: {exc}") from None
 

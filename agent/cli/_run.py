@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
     setup_logging(config.log_level, config.log_format)
     from agent.daemon import ProvisioningAgent  # the daemon's imports are heavy: only for `run`
-    from agent.daemon._http import HttpListenError
+    from agent.http import HttpListenError
 
     try:
         agent = ProvisioningAgent(config, profiles)
