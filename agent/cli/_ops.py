@@ -1,46 +1,44 @@
-"""``provisioning-agent status`` (a running agent's state) and ``export`` (provisioned devices for the MES)."""
+"""``provisioning-agent export``: provisioned devices for the MES, from the journal."""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
-import httpx
-
+from agent.cli import _status
 from agent.cli._exit import ExitCode
-from agent.cli._output import print_json, print_table
+from agent.cli._help import Commands, add_command
+from agent.cli._output import day_argument, fail, write_csv
 from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from agent.journal import Journal, JournalError
 from provisioning.workflow import State
 
 __all__ = ["add_parsers"]
 
-DEFAULT_STATUS_URL: Final = "http://127.0.0.1:9464"
+EXPORT_SCHEMA: Final = "export/1"
 EXPORT_COLUMNS: Final = (
     "device_id", "sdk_device_id", "begin_day", "expired_day", "model", "hardware_id", "attempts", "reconciled",
     "activated_at",
 )  # fmt: skip
 
 
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parsers(commands: Commands) -> None:
     """Register ``status`` and ``export``."""
-    status = commands.add_parser(
-        "status", help="show a running agent's state", description="Counts, devices in flight, outbox depth, "
-        "cloud and broker state and the last errors of a running agent (its local HTTP endpoint).",
-    )  # fmt: skip
-    status.add_argument("--url", help=f"the agent's HTTP endpoint (default: from --config, else {DEFAULT_STATUS_URL})")
-    status.add_argument("--config", type=Path, help="read http.listen from this agent configuration")
-    status.add_argument("--json", action="store_true", help="print the raw JSON document")
-    status.set_defaults(handler=_status)
-
-    export = commands.add_parser(
-        "export", help="export provisioned devices (CSV or JSON) for the MES",
-        description="Read the journal (safe while the agent runs) and print every licensed device.",
+    _status.add_parser(commands)
+    export = add_command(
+        commands, "export", summary="export provisioned devices (CSV or JSON) for the MES",
+        description="Read the journal (safe while the agent runs) and print every licensed device. Root or group "
+        "provisioning-operators.",
+        examples=[
+            ("provisioning-agent export --since 2026-11-01 > licensed.csv", "November's devices, as CSV"),
+            ("provisioning-agent export --format json --since 2026-11-01 --until 2026-12-01 --output nov.json",
+             "the same, as JSON, to a file"),
+        ],
+        exits=(ExitCode.OK, ExitCode.USAGE, ExitCode.CONFIG),
     )  # fmt: skip
     export.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="agent configuration")
     export.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
@@ -50,87 +48,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     export.set_defaults(handler=_export)
 
 
-def _status(args: argparse.Namespace) -> int:
-    url = args.url
-    if url is None and args.config is not None:
-        try:
-            listen = load_config(args.config).http.listen
-        except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return ExitCode.CONFIG
-        url = f"http://{listen}" if listen else None
-        if url is None:
-            print(f"{args.config}: key http.listen is empty: the agent serves no status endpoint", file=sys.stderr)
-            return ExitCode.CONFIG
-    url = (url or DEFAULT_STATUS_URL).rstrip("/")
-    try:
-        document: dict[str, Any] = httpx.get(f"{url}/status", timeout=5.0).json()
-    except httpx.HTTPError as exc:
-        print(f"agent not running (no answer on {url}: {type(exc).__name__})", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
-    if args.json:
-        print_json(document)
-        return ExitCode.OK
-    overview = [
-        {"what": "gateway", "value": document.get("gateway_id", "")},
-        {"what": "broker connected", "value": _broker(document.get("broker_connected"))},
-        {"what": "cloud", "value": f"{document.get('cloud', '')} {document.get('cloud_detail', '')}".strip()},
-        {"what": "devices waiting for the cloud", "value": document.get("waiting_for_cloud", 0)},
-        {"what": "outbox depth (reports not yet upstream)", "value": document.get("outbox_depth", 0)},
-        {"what": "uptime", "value": f"{document.get('uptime_s', 0)} s"},
-        *({"what": name, "value": count} for name, count in document.get("counters", {}).items()),
-    ]
-    print_table(overview, ("what", "value"), title="agent")
-    if document.get("in_flight"):
-        print_table(document["in_flight"], ("device_id", "result_due", "key_held"), title="devices in flight")
-    if document.get("serial_ports"):
-        ports = [
-            port | {"crc_errors": (port.get("link") or {}).get("crc_errors", "")} for port in document["serial_ports"]
-        ]
-        print_table(
-            ports, ("identity", "state", "device_id", "last_message", "since", "crc_errors"), title="serial ports"
-        )
-    _print_admission(document.get("admission") or {})
-    if document.get("last_errors"):
-        print_table([{"error": e} for e in document["last_errors"]], ("error",), title="last errors")
-    return ExitCode.OK
-
-
-def _print_admission(admission: dict[str, Any]) -> None:
-    """Work orders (keys used of their ceiling) and quota use, with 0 shown as no limit."""
-    if admission.get("work_orders"):
-        columns = ("order", "model", "devices", "used", "ceiling", "file")
-        print_table(admission["work_orders"], columns, title="work orders")
-    quota = admission.get("quota") or {}
-    scopes = [("line", quota.get("line") or {})] + [(f"model {m}", q) for m, q in (quota.get("profiles") or {}).items()]
-    rows = [
-        {"scope": scope, "window": window, "used": use.get("used", 0), "limit": use.get("limit") or "none"}
-        for scope, windows in scopes
-        for window, use in windows.items()
-        if scope == "line" or use.get("limit")
-    ]
-    if rows:
-        print_table(rows, ("scope", "window", "used", "limit"), title="admission quotas (keys minted)")
-    if admission.get("work_order_errors"):
-        print_table([{"error": e} for e in admission["work_order_errors"]], ("error",), title="work-order files")
-
-
-def _broker(connected: bool | None) -> str:
-    return "no broker (serial only)" if connected is None else str(connected).lower()
-
-
 def _export(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
         since, until = _day(args.since, "--since"), _day(args.until, "--until")
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.CONFIG if isinstance(exc, ConfigError) else ExitCode.USAGE
+    except ValueError as exc:
+        return fail(str(exc), "write days as YYYY-MM-DD", ExitCode.USAGE)
     try:
+        config = load_config(args.config)
         journal = Journal.open_readonly(Path(config.journal))
-    except JournalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.CONFIG
+    except (ConfigError, JournalError) as exc:
+        return fail(str(exc), "give --config naming the agent's configuration; the message says what else",
+                    ExitCode.CONFIG)  # fmt: skip
     try:
         rows = [
             {
@@ -145,15 +73,14 @@ def _export(args: argparse.Namespace) -> int:
         ]  # fmt: skip
     finally:
         journal.close()
-    output = args.output.open("w", encoding="utf-8", newline="") if args.output else sys.stdout
+    output: IO[str] = args.output.open("w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
         if args.format == "json":
-            json.dump(rows, output, ensure_ascii=False, indent=2)
+            document: dict[str, Any] = {"schema": EXPORT_SCHEMA, "gateway_id": config.gateway_id, "devices": rows}
+            json.dump(document, output, ensure_ascii=False, indent=2)
             output.write("\n")
         else:
-            writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+            write_csv(rows, EXPORT_COLUMNS, output)
     finally:
         if args.output:
             output.close()
@@ -166,6 +93,6 @@ def _day(value: str | None, flag: str) -> float | None:
     if value is None:
         return None
     try:
-        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        raise ValueError(f"{flag} must be a day as YYYY-MM-DD, got {value!r}") from None
+        return datetime.combine(day_argument(value), time(), tzinfo=UTC).timestamp()
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None

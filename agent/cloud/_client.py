@@ -20,6 +20,7 @@ guard refuses a second extension even when two attempts race.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import random
 import time
@@ -110,6 +111,10 @@ class CloudauthClient:
         self._rng = rng or random.Random()
         self._observer = observer  # sees every attempt: (action, "ok" or the error code, seconds)
         self._host_header = parts.netloc
+        # The service's clock as its last answer's Date header gave it, and ours then: a skew
+        # check (doctor, start-up) costs no call of its own.
+        self.last_answer_date: datetime | None = None
+        self.last_answer_at: datetime | None = None
         timeouts = timeouts or Timeouts()
         self._http = HttpTransport(
             self._endpoint,
@@ -329,6 +334,8 @@ class CloudauthClient:
     async def _send(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
         target, body, headers = self._build_request(action, params)
         response = await self._http.post(target, body=body, headers=headers, action=action)
+        self.last_answer_at = self._utcnow()
+        self.last_answer_date = _http_date(response.headers.get("date", ""))
         return _read_answer(action, response)
 
     def _build_request(self, action: str, params: Mapping[str, str]) -> tuple[str, bytes, dict[str, str]]:
@@ -410,6 +417,15 @@ def _read_answer(action: str, response: HttpResponse) -> dict[str, Any]:
         request_id=answer.get("RequestId") or header_id,
         retry_after=retry_after,
     )
+
+
+def _http_date(value: str) -> datetime | None:
+    """An HTTP ``Date`` header (RFC 9110 IMF-fixdate) as an aware datetime, or None."""
+    try:
+        moment = email.utils.parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
 
 
 def _encode(params: Mapping[str, str]) -> bytes:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
-from agent.journal._sqlite import Journal
+from agent.journal._sqlite import Journal, RecentReport
 from provisioning.workflow import DeviceRecord
 
 __all__ = ["JournalWorker"]
@@ -99,6 +99,10 @@ class JournalWorker:
     def get(self, device_id: str) -> DeviceRecord | None:
         """A device's committed record, read here and now (see the module docstring)."""
         return self._reader.get(device_id)
+
+    def recent_reports(self, limit: int) -> list[RecentReport]:
+        """The newest activation reports, read here and now like :meth:`get` (the station view)."""
+        return self._reader.recent_reports(limit)
 
     def close(self) -> None:
         """Finish queued calls, then close the journal."""
