@@ -55,17 +55,14 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, defaults: bool 
                        help="read timeout per call, seconds (default 10)")  # fmt: skip
 
 
-def cloud_day(flag: str) -> Callable[[str], str]:
-    """An argparse type: a day as YYYY-MM-DD (or yyyyMMdd), handed on in the cloud's ``yyyyMMdd``."""
-
-    def parse(text: str) -> str:
-        try:
-            return day_argument(text).strftime("%Y%m%d")
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
-
-    parse.__name__ = "day"  # argparse names the type in its error message
-    return parse
+def cloud_day(text: str) -> str:
+    """An argparse type: a day as YYYY-MM-DD (or yyyyMMdd), handed on in the cloud's ``yyyyMMdd`` ('' stays '')."""
+    if not text:
+        return ""
+    try:
+        return day_argument(text).strftime("%Y%m%d")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(commands: Commands) -> None:
@@ -153,7 +150,7 @@ def add_parser(commands: Commands) -> None:
     modify.add_argument("--user-device-id", default="", help="new UserDeviceId")
     modify.add_argument("--biz-type", default="", help="new BizType")
     modify.add_argument("--years", type=int, help="extend by N years (1..100, 100 = permanent)")
-    modify.add_argument("--expired-day", type=cloud_day("--expired-day"), default="",
+    modify.add_argument("--expired-day", type=cloud_day, default="",
                         help="current expiry, YYYY-MM-DD (required with --years)")  # fmt: skip
     modify.set_defaults(handler=_handler(_modify))
 
@@ -261,9 +258,9 @@ def _add_term(parser: argparse.ArgumentParser, *, required: bool) -> None:
 def _add_device_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user-device-id", default="", help="your id of the device")
     parser.add_argument("--biz-type", default="", help="BizType")
-    parser.add_argument("--expired-start-day", type=cloud_day("--expired-start-day"), default="",
+    parser.add_argument("--expired-start-day", type=cloud_day, default="",
                         help="licences expiring on or after this day (YYYY-MM-DD)")  # fmt: skip
-    parser.add_argument("--expired-end-day", type=cloud_day("--expired-end-day"), default="",
+    parser.add_argument("--expired-end-day", type=cloud_day, default="",
                         help="licences expiring on or before this day (YYYY-MM-DD)")  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["Section", "age", "header_line", "live_view", "sections"]
+__all__ = ["Section", "age", "live_view", "overview", "sections"]
 
 LIGHT_STYLES: Final = {"ok": "green", "waiting": "yellow", "down": "bold red", "off": "dim"}
 
@@ -37,19 +37,24 @@ def age(seconds: float) -> str:
     return f"{hours} h {rest // 60:02d}"
 
 
-def header_line(view: Mapping[str, Any]) -> str:
-    """Gateway, the two lights and the shift's counts on one line."""
+def overview(document: Mapping[str, Any], view: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The station's lights and the shift's counts, one ``what``/``value`` row each."""
     lights = view.get("lights") or {}
     shift = view.get("shift") or {}
     since = time.strftime("%H:%M", time.localtime(float(shift.get("since") or 0)))
-    parts = [
-        f"{view.get('gateway_id', '')}",
-        *(f"{name} {light.get('state', '?')}: {light.get('text', '')}" for name, light in lights.items()),
-        f"since {since}: {shift.get('licensed', 0)} licensed, {shift.get('failed', 0)} failed, "
-        f"{shift.get('refused', 0)} refused; {shift.get('in_flight', 0)} in flight, "
-        f"{shift.get('waiting_for_cloud', 0)} waiting, outbox {shift.get('outbox', 0)}",
+    rows = [("gateway", str(view.get("gateway_id", "")))]
+    rows += [(name, f"{light.get('state', '?')}: {light.get('text', '')}") for name, light in lights.items()]
+    rows += [
+        ("shift since", since),
+        ("licensed", str(shift.get("licensed", 0))),
+        ("failed", str(shift.get("failed", 0))),
+        ("refused", str(shift.get("refused", 0))),
+        ("in flight", str(shift.get("in_flight", 0))),
+        ("waiting for the cloud", str(shift.get("waiting_for_cloud", 0))),
+        ("reports not yet upstream", str(shift.get("outbox", 0))),
+        ("agent up for", age(float(document.get("uptime_s") or 0))),
     ]
-    return " | ".join(parts)
+    return [{"what": what, "value": value} for what, value in rows]
 
 
 def sections(view: Mapping[str, Any]) -> list[Section]:

@@ -22,7 +22,7 @@ from rich.live import Live
 from agent.cli._exit import ExitCode
 from agent.cli._help import Commands, add_command
 from agent.cli._output import fail, print_json, print_table
-from agent.cli._station import header_line, live_view, sections
+from agent.cli._station import live_view, overview, sections
 from agent.config import DEFAULT_CONFIG_PATH, ConfigError, HttpConfig, load_config
 from agent.journal import access_hint
 
@@ -102,10 +102,30 @@ def _status(args: argparse.Namespace) -> int:
         print_json(document, schema="status/1")
         return ExitCode.OK
     view = document.get("station") or {}
-    Console(stderr=True, highlight=False, soft_wrap=True).print(header_line(view), markup=False)
+    print_table(overview(document, view), ("what", "value"), title="station")
     for section in sections(view):
         print_table(section.rows, section.columns, title=section.title)
+    _print_admission(document.get("admission") or {})
     return ExitCode.OK
+
+
+def _print_admission(admission: dict[str, Any]) -> None:
+    """Work orders (keys used of their ceiling) and quota use, with 0 shown as no limit."""
+    if admission.get("work_orders"):
+        columns = ("order", "model", "devices", "used", "ceiling", "file")
+        print_table(admission["work_orders"], columns, title="work orders")
+    quota = admission.get("quota") or {}
+    scopes = [("line", quota.get("line") or {})] + [(f"model {m}", q) for m, q in (quota.get("profiles") or {}).items()]
+    rows = [
+        {"scope": scope, "window": window, "used": use.get("used", 0), "limit": use.get("limit") or "none"}
+        for scope, windows in scopes
+        for window, use in windows.items()
+        if scope == "line" or use.get("limit")
+    ]
+    if rows and any(row["limit"] != "none" for row in rows):
+        print_table(rows, ("scope", "window", "used", "limit"), title="admission quotas (keys minted)")
+    if admission.get("work_order_errors"):
+        print_table([{"error": e} for e in admission["work_order_errors"]], ("error",), title="work-order files")
 
 
 def _find_agent(args: argparse.Namespace) -> _Agent:

@@ -1,4 +1,4 @@
-"""The daemon's local HTTP endpoint: /metrics for Prometheus, /health for probes, /status for people.
+"""The daemon's local HTTP endpoint: the station view (/), /metrics for Prometheus, /health for probes, /status.
 
 A few GET routes for local scrapers, so a small ``asyncio.Protocol`` with httptools' request
 parser (the one the cloud client's answers go through) rather than a web framework: the
@@ -8,6 +8,8 @@ framework was 2-3 MB of the agent's resident memory for three routes.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.resources
 import json
 import logging
 from collections.abc import Callable
@@ -49,6 +51,7 @@ class StatusServer:
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.BaseTransport] = set()
         self._routes: dict[str, Route] = {
+            "/": _get_station_page,
             "/metrics": self._get_metrics,
             "/health": self._get_health,
             "/status": self._get_status,
@@ -82,6 +85,16 @@ class StatusServer:
 
     def _get_status(self) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(self._status(), ensure_ascii=False).encode()
+
+
+@functools.cache
+def _station_page() -> bytes:
+    """The station view: one static page in the package (it fetches /status itself)."""
+    return importlib.resources.files("agent.daemon").joinpath("station.html").read_bytes()
+
+
+def _get_station_page() -> tuple[int, str, bytes]:
+    return 200, "text/html; charset=utf-8", _station_page()
 
 
 class _Exchange(asyncio.Protocol):
@@ -130,7 +143,7 @@ class _Exchange(asyncio.Protocol):
         route = self._routes.get(path)
         if route is None:
             self._answer(
-                HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /status, /health or /metrics\n", keep_alive
+                HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /, /status, /health or /metrics\n", keep_alive
             )
         elif method not in (b"GET", b"HEAD"):
             self._answer(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"only GET\n", keep_alive, allow="GET, HEAD")
