@@ -1,0 +1,110 @@
+"""The station view's data: shifts, stages derived from the status document, failures in plain words."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent.daemon._station import DeviceInFlight, Light, Shift, StationView, plain_failure
+from agent.journal import RecentReport
+from provisioning.workflow import DeviceRecord, State
+
+OK = Light("ok", "fine")
+
+
+def local(hour: int, minute: int = 0, *, day: int = 10) -> float:
+    return datetime(2026, 11, day, hour, minute).astimezone().timestamp()
+
+
+def test_shift_counts_restart_at_each_shift_start() -> None:
+    shift = Shift(["06:00", "14:00", "22:00"], started_at=local(5))
+    assert shift.counts({"activated": 3}, local(5, 30)) == (local(5), {"activated": 3})  # started before 06:00
+    shift.tick({"activated": 10}, local(6, 0))  # the 06:00 shift begins with 10 done before it
+    since, counts = shift.counts({"activated": 14, "keys_minted": 15}, local(9))
+    assert (since, counts) == (local(6), {"activated": 4, "keys_minted": 15})
+    shift.tick({"activated": 20}, local(22, 1))
+    since, counts = shift.counts({"activated": 21}, local(23, 59))
+    assert (since, counts["activated"]) == (local(22), 1)
+    assert shift.begun(local(2, day=11)) == local(22)  # the night shift runs past midnight
+
+
+def test_without_shift_starts_the_shift_is_the_agents_run() -> None:
+    shift = Shift([], started_at=local(7, 15))
+    assert shift.counts({"activated": 5}, local(23)) == (local(7, 15), {"activated": 5})
+
+
+def record(device_id: str, state: State, *, tid: str = "", minted_at: float = 0.0, attempts: int = 1) -> DeviceRecord:
+    return DeviceRecord(device_id, "hw", "face-terminal-x1", tid or device_id, state, attempts=attempts,
+                        minted_at=minted_at, updated_at=minted_at)  # fmt: skip
+
+
+def view_of(status: dict[str, Any], records: dict[str, DeviceRecord], now: float) -> dict[str, Any]:
+    recent = [RecentReport("SN-9", {"model": "face-terminal-x1", "sdk_device_id": "wd.9", "expired_day": "20271231"},
+                           now - 30, now - 29)]  # fmt: skip
+    station = StationView(shift=Shift([], started_at=now - 3600), lookup=records.get, recent=lambda _: recent,
+                          clock=lambda: now)  # fmt: skip
+    return station.build(status, broker=OK, cloud=Light("down", "rejects the AccessKey"))
+
+
+def test_the_view_is_derived_from_the_status_document() -> None:
+    now = 1_800_000_000.0
+    records = {
+        "SN-1": record("SN-1", State.PUSHED, minted_at=now - 12, attempts=2),
+        "JIG-7": record("JIG-7", State.MINTING, tid="serial:by-path/usb-0:1"),
+    }
+    status = {
+        "gateway_id": "line-1",
+        "in_flight": [{"device_id": "SN-1", "result_due": "", "key_held": True}],
+        "serial_ports": [
+            {"identity": "by-path/usb-0:1", "tid": "serial:by-path/usb-0:1", "state": "up", "detail": "",
+             "device_id": "JIG-7", "last_message": "wait out", "since": "2027-01-15T08:00:00Z"},
+            {"identity": "by-path/usb-0:2", "tid": "serial:by-path/usb-0:2", "state": "no_device", "detail": "",
+             "device_id": "", "last_message": "", "since": "2027-01-15T08:00:00Z"},
+        ],
+        "counters": {"activated": 7, "keys_minted": 9, "activations_failed": 2, "refused_unknown_profile": 1,
+                     "refused_not_admitted": 3, "not_admitted_no_work_order": 3},
+        "last_errors": ["2027-01-15T08:00:01Z tid x: malformed: not JSON", "2027-01-15T08:00:02Z later one"],
+        "waiting_for_cloud": 1,
+        "outbox_depth": 0,
+    }  # fmt: skip
+    view = view_of(status, records, now)
+    assert view["schema"] == "station/1"
+    by_id = {d["device_id"]: d for d in view["devices"]}
+    assert by_id["SN-1"] == {"device_id": "SN-1", "model": "face-terminal-x1", "tid": "SN-1", "transport": "mqtt",
+                             "stage": "key pushed", "since": now - 12, "attempt_no": 2}  # fmt: skip
+    assert (by_id["JIG-7"]["stage"], by_id["JIG-7"]["transport"]) == ("waiting", "serial")
+    assert [(s["slot"], s["stage"]) for s in view["slots"]] == [("by-path/usb-0:1", "waiting"), ("by-path/usb-0:2", "")]
+    assert view["recent"][0]["stage"] == "reported"
+    assert view["shift"] | {"since": 0} == {"since": 0, "licensed": 7, "keys_minted": 9, "failed": 2, "refused": 4,
+                                            "in_flight": 2, "waiting_for_cloud": 1, "outbox": 0}  # fmt: skip
+    codes = [f["code"] for f in view["failures"]]
+    assert codes == ["not_admitted_no_work_order", "activations_failed", "refused_unknown_profile"]
+    assert all(f["what"] and f["what_to_do"] for f in view["failures"])
+    assert view["problems"][0] == {"at": "2027-01-15T08:00:02Z", "text": "later one"}  # newest first
+    assert view["lights"]["cloud"] == {"state": "down", "text": "rejects the AccessKey"}
+
+
+def test_the_workflows_own_devices_replace_the_derived_ones() -> None:
+    now = 1_800_000_000.0
+    given = [DeviceInFlight("SN-2", "kiosk-k7", "SN-2", "mqtt", "activated", now - 3, 1)]
+    station = StationView(shift=Shift([], started_at=now), lookup=lambda _: None, recent=lambda _: [],
+                          clock=lambda: now)  # fmt: skip
+    view = station.build({"in_flight": [{"device_id": "SN-1"}]}, broker=OK, cloud=OK, in_flight=given)
+    assert [d["device_id"] for d in view["devices"]] == ["SN-2"]
+
+
+def test_every_failure_counter_reads_as_plain_words() -> None:
+    for counter in ("activations_failed", "results_overdue", "refused_malformed", "not_admitted_quota_day",
+                    "not_admitted_something_new"):  # fmt: skip
+        words = plain_failure(counter)
+        assert words is not None and "_" not in words[0].split(": ")[0], counter
+    assert plain_failure("keys_minted") is None
+    assert plain_failure("activated") is None
+
+
+def test_an_unparseable_port_time_falls_back_to_now() -> None:
+    now = 1_800_000_000.0
+    status = {"serial_ports": [{"identity": "p", "tid": "serial:p", "state": "up", "device_id": "",
+                                "last_message": "", "since": "yesterday"}]}  # fmt: skip
+    assert view_of(status, {}, now)["slots"][0]["since"] == now
+    assert timedelta(seconds=0) == timedelta(seconds=now - view_of(status, {}, now)["now"])
