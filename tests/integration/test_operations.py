@@ -6,12 +6,12 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import re
 import time
 from pathlib import Path
 
@@ -279,6 +279,5 @@ def test_the_station_page_is_served_on_slash(line: Line) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert "<title>Provisioning station</title>" in page.text
-    assert (
-        "http://" not in page.text.split("<script>")[1] and "https://" not in page.text
-    )  # nothing fetched from elsewhere
+    assert "http://" not in page.text.split("<script>")[1]
+    assert "https://" not in page.text

@@ -97,7 +97,8 @@ def test_every_failure_counter_reads_as_plain_words() -> None:
     for counter in ("activations_failed", "results_overdue", "refused_malformed", "not_admitted_quota_day",
                     "not_admitted_something_new"):  # fmt: skip
         words = plain_failure(counter)
-        assert words is not None and "_" not in words[0].split(": ")[0], counter
+        assert words is not None, counter
+        assert "_" not in words[0].split(": ")[0], counter
     assert plain_failure("keys_minted") is None
     assert plain_failure("activated") is None
 
