@@ -27,6 +27,7 @@ import pytest
 from provisioning_lab._ports import free_port
 from provisioning_lab.simulator import SerialJig, fleet_specs, queue_specs, run_fleet
 from tests.integration.provisioning_line import FAST, MODEL, Line, line_fixture
+from tests.integration.station_views import DOCS_IMAGES, HOSTILE_ID, canned_view
 
 __all__ = ["line_fixture"]
 
@@ -35,7 +36,6 @@ from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 SERIAL_MODEL = "gate-controller-g2"
 TOKEN_KEY = "provisioning-agent.status-token"
 APT_TIMEOUT_S = 600
@@ -205,28 +205,6 @@ class _TokenServer(http.server.BaseHTTPRequestHandler):
         return
 
 
-def canned_view() -> dict[str, Any]:
-    now = time.time()
-    hostile = '<img src=x onerror="window.__pwned=1">'
-    return {
-        "schema": "station/1", "gateway_id": "line-7", "now": now,
-        "lights": {"broker": {"state": "ok", "text": "connected to 10.20.0.1:8883"},
-                   "cloud": {"state": "waiting", "text": "throttled: Throttling.User"}},
-        "slots": [{"slot": "by-path/pci-0000:00:14.0-usb-0:1.1:1.0-port0", "tid": "serial:x", "state": "up",
-                   "detail": "", "device_id": "GATE-0042", "stage": "key pushed", "since": now - 4}],
-        "devices": [{"device_id": hostile, "model": "face-terminal-x1", "tid": "SN-1", "transport": "mqtt",
-                     "stage": "registered", "since": now - 2, "attempt_no": 1}],
-        "recent": [{"device_id": "SN-0041", "model": "face-terminal-x1", "sdk_device_id": "wd.x",
-                    "expired_day": "20271231", "at": now - 60, "stage": "reported", "reconciled": False}],
-        "failures": [{"code": "refused_unknown_profile", "count": 2,
-                      "what": "a device's model has no hardware profile on this gateway",
-                      "what_to_do": "add the model's profile, then `systemctl reload provisioning-agent`"}],
-        "problems": [{"at": "2027-01-15T08:00:02Z", "text": "tid SN-9: unknown_profile: model 'kiosk-k9'"}],
-        "shift": {"since": now - 7200, "licensed": 412, "keys_minted": 415, "failed": 1, "refused": 2,
-                  "in_flight": 2, "waiting_for_cloud": 1, "outbox": 0},
-    }  # fmt: skip
-
-
 @pytest.fixture(name="token_server")
 def token_server_fixture() -> Iterator[str]:
     _TokenServer.view = canned_view()
@@ -260,7 +238,8 @@ def test_the_page_asks_for_the_token_once_and_shows_device_ids_as_text(
     assert browser.find_element(By.ID, "light-cloud").get_attribute("data-state") == "waiting"
     assert "add the model's profile" in text(browser, "failures")
     # a hostile device id is shown, never run
-    assert rows(browser, "devices")[0][0] == '<img src=x onerror="window.__pwned=1">'
+    _TokenServer.view = canned_view(hostile=True)
+    wait_for(lambda: rows(browser, "devices")[0][0] == HOSTILE_ID, what="the hostile id, as text")
     assert browser.execute_script("return window.__pwned") is None
     assert browser.find_elements(By.CSS_SELECTOR, "#devices img") == []
     # kept for this tab: a reload needs no token

@@ -15,7 +15,7 @@ from agent.cli._station import live_view
 from provisioning_lab._ports import free_port
 from provisioning_lab.simulator import fleet_specs
 from tests.integration.provisioning_line import MODEL, Line, line_fixture
-from tests.integration.test_station_browser import DOCS_IMAGES, canned_view
+from tests.integration.station_views import DOCS_IMAGES, canned_view
 
 __all__ = ["line_fixture"]
 
