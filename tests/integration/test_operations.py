@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import http.server
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -281,3 +283,39 @@ def test_the_station_page_is_served_on_slash(line: Line) -> None:
     assert "<title>Provisioning station</title>" in page.text
     assert "http://" not in page.text.split("<script>")[1]
     assert "https://" not in page.text
+
+
+def test_status_against_an_agent_that_wants_a_token_it_cannot_have(tmp_path: Path) -> None:
+    """The token file exists but this user may not read it (or it is wrong): exit 3 with the reason, not a trace."""
+
+    class WantsToken(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.headers.get("Authorization") == "Bearer good" else 401)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WantsToken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = tmp_path / "status.token"
+    token.write_text("wrong\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'gateway_id = "t"\n[http]\nlisten = "127.0.0.1:{server.server_address[1]}"\n'
+                      f'token_file = "{token}"\n')  # fmt: skip
+    try:
+        refused = subprocess.run([sys.executable, "-m", "agent", "status", "--config", str(config)],
+                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert refused.returncode == 3
+        assert "refused the status token (HTTP 401)" in refused.stderr
+        assert "what to do: run as root, or as a member of group provisioning-operators" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        token.write_text("good\n")
+        web = subprocess.run([sys.executable, "-m", "agent", "status", "--config", str(config), "--web"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert web.stdout.strip() == f"http://127.0.0.1:{server.server_address[1]}/#token=good"
+    finally:
+        server.shutdown()
+        server.server_close()
