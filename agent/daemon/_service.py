@@ -289,7 +289,11 @@ class ProvisioningAgent:
 
     async def _check_access(self) -> None:
         """Once at start-up: one signed read-only call, so a refused AccessKey shows before the first device."""
-        probe = await check_access(self.cloud)
+        try:
+            probe = await check_access(self.cloud)
+        except Exception:  # a check must never stop the agent: devices will tell the same story
+            log.exception("the start-up check of the AccessKey failed unexpectedly")
+            return
         self.access.note_probe(probe, self.config.cloud.endpoint)
         self._status_dirty.set()  # the status line says so at once
 
