@@ -7,15 +7,16 @@ request from the agent's state:
   ``down`` (a person must act), with one line of text;
 - ``slots``: each serial port (jig slot) with its device and stage;
 - ``devices``: every device in flight: ``device_id, model, tid, transport, stage, since,
-  attempt_no``; stages are ``registered``, ``waiting``, ``key pushed``, ``activated``, ``reported``;
-- ``recent``: the last licensed devices, newest first, and whether their report went upstream;
+  attempt_no``; stages are ``registered``, ``waiting``, ``key pushed``, ``activating``,
+  ``reading back`` (then ``activated`` and ``reported`` in ``recent``);
+- ``recent``: the last licensed devices, newest first, and whether their report went upstream
+  (from the journal's outbox, so it survives a restart);
 - ``failures``: what went wrong this shift, in plain words, with what to do; ``problems``: the
-  latest error lines;
+  latest devices given up or refused (the workflow's words) and the latest error lines;
 - ``shift``: counts since the shift began (``[http] shift_starts``, or the agent's start).
 
-The device workflow will hand over devices in flight and outcomes directly
-(:class:`DeviceInFlight`, ``in_flight=``); until it does, :meth:`StationView.build` derives them
-from the agent's status document, the journal's records and its outbox.
+The device workflow hands over its devices in flight (``provisioning.workflow.DeviceView``,
+through :func:`in_flight`) and its recent outcomes (``Recent``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from typing import Any, Final, Literal
 
 from agent.journal import RecentReport
 from provisioning.protocol import transport_of
-from provisioning.workflow import DeviceRecord, State
+from provisioning.workflow import DeviceView, Recent
 
-__all__ = ["STAGES", "STATION_SCHEMA", "DeviceInFlight", "Light", "Shift", "StationView", "plain_failure"]
+__all__ = ["STAGES", "STATION_SCHEMA", "DeviceInFlight", "Light", "Shift", "StationView", "in_flight", "plain_failure"]
 
 STATION_SCHEMA: Final = "station/1"
 RECENT_LICENSED: Final = 20  # rows of the "last licensed" table
-STAGES: Final = ("registered", "waiting", "key pushed", "activated", "reported")
-Stage = Literal["registered", "waiting", "key pushed", "activated", "reported"]
+STAGES: Final = ("registered", "waiting", "key pushed", "activating", "reading back", "activated", "reported")
+Stage = Literal["registered", "waiting", "key pushed", "activating", "reading back", "activated", "reported"]
+PROBLEMS_KEPT: Final = 20  # rows of the "latest problems" table
 LightState = Literal["ok", "waiting", "down", "off"]
 
 # What a port's last message says about its device's stage ("<type> in|out", agent.serial).
@@ -45,6 +47,14 @@ _PORT_STAGES: Final[dict[str, Stage]] = {
     "key out": "key pushed",
     "result in": "activated",
     "done out": "activated",
+}
+
+# The workflow's stages (provisioning.workflow) as people read them.
+_WORKFLOW_STAGES: Final[dict[str, Stage]] = {
+    "registered": "registered",
+    "key_pushed": "key pushed",
+    "activating": "activating",
+    "reading_back": "reading back",
 }
 
 # Counters of agent.daemon (``refused_<code>``, ``not_admitted_<reason>``, ...) in plain words, with what to do.
@@ -111,7 +121,7 @@ class Light:
 
 @dataclass(frozen=True, slots=True)
 class DeviceInFlight:
-    """One device on its way, as the view shows it (the device workflow's own report of its devices)."""
+    """One device on its way, as the view shows it."""
 
     device_id: str
     model: str
@@ -119,7 +129,14 @@ class DeviceInFlight:
     transport: str
     stage: Stage
     since: float  # epoch seconds it entered its stage
-    attempt_no: int  # keys it has received, this one included
+    attempt_no: int  # keys it has received so far
+
+
+def in_flight(view: DeviceView) -> DeviceInFlight:
+    """The workflow's view of a device, with its transport and the stage in words."""
+    stage = _WORKFLOW_STAGES.get(view.stage, "registered")
+    return DeviceInFlight(view.device_id, view.model, view.tid, transport_of(view.tid), stage, view.since,
+                          view.attempt_no)  # fmt: skip
 
 
 class Shift:
@@ -168,12 +185,10 @@ class StationView:
         self,
         *,
         shift: Shift,
-        lookup: Callable[[str], DeviceRecord | None],
         recent: Callable[[int], list[RecentReport]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.shift = shift
-        self._lookup = lookup
         self._recent = recent
         self._clock = clock
 
@@ -183,11 +198,12 @@ class StationView:
         *,
         broker: Light,
         cloud: Light,
-        in_flight: Sequence[DeviceInFlight] | None = None,
+        in_flight: Sequence[DeviceInFlight] = (),
+        outcomes: Sequence[Recent] = (),
     ) -> dict[str, Any]:
-        """The view; ``in_flight`` from the workflow when it has them, else derived from ``status``."""
+        """The view of ``status`` (the agent's document) with the workflow's devices and outcomes."""
         now = self._clock()
-        devices = list(in_flight) if in_flight is not None else self._derive_in_flight(status)
+        devices = list(in_flight)
         slots, on_slots = self._slots(status.get("serial_ports") or [], {d.device_id: d for d in devices}, now)
         devices += [d for d in on_slots if all(d.device_id != known.device_id for known in devices)]
         counters: Mapping[str, int] = status.get("counters") or {}
@@ -206,7 +222,7 @@ class StationView:
             "devices": [asdict(d) for d in sorted(devices, key=lambda d: d.since)],
             "recent": self._recent_licensed(),
             "failures": failures,
-            "problems": [_problem(line) for line in reversed(status.get("last_errors") or [])],
+            "problems": _problems(outcomes, status.get("last_errors") or []),
             "shift": {
                 "since": since,
                 "licensed": shift.get("activated", 0),
@@ -218,18 +234,6 @@ class StationView:
                 "outbox": status.get("outbox_depth", 0),
             },
         }
-
-    def _derive_in_flight(self, status: Mapping[str, Any]) -> list[DeviceInFlight]:
-        devices = []
-        for entry in status.get("in_flight") or []:
-            record = self._lookup(entry["device_id"])
-            if record is None:
-                continue
-            stage: Stage = "key pushed" if record.state is State.PUSHED else "registered"
-            since = record.minted_at or record.updated_at
-            devices.append(DeviceInFlight(record.device_id, record.model, record.tid, transport_of(record.tid),
-                                          stage, since, record.attempts))  # fmt: skip
-        return devices
 
     def _slots(
         self, ports: Sequence[Mapping[str, Any]], known: Mapping[str, DeviceInFlight], now: float
@@ -244,10 +248,8 @@ class StationView:
             device = known.get(device_id)
             if device is not None:
                 stage, since = device.stage, device.since
-            elif device_id and stage in ("registered", "waiting") and port.get("state") == "up":
-                record = self._lookup(device_id)
-                extra.append(DeviceInFlight(device_id, record.model if record else "", str(port.get("tid", "")),
-                                            "serial", stage, since, record.attempts if record else 0))  # fmt: skip
+            elif device_id and stage == "waiting" and port.get("state") == "up":  # queued: not in the workflow yet
+                extra.append(DeviceInFlight(device_id, "", str(port.get("tid", "")), "serial", stage, since, 0))
             slots.append({
                 "slot": port.get("identity", ""), "tid": port.get("tid", ""), "state": port.get("state", ""),
                 "detail": port.get("detail", ""), "device_id": device_id, "stage": stage or "", "since": since,
@@ -278,6 +280,21 @@ def _epoch(stamp: str, default: float) -> float:
         return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return default
+
+
+def _problems(outcomes: Sequence[Recent], last_errors: Sequence[str]) -> list[dict[str, str]]:
+    """Devices given up or refused (their own words and what to do), then error lines; newest first."""
+    rows = [
+        {"at": _iso(outcome.at), "text": f"{outcome.device_id} ({outcome.tid}): {outcome.outcome}: {outcome.detail}"}
+        for outcome in outcomes
+        if outcome.outcome != "licensed"
+    ]
+    rows += [_problem(line) for line in last_errors]
+    return sorted(rows, key=lambda row: row["at"], reverse=True)[:PROBLEMS_KEPT]
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _problem(line: str) -> dict[str, str]:

@@ -50,7 +50,8 @@ def check_identity(profiles: dict[str, Profile]) -> Check:
     """A device proves who it is: a signature, or (MQTT) its broker login must be its device id."""
     open_models = sorted(
         model for model, profile in profiles.items()
-        if profile.admission.signature == "none" and getattr(profile.admission, "identity", "claimed") != "topic"
+        if profile.admission.signature == "none" and profile.admission.identity == "claimed"
+        and "mqtt" in profile.transports
     )  # fmt: skip
     if open_models:
         return Check.warning(
