@@ -103,12 +103,14 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """The local HTTP endpoint: /metrics (Prometheus) and /health for anyone, /status for the operators."""
+    """The local HTTP endpoint: the station view (/), /metrics and /health for anyone, /status for the operators."""
 
     listen: str = "127.0.0.1:9464"  # host:port; "" disables it
     socket: str = DEFAULT_STATUS_SOCKET  # every page, no token, mode 0660 for the operators; "" = none
     token_file: str = ""  # bearer token for /status over TCP, made if missing; "" = status.token beside the journal
     max_connections: int = 64  # TCP clients at once; beyond it the least recently active is closed
+    # Local times the station view's shift counts start again ("HH:MM"); empty: counts since the agent started.
+    shift_starts: list[str] = field(default_factory=lambda: ["06:00", "14:00", "22:00"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +326,9 @@ def _check(config: AgentConfig, path: Path) -> AgentConfig:
     report_signer(config)  # a signing key that cannot be used stops the start, naming file and key
     if config.upstream.webhook_url and not config.upstream.webhook_url.startswith(("http://", "https://")):
         raise fail("upstream.webhook_url", "must be an http:// or https:// URL")
+    for start in config.http.shift_starts:
+        if not _is_time_of_day(start):
+            raise fail("http.shift_starts", f'each must be a local time "HH:MM" (e.g. "06:00"), got {start!r}')
     if config.http.listen and not _is_host_port(config.http.listen):
         raise fail("http.listen", f"must be host:port (e.g. 127.0.0.1:9464) or empty, got {config.http.listen!r}")
     if not config.mqtt.enabled and config.upstream.mqtt_topic:
@@ -395,6 +400,11 @@ def report_signer(config: AgentConfig) -> ReportSigner | None:
     except ReportSignatureError as exc:
         key = "upstream.sign_key_id" if "key id" in str(exc) else "upstream.sign_key_file"
         raise ConfigError(f"{config.source}: key {key}: {key_file}: {exc}") from None
+
+
+def _is_time_of_day(value: str) -> bool:
+    hours, _, minutes = value.partition(":")
+    return len(value) == 5 and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60
 
 
 def _is_host_port(value: str) -> bool:

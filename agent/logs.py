@@ -1,4 +1,10 @@
-"""Logging for the daemon: one event a line, to stderr (journald adds time and unit), text or JSON."""
+"""Logging for the daemon: one event a line, to stderr, text or JSON.
+
+Under systemd, stderr is a journald stream (``JOURNAL_STREAM`` names it): journald stamps each
+line with the time and the unit, so text lines carry no timestamp of their own (it would show
+twice in ``journalctl``), and each starts with its syslog priority (``<4>``) so that
+``journalctl -p warning`` works. JSON lines keep their ``ts`` member: it is part of the event.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,13 @@ import json
 import logging
 import os
 import sys
-from typing import Final
+from collections.abc import Mapping
+from typing import IO, Final
 
-__all__ = ["JournaldFormatter", "JsonFormatter", "setup_logging"]
+__all__ = ["JournaldFormatter", "JsonFormatter", "setup_logging", "stderr_is_journald"]
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNALD_TEXT_FORMAT: Final = "%(levelname)s %(name)s: %(message)s"  # journald adds the time
 _QUIET_LIBRARIES: Final = ("asyncio", "aiohttp.access")  # their DEBUG lines drown the agent's own
 
 
@@ -43,11 +51,26 @@ class JournaldFormatter(logging.Formatter):
 _SYSLOG_PRIORITY: Final = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
+def stderr_is_journald(environ: Mapping[str, str] | None = None, stream: IO[str] | None = None) -> bool:
+    """stderr is the journald stream systemd gave us (``JOURNAL_STREAM=<dev>:<inode>`` of that very file)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        info = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError):  # a replaced stderr without a file descriptor
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
 def setup_logging(level: str, log_format: str) -> None:
-    """Configure the root logger once, for the daemon; under systemd, lines carry their priority."""
+    """Configure the root logger once, for the daemon; under journald, no own timestamp and a priority prefix."""
     handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    if os.environ.get("JOURNAL_STREAM"):  # stderr is connected to journald
+    journald = stderr_is_journald()
+    text = JOURNALD_TEXT_FORMAT if journald else TEXT_FORMAT
+    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else logging.Formatter(text)
+    if journald:
         formatter = JournaldFormatter(formatter)
     handler.setFormatter(formatter)
     root = logging.getLogger()

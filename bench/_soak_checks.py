@@ -1,4 +1,4 @@
-"""The soak's verdict: DESIGN.md's invariants checked from three independent records.
+"""The soak's verdict: the invariants of docs/reliability.md checked from three independent records.
 
 The records are the emulator's audit view (what the cloud minted and licensed), the webhook's
 deliveries (what the MES received) and the simulated devices' own outcomes (what each device

@@ -19,16 +19,20 @@ from typing import Any, Final
 
 from agent.brokerauth import broker_credentials
 from agent.cloud import CloudauthClient, RateLimiter, resolve_credentials
+from agent.cloud._probe import check_access
 from agent.config import AgentConfig, ConfigError, report_signer
+from agent.daemon._access import CloudAccess, broker_light, cloud_light
 from agent.daemon._admission import LineAdmission
 from agent.daemon._devices import DeviceService
 from agent.daemon._pages import StatusPages, StatusTokenError, load_status_token
+from agent.daemon._station import Shift, StationView, in_flight
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
 from agent.http import StatusServer
 from agent.journal import JournalWorker, open_journal
 from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
+    MqttConfigError,
     MqttConnection,
     MqttError,
     MqttSettings,
@@ -89,6 +93,7 @@ class ProvisioningAgent:
         credentials = resolve_credentials(
             credentials_file=Path(config.cloud.credentials_file) if config.cloud.credentials_file else None
         )
+        self.access = CloudAccess()  # the cloud's word on our AccessKey, from every call
         self.cloud = CloudauthClient(
             credentials,
             endpoint=config.cloud.endpoint,
@@ -96,7 +101,7 @@ class ProvisioningAgent:
             timeouts=Timeouts(connect=config.cloud.connect_timeout_s, read=config.cloud.read_timeout_s),
             rate_limiter=RateLimiter(qps=config.cloud.qps, burst=config.cloud.burst),
             max_connections=max(2, min(config.limits.max_in_flight, 16)),
-            observer=self.metrics.cloud_call,
+            observer=self._observe_cloud,
             proxy=config.cloud.proxy,
         )
         # A device served alone has its journal writes made on the loop (no thread hand-offs);
@@ -143,6 +148,11 @@ class ProvisioningAgent:
             lease_s=config.journal.lease_s,
         )
         self.devices.status.metrics = self.metrics
+        self.station = StationView(
+            shift=Shift(config.http.shift_starts, started_at=self._started),
+            recent=self.journal.recent_reports,
+            clock=clock,
+        )
         self._http = self._status_server()
         self._status_dirty = asyncio.Event()
         self._status_forced = False
@@ -173,6 +183,8 @@ class ProvisioningAgent:
             await self.devices.resume()
             if self._http is not None:
                 await self._http.start()
+                log.info("listening on http://%s: / (station view), /status, /health, /metrics",
+                         self.config.http.listen)  # fmt: skip
             if not await self._connect(stop):
                 return
             async with asyncio.TaskGroup() as group:
@@ -186,6 +198,7 @@ class ProvisioningAgent:
                     inbound.append(group.create_task(self.serial.run(), name="serial-ports"))
                 serving = [
                     *inbound,
+                    group.create_task(self._check_access(), name="access-check"),
                     group.create_task(self._sweeper(), name="sweeper"),
                     group.create_task(self.admission.poll(), name="work-orders"),
                     group.create_task(self.drainer.run(), name="upstream-drainer"),
@@ -280,15 +293,20 @@ class ProvisioningAgent:
                             '(identity = "claimed" without signatures)', model)  # fmt: skip
 
     def health(self) -> tuple[bool, str]:
-        """/health: the broker connection is up and the event loop answers (it just did)."""
+        """/health: the cloud takes our AccessKey, the broker connection is up, the event loop answers (it just did)."""
+        if self.access.state == "rejected":
+            return False, f"the cloud rejects the AccessKey ({self.access.reason}): fix the credential and restart"
         if self.mqtt is not None and not self.mqtt.connected:
-            return False, "not connected to the MQTT broker"
+            error = self.mqtt.last_error
+            if isinstance(error, MqttConfigError):
+                return False, f"the MQTT broker refuses the login: {error}"
+            return False, "not connected to the MQTT broker" + (f": {error}" if error else "")
         return True, "serving"
 
     def detailed_status(self) -> dict[str, Any]:
         """/status and ``provisioning-agent status``: counts, in-flight devices, outbox, last errors."""
         line = self.devices.status
-        return self.status() | {
+        document = self.status() | {
             "broker_connected": self.mqtt.connected if self.mqtt is not None else None,
             "serial_ports": self.serial.status() if self.serial is not None else [],
             "in_flight": self._in_flight(),
@@ -299,6 +317,28 @@ class ProvisioningAgent:
             "last_errors": list(line.last_errors),
             "uptime_s": round(self._clock() - self._started, 1),
         }
+        document["station"] = self.station.build(
+            document,
+            broker=broker_light(self.mqtt),
+            cloud=cloud_light(self.access, self.line.cloud, self.line.cloud_detail),
+            in_flight=[in_flight(view) for view in self.line.views()],
+            outcomes=list(self.line.recent),
+        )
+        return document
+
+    def _observe_cloud(self, action: str, outcome: str, seconds: float) -> None:
+        self.metrics.cloud_call(action, outcome, seconds)
+        self.access.observe(action, outcome, seconds)
+
+    async def _check_access(self) -> None:
+        """Once at start-up: one signed read-only call, so a refused AccessKey shows before the first device."""
+        try:
+            probe = await check_access(self.cloud)
+        except Exception:  # a check must never stop the agent: devices will tell the same story
+            log.exception("the start-up check of the AccessKey failed unexpectedly")
+            return
+        self.access.note_probe(probe, self.config.cloud.endpoint)
+        self._status_dirty.set()  # the status line says so at once
 
     def _in_flight(self) -> list[dict[str, Any]]:
         """Devices in flight for /status: stage, address and since when."""
@@ -313,8 +353,10 @@ class ProvisioningAgent:
     def _summary_line(self) -> str:
         counters = self.devices.status.counters
         ports = f", {self.serial.open_ports} serial port(s) open" if self.serial is not None else ""
+        rejected = self.access.state == "rejected"
+        warning = f"CLOUD REJECTS THE ACCESSKEY ({self.access.reason}): fix the credential; " if rejected else ""
         return (
-            f"{counters.get('activated', 0)} licensed, {len(self.line.devices)} in flight, "
+            f"{warning}{counters.get('activated', 0)} licensed, {len(self.line.devices)} in flight, "
             f"cloud {self.line.cloud}, outbox {self.drainer.depth}{ports}"
         )
 
@@ -402,6 +444,7 @@ class ProvisioningAgent:
                 async with asyncio.timeout(STATUS_INTERVAL_S):  # not wait_for: 3.11 can swallow a cancel
                     await self._status_dirty.wait()
             self._status_dirty.clear()
+            self.station.shift.tick(self.devices.status.counters, self._clock())
             self.metrics.waiting.set(self.devices.status.waiting)
             self.metrics.outbox_depth.set(self.drainer.depth)
             self.metrics.broker_connected.set(1 if self.mqtt is not None and self.mqtt.connected else 0)

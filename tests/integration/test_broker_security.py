@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from provisioning_lab._ports import free_port
 from provisioning_lab.emulator import EmulatorProcess
 from provisioning_lab.simulator import fleet_specs
 from tests.broker import MosquittoBroker, Pki, make_pki
@@ -240,9 +242,12 @@ def test_a_password_changed_while_running_is_an_error_retried_not_an_exit(
     # Logged in as a device (a password login): its ACL does not cover the agent's subscription.
     line.broker.acl = None
     line.broker.restart()
+    port = free_port()
     agent = line.start_agent(
-        mqtt={"port": line.broker.port, "username": "SEC-00000", "password_file": str(password_file)}
+        mqtt={"port": line.broker.port, "username": "SEC-00000", "password_file": str(password_file)},
+        http={"listen": f"127.0.0.1:{port}"},
     )
+    assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
     line.broker.passwords["SEC-00000"] = "rotated-on-the-broker"
     line.broker.restart()
     deadline = time.monotonic() + GUARD_S
@@ -252,6 +257,12 @@ def test_a_password_changed_while_running_is_an_error_retried_not_an_exit(
     assert "ERROR" in log
     assert "refused the connection: Not authorized" in log
     assert agent.running()  # it waits at the longest backoff for the broker or the operator
+    health = httpx.get(f"http://127.0.0.1:{port}/health")
+    assert health.status_code == 503
+    assert health.json()["reason"].startswith("the MQTT broker refuses the login:")
+    assert "Not authorized" in health.json()["reason"]
+    broker_light = httpx.get(f"http://127.0.0.1:{port}/status").json()["station"]["lights"]["broker"]
+    assert broker_light["state"] == "down"
 
 
 # -- the shipped Mosquitto configuration itself ----------------------------------------------------

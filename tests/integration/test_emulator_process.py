@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -166,3 +168,25 @@ def test_process_handle_lifecycle() -> None:
         assert process.health() == {"status": "ok"}
     finally:
         assert process.stop() == 0
+
+
+def test_clock_skew_moves_the_date_header_and_the_timestamp_check(emulator: EmulatorProcess) -> None:
+    """The knob doctor's clock check is tested with: a service whose wall clock is off from ours."""
+    with EmulatorProcess(["--clock-skew", "-1200"]) as skewed:  # the service 20 minutes behind us
+        api = SignedRequests(skewed.url, skewed.access_key_id, skewed.access_key_secret)
+        refused = api.v1("DescribeDeviceInfo", {"PageSize": "1"})
+        assert refused.status_code == 400
+        assert refused.json()["Code"] == "InvalidTimeStamp.Expired"  # our timestamp is 20 minutes ahead of it
+        served = email.utils.parsedate_to_datetime(refused.headers["date"]).timestamp()
+        assert 1190 <= time.time() - served <= 1210
+        api.http.close()
+    # the admin route does the same on a running emulator, and reset puts it back
+    emulator.set_clock_skew(300)
+    api = SignedRequests(emulator.url, emulator.access_key_id, emulator.access_key_secret)
+    answer = api.v1("DescribeDeviceInfo", {"PageSize": "1"})
+    assert answer.status_code == 200  # 5 minutes is within the 15 the service allows
+    assert 290 <= email.utils.parsedate_to_datetime(answer.headers["date"]).timestamp() - time.time() <= 310
+    emulator.reset()
+    again = api.v1("DescribeDeviceInfo", {"PageSize": "1"})
+    assert abs(email.utils.parsedate_to_datetime(again.headers["date"]).timestamp() - time.time()) <= 5
+    api.http.close()

@@ -73,6 +73,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how long a CreateVerifySDK build takes (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, help="seed the fault-injection randomness")
+    parser.add_argument(
+        "--clock-skew",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="run the service's wall clock SECONDS ahead (negative: behind): its Date header and the 15-minute "
+        "Timestamp check follow it, as against a gateway whose clock is off",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="log every request to stderr")
     parser.set_defaults(handler=run)
 
@@ -105,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             "emulator: no --access-key given; accepting the demo pair {}:{}".format(*DEMO_ACCESS_KEY),
             file=sys.stderr,
         )
-    config = EmulatorConfig(access_keys, args.state, faults, args.sdk_delay, args.seed)
+    config = EmulatorConfig(access_keys, args.state, faults, args.sdk_delay, args.seed, args.clock_skew)
     try:
         emulator = Emulator(config)
     except (OSError, ValueError) as exc:
