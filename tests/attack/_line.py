@@ -168,7 +168,10 @@ class MqttDevice:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=tid, protocol=protocol)
+        # No reconnecting: a client the broker hangs up on stays down (and leaves no half-open socket behind).
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=tid, protocol=protocol, reconnect_on_failure=False
+        )
         self._client.tls_set(ca_certs=str(broker.pki.ca_file))
         self._client.username_pw_set(tid, password)
         self._client.on_connect = self._on_connect
@@ -196,6 +199,10 @@ class MqttDevice:
         info = self._client.publish(topic or self.up, payload, qos=1)
         info.wait_for_publish(GUARD_S)
         return info
+
+    def publish_nowait(self, payload: bytes) -> None:
+        """Publish at QoS 1 without waiting for the PUBACK (which an oversized publish never gets)."""
+        self._client.publish(self.up, payload, qos=1)
 
     def publish_many(self, messages: Iterable[Mapping[str, Any]]) -> None:
         """Publish a burst at QoS 1, then wait for every PUBACK."""
@@ -233,9 +240,9 @@ class MqttDevice:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-        sock = self._client.socket()
-        if sock is not None:
-            sock.close()
+        # The MQTT socket and the socket pair loop_start() made; paho itself closes them only when the
+        # client is garbage-collected, which a reference cycle may delay past the test (a ResourceWarning).
+        self._client._reset_sockets()
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connack = reason
