@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from datetime import UTC, datetime
@@ -12,6 +11,7 @@ from typing import Any, Final
 
 import httpx
 
+from agent.cli._csvsafe import write_rows
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, print_table
 from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
@@ -151,9 +151,7 @@ def _export(args: argparse.Namespace) -> int:
             json.dump(rows, output, ensure_ascii=False, indent=2)
             output.write("\n")
         else:
-            writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+            write_rows(output, EXPORT_COLUMNS, rows)  # no device field can become a spreadsheet formula
     finally:
         if args.output:
             output.close()

@@ -170,7 +170,7 @@ def test_export_lists_provisioned_devices(line: Line, fmt: str) -> None:
         assert all(row["sdk_device_id"].startswith("wd.") for row in rows)
     else:
         header, *lines = result.stdout.strip().splitlines()
-        assert header.startswith("device_id,")
+        assert header.startswith('"device_id","sdk_device_id",')
         assert len(lines) == 3
 
 
