@@ -25,6 +25,7 @@ from agent.daemon._devices import DeviceService
 from agent.daemon._http import StatusServer
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
 from agent.journal import Journal, JournalWorker
+from agent.logs import flush_suppressed
 from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
@@ -347,6 +348,7 @@ class ProvisioningAgent:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             await self.devices.sweep()
+            flush_suppressed()  # how many repeated warnings were left out, once their minute is over
 
     async def _status_loop(self) -> None:
         last = ""
@@ -404,6 +406,7 @@ class ProvisioningAgent:
             await self._webhook.aclose()
         self.journal.close()
         self.notifier.close()
+        flush_suppressed(force=True)
         log.info("stopped")
 
     def _mqtt_settings(self) -> MqttSettings:
