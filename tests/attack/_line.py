@@ -223,12 +223,13 @@ class MqttDevice:
         return predicate()
 
     def settle(self, quiet_s: float = 1.0, timeout: float = GUARD_S) -> int:
-        """Wait until no answer has arrived for ``quiet_s`` (the agent answered or dropped what it got); the count."""
+        """Wait until no message has arrived for ``quiet_s`` (the agent answered or dropped what it got);
+        the number of messages received on every topic."""
         deadline = time.monotonic() + timeout
-        count, since = len(self.answers()), time.monotonic()
+        count, since = len(self.messages), time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
             time.sleep(0.05)
-            if (now := len(self.answers())) != count:
+            if (now := len(self.messages)) != count:
                 count, since = now, time.monotonic()
         return count
 
