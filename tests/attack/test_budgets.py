@@ -16,7 +16,8 @@ from tests.attack._line import AWAITS_CORE, MODEL, AttackLine, Identity, b64, pr
 from tests.attack.conftest import ATTACKER, STOLEN
 
 GATE_MODEL = "gate-controller-x2"  # a second model on the line, factory-signed
-FORGED_RESULTS = 300
+FORGED_OK = 300  # the issue's numbers
+FORGED_FAILURES = 2000
 
 
 def forged_result(device_id: str, *, ok: bool) -> dict[str, object]:
@@ -72,12 +73,12 @@ def test_forged_ok_results_do_not_queue_cloud_calls_ahead_of_real_devices(line: 
     """300 results ``ok: true`` for keys never issued to the sender: none may reach the cloud or delay a device."""
     line.start_agent(line.profiles(x1=profile_text()), cloud={"qps": 10.0, "burst": 5})
     attacker = line.attacker(ATTACKER)
-    attacker.device.publish_many(forged_result(f"FT1-F{n:05d}", ok=True) for n in range(FORGED_RESULTS))
+    attacker.device.publish_many(forged_result(f"FT1-F{n:05d}", ok=True) for n in range(FORGED_OK))
     honest = line.provision(Identity("FT1-000101"))
     kinds = [(a.get("type"), a.get("code") or a.get("reason")) for a in honest.answers]
     assert honest.done is not None, f"an honest device was put off behind forged results: {kinds}"
     calls = line.emulator.audit()["api_calls"].get("DescribeDeviceInfo", 0)
-    assert calls <= FORGED_RESULTS // 10 + 1, f"{calls} DescribeDeviceInfo calls for {FORGED_RESULTS} forged results"
+    assert calls <= FORGED_OK // 10 + 1, f"{calls} DescribeDeviceInfo calls for {FORGED_OK} forged results"
     line.assert_unharmed(attackers=[attacker], served=[honest])
 
 
@@ -94,7 +95,7 @@ def test_forged_failures_from_another_login_do_not_drop_a_held_key(line: AttackL
     assert first is not None
     assert first["type"] == "key", first
     attacker = line.attacker(ATTACKER)
-    attacker.device.publish_many(forged_result(victim.device_id, ok=False) for _ in range(FORGED_RESULTS))
+    attacker.device.publish_many(forged_result(victim.device_id, ok=False) for _ in range(FORGED_FAILURES))
     attacker.device.settle()  # answered, or dropped: either way handled before the victim's resend
     # The victim's register is resent (a lost answer, a reboot): it must get the key it holds, not a second one.
     victim_client.publish(register)
