@@ -7,7 +7,7 @@ header naming its columns, in any order:
 
 ``order``, ``model`` and ``device_id`` are required; ``device_key`` (the device's Ed25519
 public key, base64), ``ceiling`` (keys the order may use; default: one per device listed) and
-``topic_id`` (the topic id, i.e. broker login, the device registers from when it is not its
+``topic_id`` (the MQTT topic id, i.e. broker login, the device registers from when it is not its
 device_id) are optional; other columns are ignored. Every row carries the same order, model and
 ceiling. Parsing is strict: the first problem is a :class:`WorkOrderError` naming the file, the
 line and the column, never quoting the file's text (the folder's writer is not the agent's
@@ -50,8 +50,11 @@ class WorkOrder:
     ceiling: int
     devices: Mapping[str, bytes]  # device_id -> its Ed25519 public key (b"" when the order gives none)
     source: str  # the file it came from
-    topics: Mapping[str, str] = field(default_factory=dict)  # device_id -> the topic id it registers from,
-    # for the devices whose row gives one (column topic_id); the others register from their device_id
+    topic_ids: Mapping[str, str] = field(default_factory=dict)  # device_id -> the login it registers from
+
+    def topic_id_of(self, device_id: str) -> str:
+        """The topic id (broker login) the order binds a device to: its own device_id unless mapped."""
+        return self.topic_ids.get(device_id, device_id)
 
 
 def parse_work_order(text: str, source: str) -> WorkOrder:
@@ -69,7 +72,7 @@ def parse_work_order(text: str, source: str) -> WorkOrder:
         raise WorkOrderError(source, header_line, f"header lacks column(s) {', '.join(missing)}")
     order_id = model = ceiling_text = None
     devices: dict[str, bytes] = {}
-    topics: dict[str, str] = {}
+    topic_ids: dict[str, str] = {}
     first_seen: dict[str, int] = {}  # device_id -> the line that lists it
     for line, row in rows:
         cell = _Cells(source, line, row, columns)
@@ -96,13 +99,13 @@ def parse_work_order(text: str, source: str) -> WorkOrder:
                 cell.fail(
                     "column topic_id is not a topic id (1 to 64 of A-Z a-z 0-9 . _ - : ~ @ $, not starting with $)"
                 )
-            topics[device_id] = topic_id
+            topic_ids[device_id] = topic_id
         if len(devices) > MAX_DEVICES:
             cell.fail(f"more than {MAX_DEVICES} devices in one order")
     if order_id is None or model is None:
         raise WorkOrderError(source, header_line, "no device rows after the header")
     ceiling = int(ceiling_text) if ceiling_text else len(devices)
-    return WorkOrder(order_id, model, ceiling, devices, source, topics)
+    return WorkOrder(order_id, model, ceiling, devices, source, topic_ids)
 
 
 class WorkOrderBook:

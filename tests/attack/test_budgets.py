@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from tests.attack._line import AWAITS_CORE, MODEL, AttackLine, Identity, b64, profile_text, work_order
+from tests.attack._line import MODEL, AttackLine, Identity, b64, profile_text, work_order
 from tests.attack.conftest import ATTACKER, STOLEN
 
 GATE_MODEL = "gate-controller-x2"  # a second model on the line, factory-signed
@@ -32,7 +32,6 @@ def forged_result(device_id: str, *, ok: bool) -> dict[str, object]:
     return body
 
 
-@AWAITS_CORE
 def test_quota_burn_with_junk_ids_that_match_the_allow_list(line: AttackLine) -> None:
     """Made-up serials that fit the model's pattern, from one login: none may cost a key, let alone the quota."""
     quota = 5
@@ -48,7 +47,6 @@ def test_quota_burn_with_junk_ids_that_match_the_allow_list(line: AttackLine) ->
     line.assert_unharmed(attackers=[attacker], served=[line.provision(Identity("FT1-000101"))])
 
 
-@AWAITS_CORE
 def test_one_model_cannot_fill_the_line_quota_and_lock_out_another(line: AttackLine) -> None:
     """Stolen logins of an unsigned model take keys for their own ids (they are entitled to those) until the
     line's quota would be full; a correctly signed device of another model must still get its key."""
@@ -68,7 +66,6 @@ def test_one_model_cannot_fill_the_line_quota_and_lock_out_another(line: AttackL
     line.assert_unharmed(attackers=thieves, served=[gate], attacker_licences=line_quota - 1)
 
 
-@AWAITS_CORE
 def test_forged_ok_results_do_not_queue_cloud_calls_ahead_of_real_devices(line: AttackLine) -> None:
     """300 results ``ok: true`` for keys never issued to the sender: none may reach the cloud or delay a device."""
     line.start_agent(line.profiles(x1=profile_text()), cloud={"qps": 10.0, "burst": 5})
@@ -82,7 +79,6 @@ def test_forged_ok_results_do_not_queue_cloud_calls_ahead_of_real_devices(line: 
     line.assert_unharmed(attackers=[attacker], served=[honest])
 
 
-@AWAITS_CORE
 def test_forged_failures_from_another_login_do_not_drop_a_held_key(line: AttackLine) -> None:
     """``ok: false`` for a device whose key is in flight, from another login: the key must stay the device's."""
     line.start_agent(line.profiles(x1=profile_text()))
@@ -109,7 +105,6 @@ def test_forged_failures_from_another_login_do_not_drop_a_held_key(line: AttackL
     line.assert_unharmed(attackers=[attacker], served=[line.provision(Identity("FT1-000102"))])
 
 
-@AWAITS_CORE
 def test_the_per_device_rate_limit_cannot_be_spent_by_another_login(line: AttackLine, tmp_path: Path) -> None:
     """Registers claiming the victim's id from the attacker's login (refused: unsigned) must not use up the
     victim's rate limit: the victim's own signed register must still be served."""
