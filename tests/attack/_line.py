@@ -381,6 +381,10 @@ class AttackLine:
         self._baseline_hwm_kb = self.memory_kb()["VmHWM"]
         return self.agent
 
+    def endpoint(self, path: str) -> httpx.Response:
+        """GET one of the agent's HTTP endpoints (``/status``, ``/metrics``, ``/health``)."""
+        return httpx.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=GUARD_S)
+
     def memory_kb(self) -> dict[str, int]:
         """The agent's VmRSS and VmHWM (peak RSS) in kB."""
         assert self.agent is not None
@@ -465,7 +469,7 @@ class AttackLine:
         hidden |= {self.pki.client_key.read_text().splitlines()[1]}  # a line of the agent's TLS private key
         places = {"agent log": self.agent.log_text(), "broker log": self.broker.log_text()}
         for path in ("/status", "/metrics", "/health"):
-            places[path] = httpx.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=GUARD_S).text
+            places[path] = self.endpoint(path).text
         for journal in self.tmp_path.glob("journal.sqlite3*"):
             places[journal.name] = journal.read_bytes().decode("latin-1")
         shown = {(secret[:6] + "...", where) for secret in hidden for where, text in places.items() if secret in text}
