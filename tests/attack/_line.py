@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -72,7 +73,7 @@ GUARD_S: Final = 20.0  # a guard against hangs, not a timing assertion
 # docs/protocol.md: a device resends a register that got no answer within 10 s. An honest device that
 # needs longer than that (or is told to wait) has been delayed by the attack.
 DEVICE_PATIENCE_S: Final = 10.0
-# The agent's peak RSS may grow this much over a test (the issue's 128 MB publish took it to 529 MB).
+# The agent's peak RSS may grow this much over a test (a 128 MB publish once took it to 529 MB).
 RSS_GROWTH_BOUND_KB: Final = 48 * 1024
 # An agent still busy with an attack's backlog when the test ends need not drain it (its own drain is 20 s).
 STOP_GRACE_S: Final = 3.0
@@ -96,7 +97,7 @@ def profile_text(model: str = MODEL, *, admission: str = "", sealing: str = "") 
     """The X1 hardware profile as shipped but for its model name, its [sealing] table (``sealing``
     replaces it; empty: the loader's default) and an [admission] table."""
     text = (PROFILES_DIR / f"{MODEL}.toml").read_text(encoding="utf-8")
-    text = text[: text.index("[sealing]")].rstrip() + "\n"
+    text = re.sub(r"^\[sealing\]\n(?:[^\[\n].*\n|\n)*", "", text, flags=re.MULTILINE).rstrip() + "\n"
     text = text.replace(f'model = "{MODEL}"', f'model = "{model}"').replace('"FACE_TERMINAL_X1"', f'"{model.upper()}"')
     if sealing:
         text += f"\n[sealing]\n{sealing}\n"
@@ -181,6 +182,8 @@ class MqttDevice:
         self._client.loop_start()
         if not self._connected.wait(GUARD_S):
             raise AssertionError(f"{tid}: no CONNACK from the broker")
+        if not self.connack.is_failure and not self._subscribed.wait(GUARD_S):  # our down topic
+            raise AssertionError(f"{tid}: no SUBACK for {self.down}")
 
     def subscribe(self, *topics: str) -> list[Any]:
         """Subscribe and wait for the SUBACK; the broker's reason codes."""
