@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agent.cli._csvsafe import neutralise
 from agent.cli._exit import ExitCode
 from provisioning.cloudauth import (
     AmbiguousRequestError,
@@ -133,11 +134,14 @@ def csv_value(value: Any) -> Any:
 
 
 def write_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: IO[str]) -> None:
-    """RFC 4180 CSV with a header line; booleans as ``true``/``false``."""
-    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    """RFC 4180 CSV with a header line, every cell quoted; booleans as ``true``/``false``; no cell a
+    device wrote can run as a spreadsheet formula (agent.cli._csvsafe)."""
+    writer = csv.DictWriter(
+        out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n", quoting=csv.QUOTE_ALL
+    )
     writer.writeheader()
     for row in rows:
-        writer.writerow({column: csv_value(row.get(column, "")) for column in columns})
+        writer.writerow({column: neutralise(csv_value(row.get(column, ""))) for column in columns})
 
 
 def day_argument(text: str) -> date:

@@ -29,6 +29,7 @@ from agent.daemon._station import Shift, StationView, in_flight
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
 from agent.http import StatusServer
 from agent.journal import JournalWorker, open_journal
+from agent.logs import flush_suppressed
 from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
@@ -42,7 +43,7 @@ from agent.sdnotify import Notifier
 from agent.serial import SerialTransport
 from provisioning.cloudauth import Timeouts
 from provisioning.profiles import Profile, ProfileError, load_profiles
-from provisioning.protocol import AgentMessage, encode, is_valid_tid
+from provisioning.protocol import MAX_MESSAGE_BYTES, AgentMessage, encode, is_valid_tid
 from provisioning.workflow import Line
 
 __all__ = ["ProvisioningAgent", "Topics"]
@@ -51,6 +52,13 @@ log = logging.getLogger("agent")
 
 SWEEP_INTERVAL_S: Final = 1.0  # how late an overdue result or an expired key is noticed at most
 STATUS_INTERVAL_S: Final = 10.0  # the retained status is refreshed at least this often when something changed
+# The largest device message the agent still reads to answer it too_large (docs/protocol.md allows
+# 4096 bytes): a firmware that overshoots is told why. It is the shipped broker's message_size_limit;
+# anything larger the broker refuses, and the agent's Maximum Packet Size keeps it from being sent.
+ANSWERED_MESSAGE_BYTES: Final = 4 * MAX_MESSAGE_BYTES
+# Room in an MQTT packet beside the message: fixed header, packet id, the up topic's tid (64
+# characters at most) and the MQTT 5 properties a device may add. The topic root is added to it.
+PACKET_OVERHEAD_BYTES: Final = 1024
 # On SIGTERM devices in flight get this long; what is cut off resumes from the journal. systemd's
 # TimeoutStopSec must exceed it.
 DRAIN_S: Final = 20.0
@@ -435,6 +443,7 @@ class ProvisioningAgent:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             await self.devices.sweep()
+            flush_suppressed()  # how many repeated warnings were left out, once their minute is over
 
     async def _status_loop(self) -> None:
         last = ""
@@ -493,6 +502,7 @@ class ProvisioningAgent:
             await self._webhook.aclose()
         self.journal.close()
         self.notifier.close()
+        flush_suppressed(force=True)
         log.info("stopped")
 
     def _mqtt_settings(self) -> MqttSettings:
@@ -509,6 +519,7 @@ class ProvisioningAgent:
             tls=tls,
             keepalive=mqtt.keepalive_s,
             will=Will(topic=self.topics.status, payload=offline, qos=1, retain=True),
+            max_packet_size=ANSWERED_MESSAGE_BYTES + len(self.topics.root.encode()) + PACKET_OVERHEAD_BYTES,
         )
 
 

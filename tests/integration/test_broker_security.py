@@ -28,10 +28,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from provisioning_lab._ports import free_port
 from provisioning_lab.emulator import EmulatorProcess
 from provisioning_lab.simulator import fleet_specs
-from tests.broker import MosquittoBroker, Pki, make_pki
+from tests.broker import SHIPPED_MOSQUITTO, MosquittoBroker, Pki, ShippedBroker, make_pki
 from tests.integration.provisioning_line import MODEL, Line
 
-SHIPPED = Path(__file__).parents[2] / "systemd" / "mosquitto"
+SHIPPED = SHIPPED_MOSQUITTO
 AGENT_USER = "provisioning-agent"  # the CN of the agent's certificate, the ACL's user
 MES_USER = "mes"
 GUARD_S = 30.0  # a guard against hangs, not a timing assertion
@@ -266,27 +266,6 @@ def test_a_password_changed_while_running_is_an_error_retried_not_an_exit(
 
 
 # -- the shipped Mosquitto configuration itself ----------------------------------------------------
-
-
-class ShippedBroker(MosquittoBroker):
-    """Mosquitto running ``systemd/mosquitto/provisioning.conf`` with its paths and ports moved to a test directory."""
-
-    def __init__(self, directory: Path, pki: Pki, passwords: dict[str, str]) -> None:
-        super().__init__(directory, passwords=passwords, acl=(SHIPPED / "acl").read_text(), tls=pki.broker_tls())
-        self.pki = pki
-
-    def config_text(self) -> str:
-        text = (SHIPPED / "provisioning.conf").read_text()
-        files = {"ca.crt": self.pki.ca_file, "server.crt": self.pki.server_cert, "server.key": self.pki.server_key}
-        files |= {"passwd": self.directory / "passwords", "acl": self.directory / "acl"}
-        for name, path in files.items():
-            text = text.replace(f"/etc/mosquitto/provisioning/{name}", str(path))
-        (self.directory / "data").mkdir(exist_ok=True)
-        text = text.replace("/var/lib/mosquitto/", f"{self.directory / 'data'}/")
-        text = text.replace("listener 8883\n", f"listener {self.tls_port} 127.0.0.1\n")
-        text = text.replace("listener 8884\n", f"listener {self.port} 127.0.0.1\n")
-        lines = [f"log_dest file {self.log_file}", "log_type all"] + (["user root"] if os.geteuid() == 0 else [])
-        return text + "\n".join(lines) + "\n"
 
 
 def connect(port: int, pki: Pki, *, cert: bool, username: str | None = None, password: str | None = None) -> str:

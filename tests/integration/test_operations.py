@@ -224,6 +224,7 @@ def test_export_lists_provisioned_devices(line: Line, fmt: str) -> None:
         assert all(row["sdk_device_id"].startswith("wd.") for row in rows)
         assert all(row["reconciled"] is False for row in rows)
     else:
+        assert result.stdout.startswith('"device_id","sdk_device_id",')  # every cell quoted (CSV injection)
         rows = list(csv.DictReader(io.StringIO(result.stdout)))
         assert list(rows[0])[:2] == ["device_id", "sdk_device_id"]
         assert len(rows) == 3

@@ -73,3 +73,88 @@ def test_a_journal_stream_that_is_not_our_stderr_is_ignored(tmp_path: Path, monk
         logging.getLogger("agent").warning("broker unreachable")
         stream.seek(0)
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING agent: broker unreachable\n", stream.read())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limited(clock: Clock, burst: int = 3) -> tuple[logging.Logger, list[str]]:
+    """A logger whose handler keeps its lines, behind a RepeatLimiter."""
+    from agent.logs import RepeatLimiter
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    handler = Keep()
+    limiter = RepeatLimiter(burst=burst, window_s=60.0, clock=clock)
+    limiter.handler = handler
+    handler.addFilter(limiter)
+    logger = logging.getLogger(f"test.repeat.{id(lines)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.limiter = limiter  # type: ignore[attr-defined]
+    return logger, lines
+
+
+def test_a_flood_of_one_warning_is_cut_to_a_burst_a_notice_and_a_summary() -> None:
+    clock = Clock()
+    logger, lines = limited(clock)
+    for n in range(500):
+        logger.warning("tid %s: refused message: %s", f"serial:port-{n}", "invalid_field")
+    assert len(lines) == 4  # three lines, then the notice
+    assert lines[:3] == [
+        f"WARNING {logger.name}: tid serial:port-{n}: refused message: invalid_field" for n in range(3)
+    ]
+    assert "further ones are suppressed" in lines[3]
+    assert "'tid %s: refused message: %s'" in lines[3]  # the template only: never the flood's own text
+    clock.now += 30
+    logger.limiter.flush()  # type: ignore[attr-defined]
+    assert len(lines) == 4  # the window is not over
+    clock.now += 31
+    logger.limiter.flush()  # type: ignore[attr-defined]
+    assert (
+        lines[4]
+        == f"WARNING {logger.name}: suppressed 497 similar line(s) in the last 60 s ('tid %s: refused message: %s')"
+    )
+    logger.warning("tid %s: refused message: %s", "serial:port-x", "malformed")
+    assert lines[5].endswith("tid serial:port-x: refused message: malformed")  # a new window writes again
+
+
+def test_other_kinds_and_info_lines_are_not_held_back_by_a_flood() -> None:
+    clock = Clock()
+    logger, lines = limited(clock, burst=2)
+    for _ in range(50):
+        logger.warning("flood %d", 1)
+        logger.info("device %s: key minted", "SN-1")
+    logger.error("journal: %s", "disk full")
+    assert sum("key minted" in line for line in lines) == 50
+    assert lines[-1] == f"ERROR {logger.name}: journal: disk full"
+
+
+def test_a_new_window_reports_what_the_last_one_left_out_before_its_first_line() -> None:
+    clock = Clock()
+    logger, lines = limited(clock, burst=1)
+    for _ in range(5):
+        logger.warning("same %s", "x")
+    clock.now += 61
+    logger.warning("same %s", "y")
+    assert lines[-2].endswith("suppressed 4 similar line(s) in the last 60 s ('same %s')")
+    assert lines[-1].endswith("same y")
+
+
+def test_flush_at_exit_reports_every_open_window() -> None:
+    clock = Clock()
+    logger, lines = limited(clock, burst=1)
+    logger.warning("same")
+    logger.warning("same")
+    logger.limiter.flush(force=True)  # type: ignore[attr-defined]
+    assert lines[-1].endswith("suppressed 1 similar line(s) in the last 60 s ('same')")
