@@ -36,6 +36,8 @@ __all__ = [
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNALD_TEXT_FORMAT: Final = "%(levelname)s %(name)s: %(message)s"  # journald adds the time
+# A line's story (a device refused, a port failing) is told by its first lines; 10 a minute of one
+# kind is about 1 kB a minute where a flood would write megabytes.
 REPEAT_BURST: Final = 10
 REPEAT_WINDOW_S: Final = 60.0
 REPEAT_MIN_LEVEL: Final = logging.WARNING  # INFO lines are one per device step and never repeat in a flood
