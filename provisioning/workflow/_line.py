@@ -378,6 +378,9 @@ class Line:
             saved.row_id if isinstance(saved, Saved) else 0,
             admitted.sender,
         )
+        # The key's life starts when it was asked for, not when the answer came: an answer that waited
+        # (a slow cloud, the agent stopped mid-call) must not make an old key look fresh.
+        asked_at = self.clock()
         minted = yield MintKey(intent.device_id, profile.term, profile.biz_type)
         yield EndCloudTurn()
         if not isinstance(minted, Minted):
@@ -401,7 +404,7 @@ class Line:
             attempts=intent.attempts + 1,
             attempt=attempt,
             key_fingerprint=minted.key.fingerprint(),
-            minted_at=now,
+            minted_at=asked_at,
             result_due=now + policy.activate_within_s,
             error="",
             updated_at=now,
