@@ -51,6 +51,7 @@ class CloudConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     credentials_file: str = ""  # TOML with access_key_id / access_key_secret (mode 600)
+    key_lifetime_s: int = 1800  # an AuthKey's life at the cloud (30 min); shorter only against a test emulator
 
 
 @dataclass(frozen=True, slots=True)
