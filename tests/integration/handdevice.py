@@ -11,6 +11,7 @@ on from an answer (wait, retryable error, key, done) until ``done`` or a final e
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import secrets
 import threading
@@ -28,10 +29,12 @@ from paho.mqtt.properties import Properties
 from provisioning.sealing import SealedKey, open_sealed_key
 from provisioning_lab.emulator import ActivationError, EmulatorProcess
 
-__all__ = ["Answer", "HandDevice"]
+__all__ = ["Answer", "HandDevice", "expires_at", "new_id"]
 
 SESSION_EXPIRY_S = 3600  # docs/protocol.md: a persistent session, expiry >= 1 hour on MQTT 5
 ANSWER_TIMEOUT_S = 30.0  # an answer on a loaded 2-core machine; the agent answers in milliseconds
+RESEND_S = 5.0  # an unanswered message is sent again (the protocol's 10 s, halved for tests)
+PAUSE_S = 0.5  # a device's pause before it acts on wait/retry (the protocol's retry_after_s, cut short)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,28 +85,31 @@ class HandDevice:
         self._subscribed = threading.Event()
         self._port = port
         self._v5 = protocol == "5"
-        self._client = paho.Client(
+        self._client: paho.Client | None = None
+
+    # -- connection --------------------------------------------------------------------------------
+
+    def connect(self) -> HandDevice:
+        """Connect (a new MQTT client, as after a power cycle) with a persistent session; wait for the SUBACK."""
+        self._subscribed.clear()
+        client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.tid,
             protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
             clean_session=None if self._v5 else False,
         )
-        self._client.reconnect_delay_set(0.2, 1.0)  # back soon after a broker restart
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-
-    # -- connection --------------------------------------------------------------------------------
-
-    def connect(self) -> HandDevice:
-        """Connect with a persistent session and wait until the down topic is subscribed."""
-        self._subscribed.clear()
-        properties = None
+        client.reconnect_delay_set(0.2, 1.0)  # back soon after a broker restart
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        self._client.connect("127.0.0.1", self._port, keepalive=30, clean_start=False, properties=properties)
-        self._client.loop_start()
+            client.connect("127.0.0.1", self._port, keepalive=30, clean_start=False, properties=properties)
+        else:  # 3.1.1: clean_session=False, set on the client
+            client.connect("127.0.0.1", self._port, keepalive=30)
+        client.loop_start()
+        self._client = client
         assert self._subscribed.wait(ANSWER_TIMEOUT_S), f"{self.tid}: never subscribed"
         return self
 
@@ -113,15 +119,15 @@ class HandDevice:
 
     def disconnect(self) -> None:
         """A clean DISCONNECT: the broker keeps the session and queues what comes meanwhile."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
 
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-        sock = self._client.socket()
-        if sock is not None:
-            sock.close()
+    close = disconnect
 
     def reboot(self) -> None:
         """Forget everything a reboot forgets (key pairs, which register ids were ours)."""
@@ -129,16 +135,11 @@ class HandDevice:
 
     # -- messages ----------------------------------------------------------------------------------
 
-    def register(self, message_id: str = "") -> str:
+    def register(self, message_id: str = "", *, wait: bool = False) -> str:
         """Send a register (a new id and, when sealing, a new key pair unless ``message_id`` is a resend)."""
-        message_id = message_id or new_id()
-        body: dict[str, Any] = {"v": 1, "type": "register", "id": message_id, "device_id": self.device_id,
-                                "hardware_id": self.hardware_id, "model": self.model, "fw": "hand-1"}  # fmt: skip
-        if self.seal:
-            private = self._life.seal_keys.setdefault(message_id, X25519PrivateKey.generate())
-            body["seal_pub"] = base64.b64encode(private.public_key().public_bytes_raw()).decode()
-        self.send(body)
-        return message_id
+        body = self.register_message(message_id or new_id())
+        self.send(body, wait=wait)
+        return str(body["id"])
 
     def result_ok(self, attempt: str, licence: dict[str, Any], message_id: str = "") -> str:
         """Report an activation that worked, with the licence the SDK shows."""
@@ -153,10 +154,13 @@ class HandDevice:
         self.send(self._result(message_id, attempt, ok=False, error=error, detail=detail))
         return message_id
 
-    def send(self, body: dict[str, Any] | bytes) -> None:
-        """Publish on the up topic at QoS 1 (queued by paho while the broker is away)."""
+    def send(self, body: dict[str, Any] | bytes, *, wait: bool = False) -> None:
+        """Publish on the up topic at QoS 1 (queued by paho while the broker is away); ``wait``: for the PUBACK."""
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self._client.publish(self.up, payload, qos=1)
+        assert self._client is not None, f"{self.tid}: not connected"
+        sent = self._client.publish(self.up, payload, qos=1)
+        if wait:
+            sent.wait_for_publish(ANSWER_TIMEOUT_S)
 
     def auth_key(self, key: dict[str, Any]) -> str | None:
         """The AuthKey of a ``key`` message, opened when sealed; None when it answers a register of another life."""
@@ -195,47 +199,62 @@ class HandDevice:
     def follow(self, answer: Answer, emulator: EmulatorProcess, *, timeout: float = 90.0) -> Answer:
         """Carry the protocol on from ``answer`` until ``done`` or an error with ``retry: false``; that answer.
 
-        A ``wait`` or a retryable error is followed by a new register (a wait that answers a result
-        by the same result again), without sitting out ``retry_after_s`` (the agent treats early
-        resends as any other); a ``key`` is activated at the emulator and reported.
+        A ``key`` is activated at the emulator and reported, unless its ``expires_at`` has passed
+        (reported ``AuthKeyExpired`` unused, as a device with a clock does); a ``wait`` answering a
+        result is followed by the same result, any other ``wait`` or retryable error by a new
+        register. A message left unanswered is sent again. Pauses are short (the agent treats an
+        early resend as any other), so tests do not sit out ``retry_after_s``.
         """
         deadline = time.monotonic() + timeout
-        resend_result: dict[str, Any] | None = None
+        result: dict[str, Any] | None = None
         while answer.type != "done" and not (answer.type == "error" and not answer.body["retry"]):
-            assert time.monotonic() < deadline, f"{self.tid}: no done within {timeout} s; last {answer.body}"
+            assert time.monotonic() < deadline, f"{self.tid}: no done within {timeout} s; last {answer}"
             if answer.type == "key":
-                auth_key = self.auth_key(answer.body)
-                assert auth_key is not None, f"{self.tid}: a key for a register of another life: {answer.body}"
-                resend_result = self._activate_and_report(answer.body, auth_key, emulator)
-                message_id = resend_result["id"]
-            elif answer.type == "wait" and resend_result is not None and answer.body["re"] == resend_result["id"]:
-                time.sleep(0.5)  # the device's own pause before resending (scaled down from retry_after_s)
-                self.send(resend_result)
-                message_id = resend_result["id"]
-            else:  # wait, retryable error: register again
-                time.sleep(0.5)
-                resend_result = None
-                message_id = self.register()
-            answer = self._next_answer_to(message_id, deadline)
+                result = self._use_key(answer, emulator)
+                message: dict[str, Any] = result
+            elif answer.type == "wait" and result is not None and answer.body["re"] == result["id"]:
+                time.sleep(PAUSE_S)
+                message = result
+            else:  # a wait for a register, or a retryable error: register again
+                time.sleep(PAUSE_S)
+                result = None
+                message = self.register_message(new_id())
+            answer = self.ask(message, deadline)
         return answer
+
+    def ask(self, message: dict[str, Any], deadline: float) -> Answer:
+        """Send ``message`` and again every RESEND_S until an answer to it arrives (or ``deadline``)."""
+        while True:
+            self.send(message)
+            until = min(deadline, time.monotonic() + RESEND_S)
+            if self.wait_for(lambda: bool(self.answered(message["id"])), max(0.0, until - time.monotonic())):
+                return self.answered(message["id"])[-1]
+            assert time.monotonic() < deadline, f"{self.tid}: no answer to {message['id']}"
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _activate_and_report(self, key: dict[str, Any], auth_key: str, emulator: EmulatorProcess) -> dict[str, Any]:
+    def register_message(self, message_id: str) -> dict[str, Any]:
+        """The register with ``message_id`` (a new key pair for a new id when sealing; the same for a resend)."""
+        body: dict[str, Any] = {"v": 1, "type": "register", "id": message_id, "device_id": self.device_id,
+                                "hardware_id": self.hardware_id, "model": self.model, "fw": "hand-1"}  # fmt: skip
+        if self.seal:
+            private = self._life.seal_keys.setdefault(message_id, X25519PrivateKey.generate())
+            body["seal_pub"] = base64.b64encode(private.public_key().public_bytes_raw()).decode()
+        return body
+
+    def _use_key(self, key: Answer, emulator: EmulatorProcess) -> dict[str, Any]:
+        """Activate with the key (unless it is past its expires_at) and build the result to report."""
+        attempt = key.body["attempt"]
+        if time.time() >= expires_at(key.body):
+            return self._result(new_id(), attempt, ok=False, error="AuthKeyExpired", detail="expires_at passed; unused")
+        auth_key = self.auth_key(key.body)
+        assert auth_key is not None, f"{self.tid}: a key for a register of another life: {key}"
         try:
             licence = emulator.activate(auth_key, self.hardware_id)
         except ActivationError as exc:
-            body = self._result(new_id(), key["attempt"], ok=False, error=exc.code, detail=exc.message[:200])
-        else:
-            body = self._result(new_id(), key["attempt"], ok=True, sdk_device_id=licence["DeviceId"],
-                                begin_day=licence["BeginDay"], expired_day=licence["ExpiredDay"])  # fmt: skip
-        self.send(body)
-        return body
-
-    def _next_answer_to(self, message_id: str, deadline: float) -> Answer:
-        left = max(0.1, deadline - time.monotonic())
-        assert self.wait_for(lambda: bool(self.answered(message_id)), left), f"{self.tid}: no answer to {message_id}"
-        return self.answered(message_id)[-1]
+            return self._result(new_id(), attempt, ok=False, error=exc.code, detail=exc.message[:200])
+        return self._result(new_id(), attempt, ok=True, sdk_device_id=licence["DeviceId"],
+                            begin_day=licence["BeginDay"], expired_day=licence["ExpiredDay"])  # fmt: skip
 
     def _result(self, message_id: str, attempt: str, *, ok: bool, **members: str) -> dict[str, Any]:
         identity = {"device_id": self.device_id, "hardware_id": self.hardware_id, "model": self.model}
@@ -259,6 +278,11 @@ class HandDevice:
     def mark_unsubscribed(self) -> None:
         """Before a broker restart: ``wait_subscribed`` then waits for the new subscription."""
         self._subscribed.clear()
+
+
+def expires_at(key: dict[str, Any]) -> float:
+    """A key message's ``expires_at`` (``YYYY-MM-DDThh:mm:ssZ``) as POSIX seconds."""
+    return calendar.timegm(time.strptime(key["expires_at"], "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def new_id() -> str:
