@@ -51,7 +51,7 @@ class CloudConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     credentials_file: str = ""  # TOML with access_key_id / access_key_secret (mode 600)
-    key_lifetime_s: int = 1800  # an AuthKey's life at the cloud (30 min); shorter only against a test emulator
+    key_lifetime_s: int = 1800  # the cloud's AuthKey lifetime (30 minutes); shorter only against a test cloud
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,9 @@ class AdmissionConfig:
     # registers, which max_in_flight/max_queued already pace (docs/admission.md).
     mqtt_per_second: int = 0  # registers over MQTT a second, all devices together
     serial_per_second: int = 0  # registers over serial a second, all jigs together
+    keys_per_login_hour: int = 10  # keys one MQTT topic id (broker login) may be issued in any hour
+    keys_per_port_hour: int = 240  # keys one jig port may be issued in any hour (a device every 15 s)
+    results_per_minute: int = 30  # results one sender may send a minute (a healthy device sends one or two)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,12 +302,15 @@ def _check(config: AgentConfig, path: Path) -> AgentConfig:
         raise fail("serial.baudrate", "baudrate and scan_interval_s must be positive")
     if config.limits.max_in_flight < 1 or config.limits.max_queued < 1:
         raise fail("limits.max_in_flight", "limits must be at least 1")
+    if not 10 <= config.cloud.key_lifetime_s <= 1800:
+        raise fail("cloud.key_lifetime_s", "must be from 10 to 1800 seconds (the service's keys live 1800)")
     _check_admission(config.admission, path)
     return config
 
 
 def _check_admission(admission: AdmissionConfig, path: Path) -> None:
-    for key in ("per_hour", "per_day", "device_per_minute", "mqtt_per_second", "serial_per_second"):
+    keys = ("per_hour", "per_day", "device_per_minute", "mqtt_per_second", "serial_per_second")
+    for key in (*keys, "keys_per_login_hour", "keys_per_port_hour", "results_per_minute"):
         if getattr(admission, key) < 0:
             raise ConfigError(f"{path}: key admission.{key}: must be 0 (no limit) or more")
     if admission.poll_interval_s <= 0:
