@@ -26,7 +26,6 @@ from tests.integration.provisioning_line import Line, line_fixture
 
 __all__ = ["line_fixture"]
 
-CORE = "no terminal failure without the cloud's word: lands with the workflow core"
 REPORTS = "prov/v1/reports"
 LAST_MODEL = "last-try-x1"  # one key per device: its first attempt is its last
 TWO_MODEL = "two-tries-x1"
@@ -83,7 +82,6 @@ def assert_licensed_once_and_reported(line: Line, device: HandDevice, licence: d
     assert {r["sdk_device_id"] for r in watcher.on(REPORTS)} == {licence["DeviceId"]}
 
 
-@pytest.mark.xfail(strict=True, reason=CORE)
 def test_a_device_on_its_last_attempt_that_rebooted_mid_activation_ends_done(
     line: Line, device: HandDevice, tmp_path: Path
 ) -> None:
@@ -100,7 +98,6 @@ def test_a_device_on_its_last_attempt_that_rebooted_mid_activation_ends_done(
     assert_licensed_once_and_reported(line, device, licence)
 
 
-@pytest.mark.xfail(strict=True, reason=CORE)
 def test_the_cloud_failing_during_the_read_back_makes_the_device_wait_then_done(
     line: Line, device: HandDevice, tmp_path: Path
 ) -> None:
@@ -121,7 +118,6 @@ def test_the_cloud_failing_during_the_read_back_makes_the_device_wait_then_done(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason=CORE)
 def test_a_key_that_never_left_the_agent_is_not_an_attempt(line: Line, tmp_path: Path) -> None:
     agent = line.start_agent(profiles=profiles(tmp_path))
     line.watch(REPORTS)
@@ -159,7 +155,7 @@ def test_a_key_that_never_left_the_agent_is_not_an_attempt(line: Line, tmp_path:
 def test_the_scripted_device_on_the_happy_path_is_licensed_once_and_reported(
     line: Line, device: HandDevice, tmp_path: Path
 ) -> None:
-    """The scripted device itself: on the happy path it is licensed once and reported (no xfail)."""
+    """The scripted device itself: on the happy path it is licensed once and reported."""
     line.start_agent(profiles=profiles(tmp_path))
     line.watch(REPORTS)
     final = device.follow(device.answer_to(device.register()), line.emulator)
