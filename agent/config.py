@@ -24,6 +24,7 @@ __all__ = [
     "CloudConfig",
     "ConfigError",
     "HttpConfig",
+    "JournalConfig",
     "LimitsConfig",
     "MqttConfig",
     "SerialConfig",
@@ -132,11 +133,20 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalConfig:
+    """Where device records, reports, charges and the audit trail are kept (docs/cluster.md for url)."""
+
+    path: str = "/var/lib/provisioning-agent/journal.sqlite3"  # the embedded SQLite journal (one gateway)
+    url: str = ""  # postgresql://...: a ledger shared by the line's gateways instead (needs the postgres extra)
+    lease_s: float = 15.0  # shared ledger: a device's lease; after a crash another agent takes over this late
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration."""
 
     gateway_id: str
-    journal: str = "/var/lib/provisioning-agent/journal.sqlite3"
+    journal: JournalConfig = field(default_factory=JournalConfig)  # a bare path string is accepted (old form)
     profiles: str = "/etc/provisioning-agent/hardware-profiles"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -163,6 +173,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "http": HttpConfig,
     "serial": SerialConfig,
     "admission": AdmissionConfig,
+    "journal": JournalConfig,
 }
 
 
@@ -180,7 +191,12 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Agen
     _apply_environment(data, env)
     top: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key == "journal" and not isinstance(value, dict):  # the old form: journal = "<path>"
+            text = value.text if isinstance(value, _EnvValue) else value
+            if not isinstance(text, str):
+                raise ConfigError(f"{path}: key journal: must be a table ([journal]) or a file path")
+            top[key] = JournalConfig(path=text)
+        elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: key {key}: must be a table ([{key}])")
             top[key] = _build(_SECTIONS[key], value, path, f"{key}.")
@@ -199,7 +215,10 @@ def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
         if section is None:
             data[rest] = _EnvValue(name, value)
         else:
-            data.setdefault(section, {})[rest[len(section) + 1 :]] = _EnvValue(name, value)
+            table = data.setdefault(section, {})
+            if not isinstance(table, dict):  # journal = "<path>" (the old form) with a [journal] key from here
+                table = data[section] = {"path": table.text if isinstance(table, _EnvValue) else table}
+            table[rest[len(section) + 1 :]] = _EnvValue(name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +321,10 @@ def _check(config: AgentConfig, path: Path) -> AgentConfig:
         raise fail("serial.baudrate", "baudrate and scan_interval_s must be positive")
     if config.limits.max_in_flight < 1 or config.limits.max_queued < 1:
         raise fail("limits.max_in_flight", "limits must be at least 1")
+    if config.journal.url and not config.journal.url.startswith(("postgresql://", "postgres://")):
+        raise fail("journal.url", "must be a postgresql:// URL (or empty for the SQLite journal at journal.path)")
+    if not 3 <= config.journal.lease_s <= 600:
+        raise fail("journal.lease_s", f"must be from 3 to 600 seconds, got {config.journal.lease_s:g}")
     if not 10 <= config.cloud.key_lifetime_s <= 1800:
         raise fail("cloud.key_lifetime_s", "must be from 10 to 1800 seconds (the service's keys live 1800)")
     _check_admission(config.admission, path)
