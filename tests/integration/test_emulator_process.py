@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agent.cli._exit import ExitCode
-from provisioning_lab.emulator import EmulatorProcess, EmulatorStartError
+from provisioning_lab.emulator import ActivationError, EmulatorProcess, EmulatorStartError
 from tests.conftest import SignedRequests
 
 
@@ -73,6 +73,23 @@ def test_start_up_flags_set_the_initial_faults() -> None:
         }
 
 
+def test_key_ttl_flag_shortens_the_life_of_every_key() -> None:
+    with EmulatorProcess(["--key-ttl", "20s"]) as process:
+        requests = signed_for(process)
+        fresh = requests.call("CreateAuthKey", AuthYears="1")["AuthKey"]
+        stale = requests.call("CreateAuthKey", AuthYears="1")["AuthKey"]
+        process.activate(fresh, "hw-fresh")  # within its 20 s
+        process.advance_clock(21)
+        with pytest.raises(ActivationError) as caught:
+            process.activate(stale, "hw-stale")
+        requests.http.close()
+        assert caught.value.code == "AuthKeyExpired"
+        assert "20 seconds" in caught.value.message
+        audit = process.audit()
+    assert audit["key_lifetime_s"] == 20
+    assert audit["keys"] == {"minted": 2, "used": 1, "expired_unused": 1, "outstanding": 0}
+
+
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "provisioning_lab", "emulator", *args],
@@ -90,6 +107,8 @@ def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]
         ["--error-rate", "Throttling.User=2"],
         ["--error-rate", "Throttling.User"],
         ["--port", "70000"],
+        ["--key-ttl", "0s"],
+        ["--key-ttl", "soon"],
     ],
 )
 def test_bad_flags_are_usage_errors(args: list[str]) -> None:

@@ -251,4 +251,5 @@ def _admin_error(error: ApiError) -> web.Response:
 
 def _clock_view(emulator: Emulator) -> dict[str, Any]:
     state = emulator.state
-    return {"offset_seconds": state.clock_offset, "now": state.now(), "today": state.today().strftime("%Y%m%d")}
+    return {"offset_seconds": state.clock_offset, "now": state.now(), "today": state.today().strftime("%Y%m%d"),
+            "key_lifetime_s": state.key_lifetime_s}  # fmt: skip

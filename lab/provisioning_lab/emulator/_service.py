@@ -20,7 +20,7 @@ from provisioning_lab.emulator._errors import ApiError, missing
 from provisioning_lab.emulator._faults import FaultConfig, FaultInjector
 from provisioning_lab.emulator._ids import fingerprint
 from provisioning_lab.emulator._persist import load_state_file, save_state_file
-from provisioning_lab.emulator._state import EmulatorState
+from provisioning_lab.emulator._state import KEY_LIFETIME_SECONDS, EmulatorState
 
 __all__ = ["DEFAULT_SDK_DELAY_SECONDS", "MAX_HARDWARE_ID_LENGTH", "Emulator", "EmulatorConfig"]
 
@@ -40,6 +40,7 @@ class EmulatorConfig:
     sdk_delay_seconds: float = DEFAULT_SDK_DELAY_SECONDS
     seed: int | None = None  # fault-injection randomness, for reproducible runs
     clock_skew_seconds: float = 0.0  # the service's wall clock runs this far ahead (negative: behind) of ours
+    key_lifetime_s: float = KEY_LIFETIME_SECONDS  # shortened (--key-ttl) to test deadlines in seconds
 
 
 class Emulator:
@@ -55,7 +56,7 @@ class Emulator:
         self.config = config
         self._wall_clock = clock
         self.clock_skew = config.clock_skew_seconds
-        self.state = EmulatorState(clock)
+        self.state = EmulatorState(clock, key_lifetime_s=config.key_lifetime_s)
         self.verifier = RequestVerifier(config.access_keys, ACTIONS, self.wall_now)
         self.faults = FaultInjector(config.faults, rng=random.Random(config.seed), monotonic=monotonic)
         self.api_calls: Counter[str] = Counter()
