@@ -53,9 +53,11 @@ unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
 ## lock: regenerate requirements/*.lock from pyproject.toml (UPGRADE=1 to take newer releases)
+# The runtime lock is constrained by the test lock: the gateway runs exactly the versions
+# the tests ran (a test tool that caps a runtime library caps it for the gateway too).
 lock: $(STAMP)
-	$(UV_COMPILE) pyproject.toml -o requirements/runtime.lock
 	$(UV_COMPILE) pyproject.toml --extra test --group pyproject.toml:package -o requirements/test.lock
+	$(UV_COMPILE) pyproject.toml --constraint requirements/test.lock -o requirements/runtime.lock
 
 ## deb: build/deb/provisioning-agent_VERSION-PACKAGE_RELEASE_ARCH.deb (Debian 12; installs build deps as root)
 deb: $(STAMP)
