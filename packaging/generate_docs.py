@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     version = importlib.metadata.version(PROG)
     parser = build_parser()
     (outdir / f"{PROG}.1").write_text(manual(parser, version), encoding="utf-8")
-    (outdir / f"{PROG}.bash").write_text(shtab.complete(build_parser(), shell="bash"), encoding="utf-8")
-    (outdir / f"_{PROG}").write_text(shtab.complete(build_parser(), shell="zsh"), encoding="utf-8")
+    (outdir / f"{PROG}.bash").write_text(shtab.complete(build_parser(), shell="bash"), encoding="utf-8")  # noqa: S604 - a shell name, not a shell
+    (outdir / f"_{PROG}").write_text(shtab.complete(build_parser(), shell="zsh"), encoding="utf-8")  # noqa: S604
     print(f"generate_docs: {PROG}.1, {PROG}.bash, _{PROG} in {outdir}", file=sys.stderr)
     return 0
 
