@@ -205,7 +205,8 @@ do_uninstall() {
 
 do_purge() {
   do_uninstall
-  rm -rf "/etc/$NAME" "/var/lib/$NAME" "/var/backups/$NAME" "/etc/systemd/system/$NAME.service.d"
+  rm -rf /etc/provisioning-agent /var/lib/provisioning-agent /var/backups/provisioning-agent \
+    /etc/systemd/system/provisioning-agent.service.d
   rm -f "/etc/credstore/$NAME.cloudauth" "/etc/credstore.encrypted/$NAME.cloudauth"
   if getent passwd "$NAME" >/dev/null; then userdel "$NAME"; fi
   for group in "$NAME" provisioning-operators; do

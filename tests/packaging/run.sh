@@ -60,7 +60,10 @@ step "build release 1 and release 2"
 for release in 1 2; do
   arches="x86_64 aarch64"
   [ "$release" = 1 ] || arches=$arch
-  make -C "$repo" --no-print-directory deb bundle PACKAGE_RELEASE=$release BUNDLE_ARCHES="$arches" \
+  # Build 2 differs from build 1 by its number only: lintian has seen the same files.
+  lint=yes
+  [ "$release" = 1 ] || lint=no
+  make -C "$repo" --no-print-directory deb bundle PACKAGE_RELEASE=$release BUNDLE_ARCHES="$arches" DEB_LINTIAN=$lint \
     DEB_OUTDIR="$work/out$release/deb" BUNDLE_OUTDIR="$work/out$release/bundle" >"$work/build$release.log" 2>&1 \
     || { tail -n 30 "$work/build$release.log"; fail "building release $release"; }
   grep -E '^build-(deb|bundle):' "$work/build$release.log"
@@ -96,7 +99,9 @@ drop_root() {
   umount -l "$1/proc" "$1/sys"
   rm -rf "$1"
 }
-in_root() { local r=$1; shift; chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+# Root's environment on Debian: /usr/local first.
+root_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+in_root() { local r=$1; shift; chroot "$r" /usr/bin/env -i PATH=$root_path LANG=C.UTF-8 "$@"; }
 
 # --- the lab on this machine --------------------------------------------------------------------
 step "emulator and broker on the loopback"
@@ -177,7 +182,7 @@ journal_after_run() {  # the agent's files: the service user's, readable by the 
 step "deb: install $(basename "$deb1")"
 r=$(new_root deb-root)
 cp "$deb1" "$deb2" "$r/tmp/"
-in_root "$r" apt-get install -y -q --no-install-recommends "/tmp/$(basename "$deb1")" >"$work/apt-install.log" 2>&1 \
+in_root "$r" apt-get install -y -q "/tmp/$(basename "$deb1")" >"$work/apt-install.log" 2>&1 \
   || { cat "$work/apt-install.log"; fail "apt-get install"; }
 check_layout "$r" lib/systemd/system
 check "conffile agent.toml" grep -qx /etc/provisioning-agent/agent.toml "$r/var/lib/dpkg/info/provisioning-agent.conffiles"
@@ -193,7 +198,7 @@ exported "$r" | grep -q DEB1-00000 || fail "DEB1-00000 not in the journal"
 before=$(fingerprint "$r")
 
 step "deb: upgrade to $(basename "$deb2")"
-in_root "$r" apt-get install -y -q --no-install-recommends "/tmp/$(basename "$deb2")" >"$work/apt-upgrade.log" 2>&1 \
+in_root "$r" apt-get install -y -q "/tmp/$(basename "$deb2")" >"$work/apt-upgrade.log" 2>&1 \
   || { cat "$work/apt-upgrade.log"; fail "apt-get install (upgrade)"; }
 check "version $version-2 installed" test "$(in_root "$r" dpkg-query -W -f='${Version}' provisioning-agent)" = "$version-2"
 check "configuration and AccessKey kept" test "$(fingerprint "$r")" = "$before"
@@ -235,7 +240,7 @@ r=$(new_root bundle-root)
 mkdir -p "$r/root/release1" "$r/root/release2"
 tar -C "$r/root/release1" --strip-components=1 -xzf "$bundle1"
 tar -C "$r/root/release2" --strip-components=1 -xzf "$bundle2"
-offline() { unshare --net chroot "$1" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "${@:2}"; }
+offline() { unshare --net chroot "$1" /usr/bin/env -i PATH=$root_path LANG=C.UTF-8 "${@:2}"; }
 check "no network in the installer's namespace" bash -c "! unshare --net chroot '$r' python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", $broker_port), 2)' 2>/dev/null"
 check "no python3-venv, no pip in the root" bash -c "! chroot '$r' python3 -c 'import ensurepip' 2>/dev/null && ! chroot '$r' python3 -m pip --version >/dev/null 2>&1"
 offline "$r" /root/release1/install.sh | tee "$work/install1.log" || fail "install.sh"
