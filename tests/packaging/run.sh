@@ -173,9 +173,15 @@ check_layout() {  # ROOT UNITDIR: what both installs create
 }
 
 journal_after_run() {  # the agent's files: the service user's, readable by the operators
-  local r=$1
+  local r=$1 backup
   check "journal 0640 provisioning-agent:provisioning-operators" \
     test "$(in_root "$r" stat -c '%a %U %G' /var/lib/provisioning-agent/journal.sqlite3)" = "640 provisioning-agent provisioning-operators"
+  # The backup service, by its own ExecStart lines as its own user (what the timer runs).
+  "$py" "$here/unit_run.py" oneshot "$r" provisioning-agent-backup.service || fail "the backup service"
+  backup=$(cd "$r" && ls var/backups/provisioning-agent/journal-*.sqlite3 | head -n 1)
+  check "backup 0640 provisioning-agent:provisioning-operators" \
+    test "$(in_root "$r" stat -c '%a %U %G' "/$backup")" = "640 provisioning-agent provisioning-operators"
+  check "backup is a sound copy" test "$(in_root "$r" sqlite3 "/$backup" 'pragma integrity_check')" = ok
 }
 
 # --- the Debian package ---------------------------------------------------------------------------

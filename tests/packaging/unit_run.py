@@ -8,6 +8,7 @@ own ExecStart= command line, unchanged, inside the root.
 
     python unit_run.py start ROOT PIDFILE LOGFILE HEALTH_URL   # returns once /health answers 200
     python unit_run.py stop PIDFILE                            # SIGTERM, then waits for the exit
+    python unit_run.py oneshot ROOT UNIT                       # every ExecStart= of a Type=oneshot unit
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ START_DEADLINE_S = 90.0
 STOP_DEADLINE_S = 35.0  # the unit's TimeoutStopSec is 30 s
 
 
-def find_unit(root: Path) -> Path:
+def find_unit(root: Path, name: str = UNIT_NAME) -> Path:
     for directory in UNIT_DIRS:
-        if (root / directory / UNIT_NAME).is_file():
-            return root / directory / UNIT_NAME
-    raise SystemExit(f"unit_run: no {UNIT_NAME} installed under {root}")
+        if (root / directory / name).is_file():
+            return root / directory / name
+    raise SystemExit(f"unit_run: no {name} installed under {root}")
 
 
 def parse_service(text: str) -> dict[str, list[str]]:
@@ -60,12 +61,45 @@ def ids(root: Path, database: str, name: str) -> int:
     raise SystemExit(f"unit_run: {name} not in {root}/etc/{database}")
 
 
+def identity(root: Path, service: dict[str, list[str]]) -> tuple[int, int, list[int]]:
+    """User=, Group= and SupplementaryGroups= as numbers of the root's own databases."""
+    uid, gid = ids(root, "passwd", service["User"][-1]), ids(root, "group", service["Group"][-1])
+    return uid, gid, [ids(root, "group", name) for value in service["SupplementaryGroups"] for name in value.split()]
+
+
+def as_service(service: dict[str, list[str]], uid: int, gid: int, extra_gids: list[int], env: list[str]) -> str:
+    """The shell words that give a command the unit's umask, directory and identity."""
+    return " ".join(
+        [
+            f"umask {service.get('UMask', ['0022'])[-1]} &&",
+            f"cd {shlex.quote(service.get('WorkingDirectory', ['/'])[-1])} &&",
+            f"exec setpriv --reuid={uid} --regid={gid}",
+            f"--groups={','.join(map(str, extra_gids))}" if extra_gids else "--clear-groups",
+            "-- env -i",
+            *(shlex.quote(assignment) for assignment in env),
+        ]
+    )
+
+
+def oneshot(root: Path, name: str) -> int:
+    """Run each ExecStart= of a oneshot unit in order, as systemd would; stop at the first failure."""
+    service = parse_service(find_unit(root, name).read_text(encoding="utf-8"))
+    uid, gid, extra_gids = identity(root, service)
+    prefix = as_service(service, uid, gid, extra_gids, ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"])
+    for command in service["ExecStart"]:
+        command = command.replace("%%", "%")  # the only specifier our units use
+        print(f"unit_run: {name}: ExecStart={command}")
+        result = subprocess.run(["chroot", str(root), "/bin/sh", "-c", f"{prefix} {command}"], check=False)
+        if result.returncode != 0:
+            print(f"unit_run: {name}: exit status {result.returncode}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def start(root: Path, pidfile: Path, logfile: Path, health_url: str) -> int:
     unit = find_unit(root)
     service = parse_service(unit.read_text(encoding="utf-8"))
-    user, group = service["User"][-1], service["Group"][-1]
-    uid, gid = ids(root, "passwd", user), ids(root, "group", group)
-    extra_gids = [ids(root, "group", name) for value in service["SupplementaryGroups"] for name in value.split()]
+    uid, gid, extra_gids = identity(root, service)
 
     for name in service["StateDirectory"]:
         state = root / "var/lib" / name
@@ -92,17 +126,8 @@ def start(root: Path, pidfile: Path, logfile: Path, health_url: str) -> int:
             key, _, val = assignment.partition("=")
             environment[key] = val
     (exec_start,) = service["ExecStart"]
-    inner = " ".join(
-        [
-            f"umask {service.get('UMask', ['0022'])[-1]} &&",
-            f"cd {shlex.quote(service.get('WorkingDirectory', ['/'])[-1])} &&",
-            f"exec setpriv --reuid={uid} --regid={gid}",
-            f"--groups={','.join(map(str, extra_gids))}" if extra_gids else "--clear-groups",
-            "-- env -i",
-            *(shlex.quote(f"{key}={val}") for key, val in environment.items()),
-            exec_start,  # exactly as the unit has it
-        ]
-    )
+    env = [f"{key}={val}" for key, val in environment.items()]
+    inner = f"{as_service(service, uid, gid, extra_gids, env)} {exec_start}"  # ExecStart exactly as the unit has it
     print(f"unit_run: {unit.relative_to(root)}: ExecStart={exec_start}")
     with logfile.open("ab") as log:
         process = subprocess.Popen(
@@ -163,6 +188,8 @@ def main(argv: list[str]) -> int:
         return start(Path(argv[1]), Path(argv[2]), Path(argv[3]), argv[4])
     if argv[:1] == ["stop"] and len(argv) == 2:
         return stop(Path(argv[1]))
+    if argv[:1] == ["oneshot"] and len(argv) == 3:
+        return oneshot(Path(argv[1]), argv[2])
     print(__doc__, file=sys.stderr)
     return 2
 
