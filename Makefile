@@ -21,17 +21,17 @@ UV_COMPILE = $(PY) -m uv pip compile --quiet --universal --python-version 3.11 -
 
 # The venv installs exactly what the lock says (hash-checked), then the project itself
 # without resolving anything: a fresh clone gets the same versions as CI.
-$(STAMP): pyproject.toml requirements/test.lock
+$(STAMP): pyproject.toml lab/pyproject.toml requirements/test.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "provisioning-agent needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r requirements/test.lock
 # (PYTHONWARNINGS: setuptools' note about editable installs is not for us)
-	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e ./lab
 	@touch $(STAMP)
 
 ## demo: the main job on an embedded default (emulated cloud, simulated devices, no account)
 demo: $(STAMP)
-	$(PY) -m agent demo
+	$(PY) -m provisioning_lab demo
 
 ## test: lint, type-check and the whole test suite (tests start their own Mosquitto brokers)
 test: lint typecheck broker-check
@@ -45,6 +45,7 @@ broker-check:
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -56,7 +57,8 @@ unit: $(STAMP)
 # The runtime lock is constrained by the test lock: the gateway runs exactly the versions
 # the tests ran (a test tool that caps a runtime library caps it for the gateway too).
 lock: $(STAMP)
-	$(UV_COMPILE) pyproject.toml --extra test --group pyproject.toml:package -o requirements/test.lock
+	$(UV_COMPILE) requirements/test.in --group pyproject.toml:package \
+		--no-emit-package provisioning-agent --no-emit-package provisioning-agent-lab -o requirements/test.lock
 	$(UV_COMPILE) pyproject.toml --constraint requirements/test.lock -o requirements/runtime.lock
 
 ## deb: build/deb/provisioning-agent_VERSION-PACKAGE_RELEASE_ARCH.deb (Debian 12; installs build deps as root)

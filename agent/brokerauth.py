@@ -1,6 +1,6 @@
 """How the agent proves itself to the broker: the ``[mqtt]`` password file and TLS files, checked at start-up.
 
-``broker_credentials`` reads the password (a private file, ``provisioning.secretfile``) and loads
+``broker_credentials`` reads the password (a private file, ``agent.secretfile``) and loads
 the TLS files exactly as a connection will, so a missing, unreadable, loose or invalid file
 stops the start with exit 3 and a message naming the configuration file and key, instead of
 surfacing later as a failed connection. ``explain_broker_refusal`` adds the keys to look at when
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError
 from agent.mqtt import MqttConnectError, MqttError, MqttTlsError, TlsSettings, check_tls_files
+from agent.secretfile import SecretFileError, read_secret_text
 from provisioning.secret import Secret
-from provisioning.secretfile import SecretFileError, read_secret_text
 
 __all__ = ["broker_credentials", "explain_broker_refusal"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, get_args, get_type_hints
 
+from agent.secretfile import SecretFileError, check_private_file
 from provisioning.reportsig import ReportSigner, SignatureError, load_signer
-from provisioning.secretfile import SecretFileError, check_private_file
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -24,6 +24,7 @@ __all__ = [
     "CloudConfig",
     "ConfigError",
     "HttpConfig",
+    "JournalConfig",
     "LimitsConfig",
     "MqttConfig",
     "SerialConfig",
@@ -51,6 +52,7 @@ class CloudConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     credentials_file: str = ""  # TOML with access_key_id / access_key_secret (mode 600)
+    key_lifetime_s: int = 1800  # the cloud's AuthKey lifetime (30 minutes); shorter only against a test cloud
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,18 @@ class AdmissionConfig:
     # registers, which max_in_flight/max_queued already pace (docs/admission.md).
     mqtt_per_second: int = 0  # registers over MQTT a second, all devices together
     serial_per_second: int = 0  # registers over serial a second, all jigs together
+    keys_per_login_hour: int = 10  # keys one MQTT topic id (broker login) may be issued in any hour
+    keys_per_port_hour: int = 240  # keys one jig port may be issued in any hour (a device every 15 s)
+    results_per_minute: int = 30  # results one sender may send a minute (a healthy device sends one or two)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    """Where device records, reports, charges and the audit trail are kept (docs/cluster.md for url)."""
+
+    path: str = "/var/lib/provisioning-agent/journal.sqlite3"  # the embedded SQLite journal (one gateway)
+    url: str = ""  # postgresql://...: a ledger shared by the line's gateways instead (needs the postgres extra)
+    lease_s: float = 15.0  # shared ledger: a device's lease; after a crash another agent takes over this late
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +146,7 @@ class AgentConfig:
     """The whole configuration."""
 
     gateway_id: str
-    journal: str = "/var/lib/provisioning-agent/journal.sqlite3"
+    journal: JournalConfig = field(default_factory=JournalConfig)  # a bare path string is accepted (old form)
     profiles: str = "/etc/provisioning-agent/hardware-profiles"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -159,6 +173,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "http": HttpConfig,
     "serial": SerialConfig,
     "admission": AdmissionConfig,
+    "journal": JournalConfig,
 }
 
 
@@ -176,7 +191,12 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Agen
     _apply_environment(data, env)
     top: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key == "journal" and not isinstance(value, dict):  # the old form: journal = "<path>"
+            text = value.text if isinstance(value, _EnvValue) else value
+            if not isinstance(text, str):
+                raise ConfigError(f"{path}: key journal: must be a table ([journal]) or a file path")
+            top[key] = JournalConfig(path=text)
+        elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: key {key}: must be a table ([{key}])")
             top[key] = _build(_SECTIONS[key], value, path, f"{key}.")
@@ -195,7 +215,10 @@ def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
         if section is None:
             data[rest] = _EnvValue(name, value)
         else:
-            data.setdefault(section, {})[rest[len(section) + 1 :]] = _EnvValue(name, value)
+            table = data.setdefault(section, {})
+            if not isinstance(table, dict):  # journal = "<path>" (the old form) with a [journal] key from here
+                table = data[section] = {"path": table.text if isinstance(table, _EnvValue) else table}
+            table[rest[len(section) + 1 :]] = _EnvValue(name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,12 +321,19 @@ def _check(config: AgentConfig, path: Path) -> AgentConfig:
         raise fail("serial.baudrate", "baudrate and scan_interval_s must be positive")
     if config.limits.max_in_flight < 1 or config.limits.max_queued < 1:
         raise fail("limits.max_in_flight", "limits must be at least 1")
+    if config.journal.url and not config.journal.url.startswith(("postgresql://", "postgres://")):
+        raise fail("journal.url", "must be a postgresql:// URL (or empty for the SQLite journal at journal.path)")
+    if not 3 <= config.journal.lease_s <= 600:
+        raise fail("journal.lease_s", f"must be from 3 to 600 seconds, got {config.journal.lease_s:g}")
+    if not 10 <= config.cloud.key_lifetime_s <= 1800:
+        raise fail("cloud.key_lifetime_s", "must be from 10 to 1800 seconds (the service's keys live 1800)")
     _check_admission(config.admission, path)
     return config
 
 
 def _check_admission(admission: AdmissionConfig, path: Path) -> None:
-    for key in ("per_hour", "per_day", "device_per_minute", "mqtt_per_second", "serial_per_second"):
+    keys = ("per_hour", "per_day", "device_per_minute", "mqtt_per_second", "serial_per_second")
+    for key in (*keys, "keys_per_login_hour", "keys_per_port_hour", "results_per_minute"):
         if getattr(admission, key) < 0:
             raise ConfigError(f"{path}: key admission.{key}: must be 0 (no limit) or more")
     if admission.poll_interval_s <= 0:

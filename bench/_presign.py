@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from _harness import ROOT  # noqa: F401 - puts the checkout on sys.path
 
-from agent.emulator import EmulatorProcess
-from provisioning.cloudauth import DEFAULT_VERSION
+from agent.cloud import DEFAULT_VERSION
 from provisioning.cloudauth._signing import new_nonce, percent_encode, sign_v1, timestamp
+from provisioning_lab.emulator import EmulatorProcess
 
 __all__ = ["signed_form"]
 

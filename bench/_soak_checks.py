@@ -16,8 +16,8 @@ from typing import Any, Final
 
 from _soak_upstream import Delivery
 
-from agent.emulator._state import KEY_LIFETIME_SECONDS
-from agent.simulator import DeviceOutcome
+from provisioning_lab.emulator._state import KEY_LIFETIME_SECONDS
+from provisioning_lab.simulator import DeviceOutcome
 
 __all__ = ["KEY_LIFETIME_S", "Invariant", "check_all", "key_ages"]
 

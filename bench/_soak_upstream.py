@@ -11,7 +11,7 @@ from typing import Final
 
 from aiohttp import web
 
-from agent._ports import free_port
+from provisioning_lab._ports import free_port
 
 __all__ = ["Delivery", "WebhookReceiver"]
 

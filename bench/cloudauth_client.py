@@ -54,15 +54,10 @@ from alibabacloud_cloudauth20190307 import models as official_models
 from alibabacloud_cloudauth20190307.client import Client as OfficialSdkClient
 from alibabacloud_tea_openapi.utils_models import Config as OfficialConfig
 
-from agent.emulator import EmulatorProcess
-from provisioning.cloudauth import (
-    CloudauthClient,
-    Credentials,
-    LicenceTerm,
-    RateLimiter,
-    SignatureVersion,
-)
+from agent.cloud import CloudauthClient, Credentials, RateLimiter, SignatureVersion
+from provisioning.cloudauth import LicenceTerm
 from provisioning.secret import Secret
+from provisioning_lab.emulator import EmulatorProcess
 
 DESCRIBE = "DescribeDeviceInfo"
 CREATE = "CreateAuthKey"

@@ -10,7 +10,7 @@ processes on loopback; the agent's CPU and memory are read from /proc. Devices u
 CreateAuthKey, then DescribeDeviceInfo to check the reported licence.
 
 1. **Rounds** (emulator without latency or cap, agent ``cloud.qps`` 1000, burst 50). Each round:
-   - *CPU*: a batch of simulated devices (``agent.simulator.run_fleet``, all at once) goes
+   - *CPU*: a batch of simulated devices (``provisioning_lab.simulator.run_fleet``, all at once) goes
      through the agent; its CPU (user + system, every thread) over the batch / devices.
    - *latency*: devices one at a time, timed from publishing ``register`` to receiving ``done``
      by a hand-driven paho client (``_daemon_device.TimedClient``), in four variants whose order
@@ -68,15 +68,16 @@ from _harness import ROOT, machine, markdown_table, median, percentile  # puts t
 from _presign import signed_form
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent._ports import free_port
-from agent.daemon._process import AgentProcess, write_config
-from agent.emulator import EmulatorProcess
-from agent.simulator import FleetReport, Timing, fleet_specs, run_fleet
-from provisioning.cloudauth import CloudauthClient, Credentials, LicenceTerm, RateLimiter
+from agent.cloud import CloudauthClient, Credentials, RateLimiter
+from provisioning.cloudauth import LicenceTerm
 from provisioning.secret import Secret
+from provisioning_lab._ports import free_port
+from provisioning_lab.agentprocess import AgentProcess, write_config
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import FleetReport, Timing, fleet_specs, run_fleet
 
 try:
-    from agent.mqtt.broker import MosquittoBroker
+    from provisioning_lab.broker import MosquittoBroker
 except ImportError:  # the helper's older home
     from tests.broker import MosquittoBroker  # type: ignore[no-redef,unused-ignore]
 
@@ -1003,7 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _mosquitto_binary() -> str:
     try:
-        from agent.mqtt.broker import find_mosquitto
+        from provisioning_lab.broker import find_mosquitto
     except ImportError:
         return "mosquitto"
     return find_mosquitto()

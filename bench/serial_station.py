@@ -6,9 +6,9 @@ How it works
 ------------
 One Cloudauth emulator and the agent (``provisioning-agent run``, serial only: ``[mqtt] enabled =
 false``, ``[serial] ports`` a glob over the jig's folder) are separate processes on loopback. The
-benchmark process holds the jig (``agent.simulator.SerialJig``: N pseudo-terminals paced like UARTs
+benchmark process holds the jig (``provisioning_lab.simulator.SerialJig``: N pseudo-terminals paced like UARTs
 at 115200 8N1, 11 520 bytes/s each way per port) and the simulated devices
-(``agent.simulator.SerialDevice``, the protocol's own timings). Each round provisions
+(``provisioning_lab.simulator.SerialDevice``, the protocol's own timings). Each round provisions
 ``per_port`` devices on every port, one after another per port, all ports at once; a warm-up round
 comes first (ports opened, imports and caches warm) and is not counted.
 
@@ -49,12 +49,12 @@ import aiohttp
 from _daemon_device import cpu_seconds
 from _harness import ROOT, machine, markdown_table, median, percentile  # puts the checkout on sys.path
 
-from agent.daemon._process import AgentProcess, write_config
-from agent.emulator import EmulatorProcess
-from agent.simulator import SerialDevice, SerialJig, Timing, fleet_specs, line_rate, queue_specs
-from agent.simulator._sdk import EmulatorSdk
-from agent.simulator._serial import run_port_queue
 from provisioning.serial import Frame, FrameDecoder, FrameType, Hello, HelloAck, encode_frame
+from provisioning_lab.agentprocess import AgentProcess, write_config
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import SerialDevice, SerialJig, Timing, fleet_specs, line_rate, queue_specs
+from provisioning_lab.simulator._sdk import EmulatorSdk
+from provisioning_lab.simulator._serial import run_port_queue
 
 MODEL: Final = "gate-controller-g2"  # hardware-profiles/: a serial profile, no verify call
 BAUDRATE: Final = 115200

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from provisioning.admission import SIGNATURE_MODES, Rules, decode_public_key, parse_public_keys
+from provisioning.admission import IDENTITY_MODES, SIGNATURE_MODES, Rules, decode_public_key, parse_public_keys
 from provisioning.cloudauth import PERMANENT_YEARS, LicenceTerm
 from provisioning.workflow import Policy
 
@@ -24,6 +24,9 @@ MAX_ACTIVATE_WITHIN_S: Final = 25 * 60  # a key lives 30 minutes; leave room for
 _TOP_KEYS: Final = frozenset(
     {"model", "description", "biz_type", "transports", "licence", "timeouts", "policy", "serial", "sealing"}
     | {"admission"}
+)
+_ADMISSION_KEYS: Final = frozenset(
+    {"allow", "work_orders", "signature", "ca_keys", "ca_keys_file", "per_hour", "per_day", "identity", "line_share"}
 )
 _USB_ID: Final = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:.{1,64})?")
 
@@ -134,7 +137,7 @@ def _sealing_required(reader: _Reader) -> bool:
 
 def _admission_rules(reader: _Reader) -> Rules:
     table = reader.table("admission")
-    table.only({"allow", "work_orders", "signature", "ca_keys", "ca_keys_file", "per_hour", "per_day"})
+    table.only(_ADMISSION_KEYS)
     allow = table.strings("allow", default=[])
     if any(not pattern for pattern in allow):
         table.fail("allow", "patterns must not be empty")
@@ -157,6 +160,9 @@ def _admission_rules(reader: _Reader) -> Rules:
         except ValueError as exc:
             table.fail("ca_keys_file", f"{path}: {exc}")
     work_orders = table.boolean("work_orders", default=False)
+    identity = table.text("identity", limit=16, default="topic")
+    if identity not in IDENTITY_MODES:
+        table.fail("identity", f"must be one of {', '.join(IDENTITY_MODES)}, got {identity!r}")
     if signature == "factory_ca" and not ca_keys:
         table.fail("signature", 'signature = "factory_ca" needs ca_keys or ca_keys_file')
     if signature == "work_order" and not work_orders:
@@ -168,6 +174,8 @@ def _admission_rules(reader: _Reader) -> Rules:
         ca_keys=tuple(ca_keys),
         per_hour=table.number("per_hour", default=0, low=0, high=1_000_000),
         per_day=table.number("per_day", default=0, low=0, high=10_000_000),
+        identity=identity,
+        line_share=table.number("line_share", default=1, low=0, high=1000),
     )
 
 

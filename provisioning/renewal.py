@@ -3,24 +3,22 @@
 How it works
 ------------
 A renewal run walks the devices whose licence expires in a window and extends each by N
-years. A journal (JSON lines, fsynced) records an *intent* before each ModifyDeviceInfo
-and the *outcome* after. A rerun after an interruption reads it back: a device whose
-current expiry is already past the intent's old expiry plus the one-week guard was
-extended (by this run, its interrupted predecessor, or someone else) and is skipped.
+years. A journal (JSON lines, fsynced; the runtime's agent.renewal_journal) records an
+*intent* before each ModifyDeviceInfo and the *outcome* after. A rerun after an
+interruption reads it back: a device whose current expiry is already past the intent's
+old expiry plus the one-week guard was extended (by this run, its interrupted
+predecessor, or someone else) and is skipped.
 The service's own guard (ExpiredDay must match the record within a week) backs this up.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
 from provisioning.cloudauth import GUARD_DAYS, DeviceInfo, RequestError, extended_past_guard, parse_day
 
-__all__ = ["GUARD_DAYS", "RenewalDecision", "RenewalEntry", "RenewalJournal", "decide"]
+__all__ = ["GUARD_DAYS", "RenewalDecision", "RenewalEntry", "decide"]
 
 Outcome = Literal["intent", "extended", "failed"]
 
@@ -43,44 +41,6 @@ class RenewalDecision:
 
     action: Literal["extend", "skip"]
     reason: str = ""
-
-
-class RenewalJournal:
-    """Append-only JSON-lines file; each line is flushed and fsynced before the next call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._latest: dict[str, RenewalEntry] = {}
-        if path.exists():
-            self._load()
-
-    def latest(self, device_id: str) -> RenewalEntry | None:
-        """The last thing recorded for a device."""
-        return self._latest.get(device_id)
-
-    def record(self, entry: RenewalEntry) -> None:
-        """Append durably."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(asdict(entry), ensure_ascii=False) + "\n"
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._latest[entry.device_id] = entry
-
-    def _load(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = RenewalEntry(**json.loads(line))
-            except (ValueError, TypeError):
-                # A torn last line from a crash mid-write is expected; anything else is not ours.
-                if number == len(lines):
-                    continue
-                raise ValueError(f"renewal journal {self.path} line {number} is not a journal entry") from None
-            self._latest[entry.device_id] = entry
 
 
 def decide(device: DeviceInfo, previous: RenewalEntry | None) -> RenewalDecision:

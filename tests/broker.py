@@ -1,6 +1,6 @@
 """Mosquitto for tests: the ``mqtt_broker``, ``broker_factory`` and ``mqtt_pki`` fixtures, and a test PKI.
 
-The broker handle itself is :class:`agent.mqtt.broker.MosquittoBroker` (the demo uses it too);
+The broker handle itself is :class:`provisioning_lab.broker.MosquittoBroker` (the demo uses it too);
 it is re-exported here with its helpers so tests import everything broker-related from one place.
 :func:`make_pki` writes a CA, a server certificate for 127.0.0.1/localhost and a client
 certificate for TLS and mTLS tests.
@@ -24,14 +24,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.mqtt.broker import HOST
-from agent.mqtt.broker import MOSQUITTO_MISSING as MOSQUITTO_MISSING  # re-exported: tests import from here
-from agent.mqtt.broker import BrokerStartError as BrokerStartError
-from agent.mqtt.broker import BrokerTls as BrokerTls
-from agent.mqtt.broker import MosquittoBroker as MosquittoBroker
-from agent.mqtt.broker import MosquittoNotFound as MosquittoNotFound
-from agent.mqtt.broker import hash_password as hash_password
-from agent.mqtt.broker import write_password_file as write_password_file
+from provisioning_lab.broker import HOST
+from provisioning_lab.broker import MOSQUITTO_MISSING as MOSQUITTO_MISSING  # re-exported: tests import from here
+from provisioning_lab.broker import BrokerStartError as BrokerStartError
+from provisioning_lab.broker import BrokerTls as BrokerTls
+from provisioning_lab.broker import MosquittoBroker as MosquittoBroker
+from provisioning_lab.broker import MosquittoNotFound as MosquittoNotFound
+from provisioning_lab.broker import hash_password as hash_password
+from provisioning_lab.broker import write_password_file as write_password_file
 
 __all__ = ["broker_factory_fixture", "mqtt_broker_fixture", "mqtt_pki_fixture"]
 

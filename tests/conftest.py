@@ -1,7 +1,7 @@
 """Fixtures shared by every test: one real Cloudauth emulator process per session.
 
 ``emulator`` resets the emulator (licences, keys, nonces, jobs, faults, clock) before each test
-and returns the :class:`~agent.emulator.EmulatorProcess` handle: ``.url``, ``.access_key_id``,
+and returns the :class:`~provisioning_lab.emulator.EmulatorProcess` handle: ``.url``, ``.access_key_id``,
 ``.access_key_secret`` and the admin helpers (``set_faults``, ``audit``, ``activate``, ...).
 ``signed`` sends hand-signed V1/V3 requests to it (``provisioning.cloudauth._signing``).
 """
@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.emulator import EmulatorProcess
 from provisioning.cloudauth._signing import (
     canonical_query_v3,
     canonical_request_v3,
@@ -25,6 +24,7 @@ from provisioning.cloudauth._signing import (
     timestamp,
     v3_authorization,
 )
+from provisioning_lab.emulator import EmulatorProcess
 
 TEST_ACCESS_KEY_ID = "testid"
 TEST_ACCESS_KEY_SECRET = "testsecret"
@@ -162,3 +162,8 @@ def signed(emulator: EmulatorProcess) -> Iterator[SignedRequests]:
 from tests.broker import broker_factory_fixture, mqtt_broker_fixture, mqtt_pki_fixture  # noqa: E402
 
 __all__ = ["broker_factory_fixture", "mqtt_broker_fixture", "mqtt_pki_fixture"]
+
+# A real PostgreSQL per session for the shared-ledger tests (tests/postgres.py): postgres_server, ledger_url.
+from tests.postgres import ledger_url_fixture, postgres_server_fixture  # noqa: E402
+
+__all__ += ["ledger_url_fixture", "postgres_server_fixture"]

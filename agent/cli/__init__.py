@@ -11,7 +11,7 @@ from typing import Final
 
 from agent.cli._exit import ExitCode
 
-__all__ = ["ExitCode", "build_parser", "main"]
+__all__ = ["ExitCode", "build_parser", "main", "run_handler"]
 
 
 DAEMON_COMMANDS: Final = frozenset({"run", "check-config"})
@@ -20,8 +20,8 @@ DAEMON_COMMANDS: Final = frozenset({"run", "check-config"})
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered (only the daemon's for ``run``).
 
-    The daemon runs for months: it does not load the demo, the emulator, the simulator and their
-    libraries just to build a parser it will not use (several MB of resident memory).
+    The daemon runs for months: it does not load the operator commands and their libraries just
+    to build a parser it will not use (several MB of resident memory).
     """
     parser = argparse.ArgumentParser(
         prog="provisioning-agent",
@@ -34,17 +34,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _run.add_parsers(commands)
     if command in DAEMON_COMMANDS:
         return parser
-    from agent.cli import _audit, _cloud, _demo, _ops, _report
-    from agent.emulator import _cli as emulator_cli
-    from agent.simulator import _cli as simulator_cli
+    from agent.cli import _audit, _cloud, _ops, _report
 
     _cloud.add_parser(commands)
-    emulator_cli.add_parser(commands)
-    _demo.add_parser(commands)
     _ops.add_parsers(commands)
     _audit.add_parser(commands)
     _report.add_parser(commands)
-    simulator_cli.add_parser(commands)
     return parser
 
 
@@ -58,7 +53,11 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     arguments = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(arguments[0] if arguments else None)
+    return run_handler(build_parser(arguments[0] if arguments else None), arguments)
+
+
+def run_handler(parser: argparse.ArgumentParser, arguments: list[str]) -> int:
+    """Parse ``arguments`` and run the chosen sub-command's handler; the process exit code."""
     args = parser.parse_args(arguments)
     try:
         code: int = args.handler(args)

@@ -14,18 +14,8 @@ from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, print_table, report_error, stderr_console
 from agent.cli._renew import run_renew
 from agent.cli._sdk import run_sdk
-from provisioning.cloudauth import (
-    DEFAULT_ENDPOINT,
-    CloudauthClient,
-    CloudauthError,
-    DeviceInfo,
-    LicenceTerm,
-    RequestError,
-    RetryPolicy,
-    Timeouts,
-    resolve_credentials,
-    shared_rate_limiter,
-)
+from agent.cloud import DEFAULT_ENDPOINT, CloudauthClient, resolve_credentials, shared_rate_limiter
+from provisioning.cloudauth import CloudauthError, DeviceInfo, LicenceTerm, RequestError, RetryPolicy, Timeouts
 
 __all__ = ["add_parser", "client_from_args"]
 

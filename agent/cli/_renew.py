@@ -11,8 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, print_table, stderr_console
-from provisioning.cloudauth import CloudauthClient, CloudauthError, DeviceInfo, RequestError, parse_day
-from provisioning.renewal import RenewalEntry, RenewalJournal, decide
+from agent.cloud import CloudauthClient
+from agent.renewal_journal import RenewalJournal
+from provisioning.cloudauth import CloudauthError, DeviceInfo, RequestError, parse_day
+from provisioning.renewal import RenewalEntry, decide
 
 __all__ = ["run_renew"]
 

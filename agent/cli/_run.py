@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 
 from agent.brokerauth import broker_credentials, explain_broker_refusal
 from agent.cli._exit import ExitCode
+from agent.cloud import resolve_credentials
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from agent.journal import JournalError
 from agent.logs import setup_logging
 from agent.mqtt import MqttConfigError
-from provisioning.cloudauth import CredentialsError, resolve_credentials
+from provisioning.cloudauth import CredentialsError
 from provisioning.profiles import Profile, ProfileError, load_profiles
-from provisioning.workflow import JournalError
 
 if TYPE_CHECKING:
     from agent.daemon import ProvisioningAgent

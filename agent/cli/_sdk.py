@@ -15,7 +15,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, stderr_console
-from provisioning.cloudauth import CloudauthClient, NetworkError, RequestError, ServiceError
+from agent.cloud import CloudauthClient
+from provisioning.cloudauth import NetworkError, RequestError, ServiceError
 
 __all__ = ["run_sdk"]
 

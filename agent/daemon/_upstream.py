@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
-from agent.daemon._worker import JournalWorker
-from provisioning.httpclient import HttpClient
+from agent.http import HttpClient
+from agent.journal import JournalWorker
 from provisioning.reportsig import HEADER, SIGNATURE_MEMBER, ReportSigner, header_value
 from provisioning.secret import Secret
 

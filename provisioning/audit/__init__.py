@@ -1,8 +1,9 @@
 """The tamper-evident audit trail of every AuthKey: minted, pushed, consumed, abandoned (docs/audit.md).
 
-The chain (``_chain``) and the reconciliation with the cloud (``_reconcile``) are pure; the
-journal (provisioning.workflow) stores the trail in its SQLite file through ``_store`` and
-derives the entries its state changes imply (``_events``) in the same transaction.
+The chain (``_chain``), the entries a state change implies (``_events``) and the
+reconciliation with the cloud (``_reconcile``) are pure; the runtime's journal (agent.journal)
+stores the trail beside the device records and appends the implied entries in the same
+transaction as the change.
 """
 
 from provisioning.audit._chain import (
@@ -10,6 +11,7 @@ from provisioning.audit._chain import (
     GENESIS_HASH,
     AuditEntry,
     ChainBreak,
+    DetailValue,
     StoredEntry,
     canonical_bytes,
     chain_hash,
@@ -24,6 +26,7 @@ __all__ = [
     "GENESIS_HASH",
     "AuditEntry",
     "ChainBreak",
+    "DetailValue",
     "Findings",
     "ImpliedEntry",
     "StoredEntry",

@@ -1,7 +1,8 @@
-"""Client of Alibaba Cloud's Cloudauth offline-SDK server API (the five actions of the seed documents)."""
+"""Alibaba Cloud's Cloudauth offline-SDK server API, without I/O: signing, requests, answers, errors, retry policy.
 
-from provisioning.cloudauth._client import DEFAULT_ENDPOINT, DEFAULT_VERSION, CloudauthClient, SignatureVersion
-from provisioning.cloudauth._credentials import Credentials, load_credentials_file, resolve_credentials
+The runtime's client (agent.cloud) sends what this package builds and reads what it answers.
+"""
+
 from provisioning.cloudauth._errors import (
     AmbiguousRequestError,
     CloudauthError,
@@ -31,19 +32,14 @@ from provisioning.cloudauth._models import (
     format_day,
     parse_day,
 )
-from provisioning.cloudauth._ratelimit import RateLimiter, shared_rate_limiter
 from provisioning.cloudauth._retry import RetryPolicy, Timeouts
 
 __all__ = [
-    "DEFAULT_ENDPOINT",
-    "DEFAULT_VERSION",
     "GUARD_DAYS",
     "PERMANENT_YEARS",
     "AmbiguousRequestError",
     "AuthKey",
-    "CloudauthClient",
     "CloudauthError",
-    "Credentials",
     "CredentialsError",
     "DeviceInfo",
     "DeviceInfoPage",
@@ -52,7 +48,6 @@ __all__ = [
     "NetworkError",
     "PermanentError",
     "PermissionDeniedError",
-    "RateLimiter",
     "RequestError",
     "RequestTimeout",
     "ResponseError",
@@ -60,15 +55,11 @@ __all__ = [
     "RetryableError",
     "ServiceError",
     "SignatureError",
-    "SignatureVersion",
     "ThrottledError",
     "Timeouts",
     "VerifySdkStatus",
     "extended_past_guard",
     "format_day",
-    "load_credentials_file",
     "parse_day",
     "redact",
-    "resolve_credentials",
-    "shared_rate_limiter",
 ]

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from agent.simulator import DeviceSpec
-from agent.simulator._wire import register_message, result_failed_message, result_ok_message
 from provisioning.protocol import ProtocolError, Register, Result, decode_device_message
+from provisioning_lab.simulator import DeviceSpec
+from provisioning_lab.simulator._wire import register_message, result_failed_message, result_ok_message
 from tests.fuzz.hostile import (
     FUZZ_SCALE,
     check_decode,

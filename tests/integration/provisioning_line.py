@@ -16,9 +16,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.daemon._process import AgentProcess, write_config
-from agent.emulator import EmulatorProcess
-from agent.simulator import FleetReport, Timing, run_fleet
+from provisioning_lab.agentprocess import AgentProcess, write_config
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import FleetReport, Timing, run_fleet
 from tests.broker import MosquittoBroker
 
 __all__ = ["FAST", "MODEL", "PROFILES", "Line", "Watcher", "line_fixture"]
@@ -50,7 +50,8 @@ class Watcher:
         for topic in topics:
             self._client.subscribe(topic, qos=1)
         self._client.loop_start()
-        time.sleep(0.2)
+        if not self.wait_for(lambda: self.subscribed(len(topics)), timeout=10):
+            raise RuntimeError(f"the broker did not acknowledge the subscriptions to {topics}")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connack = reason
@@ -66,6 +67,11 @@ class Watcher:
             payload = {"raw": message.payload.decode("utf-8", "replace")}
         with self._lock:
             self.messages.append((message.topic, payload))
+
+    def subscribed(self, count: int) -> bool:
+        """The broker acknowledged ``count`` subscriptions (SUBACK), so nothing published after is missed."""
+        with self._lock:
+            return len(self.granted) >= count
 
     def on(self, topic: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -114,14 +120,20 @@ class Line:
             "http": {"listen": ""},  # several agents at once: no fixed port (tests that need it set one)
         }
         for section, table in sections.items():
-            values[section] = {**values.get(section, {}), **table}
+            base = values.get(section, {})
+            values[section] = {**(base if isinstance(base, dict) else {"path": base}), **table}
         return write_config(self.tmp_path / f"{name}.toml", values)
 
     def start_agent(
-        self, name: str = "gw1", env: dict[str, str] | None = None, profiles: str = PROFILES, **sections: dict[str, Any]
+        self,
+        name: str = "gw1",
+        env: dict[str, str] | None = None,
+        profiles: str = PROFILES,
+        launcher: tuple[str, ...] = ("-m", "agent"),
+        **sections: dict[str, Any],
     ) -> AgentProcess:
         config = self.config(name, profiles, **sections)
-        agent = AgentProcess(config, env={**self.env, **(env or {})}).start()
+        agent = AgentProcess(config, env={**self.env, **(env or {})}, launcher=launcher).start()
         self.agents.append(agent)
         return agent
 

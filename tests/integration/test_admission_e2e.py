@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent._ports import free_port
-from agent.simulator import fleet_specs
 from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes
+from provisioning_lab._ports import free_port
+from provisioning_lab.simulator import fleet_specs
 from tests.integration.provisioning_line import MODEL, PROFILES, Line, Watcher, line_fixture
 
 __all__ = ["line_fixture"]  # the fixture, imported so pytest finds it here
@@ -176,8 +176,8 @@ def test_signatures_good_and_bad_in_both_modes(line: Line, tmp_path: Path) -> No
 
 
 def test_a_flood_of_registrations_never_exceeds_the_hourly_quota(line: Line, tmp_path: Path) -> None:
-    quota = 10
-    line.start_agent(admission={"per_hour": quota})
+    quota = 10  # one profile: the line's quota is all its own (with several, each model has its share)
+    line.start_agent(profiles=profiles(tmp_path, ""), admission={"per_hour": quota})
     devices = Devices(line)
     ids = [f"FLOOD-{n:03d}" for n in range(60)]
     for _ in range(2):  # every device sends its register twice, all at once
@@ -207,14 +207,15 @@ def test_quota_use_survives_a_kill_9(line: Line, tmp_path: Path) -> None:
     quota = 5
     port = free_port()
     admission, http = {"per_hour": quota}, {"listen": f"127.0.0.1:{port}"}
-    line.start_agent(admission=admission, http=http)
+    one_model = profiles(tmp_path, "")
+    line.start_agent(profiles=one_model, admission=admission, http=http)
     devices = Devices(line)
     first = [f"K-{n}" for n in range(quota)]
     for device_id in first:
         devices.register(device_id)
     assert all(a["type"] == "key" for a in devices.wait_answered(first).values())
     line.agents[-1].kill()
-    line.start_agent(admission=admission, http=http)
+    line.start_agent(profiles=one_model, admission=admission, http=http)
     assert status(port)["admission"]["quota"]["line"]["hour"] == {"used": quota, "limit": quota}
     later = [f"L-{n}" for n in range(5)]
     for device_id in later:

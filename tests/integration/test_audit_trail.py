@@ -23,9 +23,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent._ports import free_port
-from agent.simulator import Behaviour, FleetReport, fleet_specs
 from provisioning.reportsig import HEADER, parse_header, verify_report
+from provisioning_lab._ports import free_port
+from provisioning_lab.simulator import Behaviour, FleetReport, fleet_specs
 from tests.conftest import SignedRequests
 from tests.integration.provisioning_line import MODEL, Line, line_fixture
 

@@ -24,8 +24,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.emulator import EmulatorProcess
-from agent.simulator import fleet_specs
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import fleet_specs
 from tests.broker import MosquittoBroker, Pki, make_pki
 from tests.integration.provisioning_line import MODEL, Line
 

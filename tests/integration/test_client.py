@@ -11,15 +11,12 @@ from typing import Any
 
 import pytest
 
-from agent.emulator import EmulatorProcess
+from agent.cloud import CloudauthClient, Credentials, RateLimiter
 from provisioning.cloudauth import (
     AmbiguousRequestError,
-    CloudauthClient,
-    Credentials,
     CredentialsError,
     LicenceTerm,
     NetworkError,
-    RateLimiter,
     RequestError,
     RequestTimeout,
     RetryPolicy,
@@ -29,6 +26,7 @@ from provisioning.cloudauth import (
     Timeouts,
 )
 from provisioning.secret import Secret
+from provisioning_lab.emulator import EmulatorProcess
 
 FAST_RETRY = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, total_time=10)
 

@@ -7,15 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from provisioning.cloudauth import (
-    CloudauthClient,
-    Credentials,
-    LicenceTerm,
-    RateLimiter,
-    ResponseError,
-    RetryPolicy,
-    ServiceError,
-)
+from agent.cloud import CloudauthClient, Credentials, RateLimiter
+from provisioning.cloudauth import LicenceTerm, ResponseError, RetryPolicy, ServiceError
 from provisioning.secret import Secret
 
 

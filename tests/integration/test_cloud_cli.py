@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.emulator import EmulatorProcess
+from provisioning_lab.emulator import EmulatorProcess
 
 
 def run(

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from agent.emulator import EmulatorProcess
+from provisioning_lab.emulator import EmulatorProcess
 from tests.conftest import SignedRequests
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.emulator import ActivationError, EmulatorProcess
 from provisioning.cloudauth._signing import new_nonce, timestamp
+from provisioning_lab.emulator import ActivationError, EmulatorProcess
 from tests.conftest import SignedRequests
 
 REQUEST_ID = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agent.cli._exit import ExitCode
-from agent.emulator import EmulatorProcess, EmulatorStartError
+from provisioning_lab.emulator import EmulatorProcess, EmulatorStartError
 from tests.conftest import SignedRequests
 
 
@@ -73,7 +73,7 @@ def test_start_up_flags_set_the_initial_faults() -> None:
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", "emulator", *args],
+        [sys.executable, "-m", "provisioning_lab", "emulator", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -116,7 +116,7 @@ def test_corrupt_state_file_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_one_url_line_demo_key_notice_verbose_log_and_clean_stop(signum: signal.Signals) -> None:
-    command = [sys.executable, "-m", "agent", "emulator", "--verbose"]
+    command = [sys.executable, "-m", "provisioning_lab", "emulator", "--verbose"]
     with subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

@@ -24,7 +24,7 @@ from aliyunsdkcore.acs_exception.exceptions import ServerException as CoreServer
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkcore.request import CommonRequest, RpcRequest
 
-from agent.emulator import EmulatorProcess
+from provisioning_lab.emulator import EmulatorProcess
 
 
 @pytest.fixture(autouse=True)

@@ -26,10 +26,6 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.simulator import SerialDevice, SerialJig, fleet_specs, queue_specs
-from agent.simulator._jig import JigPort
-from agent.simulator._sdk import EmulatorSdk
-from agent.simulator._serial import run_port_queue
 from provisioning.protocol import ProtocolError, decode_device_message
 from provisioning.serial import (
     MAX_PAYLOAD,
@@ -42,6 +38,10 @@ from provisioning.serial import (
     SendBytes,
     encode_frame,
 )
+from provisioning_lab.simulator import SerialDevice, SerialJig, fleet_specs, queue_specs
+from provisioning_lab.simulator._jig import JigPort
+from provisioning_lab.simulator._sdk import EmulatorSdk
+from provisioning_lab.simulator._serial import run_port_queue
 from tests.fuzz.hostile import mutate, random_message, readable_ids
 from tests.integration.provisioning_line import FAST, MODEL, Line, line_fixture
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.httpclient import AnswerLost, AnswerUnreadable, ConnectFailed, HttpClient
+from agent.http import AnswerLost, AnswerUnreadable, ConnectFailed, HttpClient
 from tests.broker import make_pki
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

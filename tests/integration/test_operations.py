@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent._ports import free_port
-from agent.daemon._process import AgentProcess
-from agent.simulator import fleet_specs
+from provisioning_lab._ports import free_port
+from provisioning_lab.agentprocess import AgentProcess
+from provisioning_lab.simulator import fleet_specs
 from tests.integration.provisioning_line import MODEL, PROFILES, Line, line_fixture
 
 __all__ = ["line_fixture"]

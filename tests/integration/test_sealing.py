@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent.emulator import EmulatorProcess
-from agent.simulator import Behaviour, DeviceSpec, fleet_specs
 from provisioning.sealing import SealedKey, SealingError, open_sealed_key
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import Behaviour, DeviceSpec, fleet_specs
 from tests.broker import MosquittoBroker
 from tests.integration.provisioning_line import MODEL, PROFILES, Line
 

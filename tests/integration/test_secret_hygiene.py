@@ -31,12 +31,12 @@ import aiohttp
 import httpx
 import pytest
 
-from agent._ports import free_port
-from agent.daemon._process import write_config
-from agent.emulator import EmulatorProcess
-from agent.simulator import Behaviour, SerialDevice, SerialJig, fleet_specs, queue_specs
-from agent.simulator._sdk import EmulatorSdk
-from agent.simulator._serial import run_port_queue
+from provisioning_lab._ports import free_port
+from provisioning_lab.agentprocess import write_config
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import Behaviour, SerialDevice, SerialJig, fleet_specs, queue_specs
+from provisioning_lab.simulator._sdk import EmulatorSdk
+from provisioning_lab.simulator._serial import run_port_queue
 from tests.broker import MosquittoBroker
 from tests.integration.provisioning_line import FAST, MODEL, PROFILES, Line, Watcher
 

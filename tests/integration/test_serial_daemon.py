@@ -1,6 +1,6 @@
 """Serial devices end to end: the real agent process, the emulator over HTTP, simulated devices on a pty jig.
 
-The devices are the simulator's (agent/simulator/_serial.py): the same device machine as the MQTT
+The devices are the simulator's (lab/provisioning_lab/simulator/_serial.py): the same device machine as the MQTT
 fleet, over the link layer, on pseudo-terminals the agent finds through its ``[serial] ports``
 glob. Each test tries to break an invariant of DESIGN.md on a serial line: one licence per device,
 no key used after its deadline, nothing lost across unplugs and crashes, bad bytes answered
@@ -24,10 +24,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.daemon._process import AgentProcess
-from agent.simulator import JigPort, Noise, PortQueue, SerialDevice, SerialJig, fleet_specs, queue_specs
-from agent.simulator._sdk import EmulatorSdk
-from agent.simulator._serial import run_port_queue
+from provisioning_lab.agentprocess import AgentProcess
+from provisioning_lab.simulator import JigPort, Noise, PortQueue, SerialDevice, SerialJig, fleet_specs, queue_specs
+from provisioning_lab.simulator._sdk import EmulatorSdk
+from provisioning_lab.simulator._serial import run_port_queue
 from tests.integration.provisioning_line import FAST, Line, line_fixture
 
 __all__ = ["line_fixture"]  # the fixture, imported so pytest finds it here
@@ -251,7 +251,7 @@ def test_kill_9_mid_device_restart_resumes_with_one_licence_each(line: Line, jig
 def test_simulate_command_drives_serial_devices_over_its_own_jig(line: Line, tmp_path: Path) -> None:
     folder = tmp_path / "cli-jig"
     line.start_agent(serial=serial_section(folder / "port-*"))
-    command = [sys.executable, "-m", "agent", "simulate", "--emulator", line.emulator.url, "--json",
+    command = [sys.executable, "-m", "provisioning_lab", "simulate", "--emulator", line.emulator.url, "--json",
                "--serial-dir", str(folder), "--serial-ports", "3", "--serial-devices", "5",
                "--time-scale", "0.05", "--deadline", "60"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=100, check=False)

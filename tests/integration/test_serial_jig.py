@@ -1,4 +1,4 @@
-"""The simulator's serial jig (agent/simulator/_jig.py) over real pseudo-terminals, and its pure parts.
+"""The simulator's serial jig (lab/provisioning_lab/simulator/_jig.py) over real pseudo-terminals, and its pure parts.
 
 The far side of each port is opened the way the agent opens it: pyserial on the link in the jig's
 folder. Timing is only ever checked from below (the jig must never deliver faster than the line
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import serial
 
-from agent.simulator import Noise, SerialJig, line_rate, queue_specs
-from agent.simulator._jig import _pieces
-from agent.simulator._serial import PortQueue
-from agent.simulator._serial_cli import _noise, add_serial_arguments, wants_serial
-from agent.simulator._spec import DeviceSpec
 from provisioning.serial import Frame, FrameDecoder, FrameType, encode_frame
+from provisioning_lab.simulator import Noise, SerialJig, line_rate, queue_specs
+from provisioning_lab.simulator._jig import _pieces
+from provisioning_lab.simulator._serial import PortQueue
+from provisioning_lab.simulator._serial_cli import _noise, add_serial_arguments, wants_serial
+from provisioning_lab.simulator._spec import DeviceSpec
 
 WAIT_S = 10.0
 
@@ -311,7 +311,7 @@ def test_simulate_serial_options_parse_and_refuse_bad_input() -> None:
 
 def test_simulate_without_any_transport_is_a_usage_error() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "agent", "simulate", "--emulator", "http://127.0.0.1:9"],
+        [sys.executable, "-m", "provisioning_lab", "simulate", "--emulator", "http://127.0.0.1:9"],
         capture_output=True,
         text=True,
         timeout=60,

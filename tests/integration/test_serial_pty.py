@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import pytest
 import serial
 
-from agent.simulator import Noise as LineNoise
 from provisioning.serial import (
     MAX_ENCODED,
     DropReason,
@@ -41,6 +40,7 @@ from provisioning.serial import (
     MessageReceived,
     SendBytes,
 )
+from provisioning_lab.simulator import Noise as LineNoise
 
 LINE_RATE = 115200 // 10  # bytes/s at 115200 8N1
 FAST = LinkConfig(ack_timeout_s=0.1, hello_interval_s=0.2)  # test pace; the protocol's defaults are 0.5 s and 1 s

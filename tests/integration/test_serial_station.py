@@ -25,9 +25,9 @@ import pytest
 import serial
 import serial.rfc2217
 
-from agent.daemon._process import AgentProcess, write_config
-from agent.emulator import EmulatorProcess
 from provisioning.serial import LinkConfig, LinkEndpoint, MessageReceived, SendBytes
+from provisioning_lab.agentprocess import AgentProcess, write_config
+from provisioning_lab.emulator import EmulatorProcess
 
 PROFILES = str(Path(__file__).parents[2] / "hardware-profiles")
 MODEL = "gate-controller-g2"

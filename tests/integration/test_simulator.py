@@ -27,11 +27,6 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent._ports import free_port
-from agent.emulator import EmulatorProcess
-from agent.simulator import Behaviour, DeviceSpec, FleetReport, Timing, fleet_specs, run_fleet
-from agent.simulator._cli import add_parser
-from agent.simulator._wire import GARBAGE_EXPECTED_CODES, format_instant
 from provisioning.protocol import (
     Done,
     ErrorReply,
@@ -44,6 +39,11 @@ from provisioning.protocol import (
     encode,
 )
 from provisioning.secret import Secret
+from provisioning_lab._ports import free_port
+from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.simulator import Behaviour, DeviceSpec, FleetReport, Timing, fleet_specs, run_fleet
+from provisioning_lab.simulator._cli import add_parser
+from provisioning_lab.simulator._wire import GARBAGE_EXPECTED_CODES, format_instant
 from tests.conftest import SignedRequests
 
 FAST = Timing(time_scale=0.05, late_by_s=0.3)  # protocol timeouts of 10 s become 0.5 s

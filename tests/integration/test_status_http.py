@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from agent._ports import free_port
 from agent.daemon._http import HttpListenError, StatusServer
 from agent.metrics import Metrics
+from provisioning_lab._ports import free_port
 
 
 @pytest.fixture(name="server")

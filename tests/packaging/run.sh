@@ -21,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 py=$repo/.venv/bin/python
 # The lab tools (emulator, simulated devices) from the repository's venv.
-lab=("$py" -m agent)
+lab=("$py" -m provisioning_lab)
 cache=${PACKAGE_TEST_CACHE:-/var/cache/provisioning-agent/package-test}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 arch=$(uname -m)

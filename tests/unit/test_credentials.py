@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.cloudauth import CredentialsError, load_credentials_file, resolve_credentials
+from agent.cloud import load_credentials_file, resolve_credentials
+from provisioning.cloudauth import CredentialsError
 
 SECRET = "s3cr3t-value-never-shown"
 

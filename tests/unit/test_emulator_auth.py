@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.emulator._actions import ACTIONS
-from agent.emulator._auth import NonceCache, RawCall, RequestVerifier, parse_call
-from agent.emulator._errors import ApiError
-from agent.emulator._render import ResponseFormat
+from provisioning_lab.emulator._actions import ACTIONS
+from provisioning_lab.emulator._auth import NonceCache, RawCall, RequestVerifier, parse_call
+from provisioning_lab.emulator._errors import ApiError
+from provisioning_lab.emulator._render import ResponseFormat
 
 PINNED = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # the vectors' Timestamp
 KEYS = {"testid": "testsecret"}

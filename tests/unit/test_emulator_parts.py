@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.emulator._artifact import sdk_zip
-from agent.emulator._faults import FaultConfig, FaultInjector, fault_status
-from agent.emulator._persist import load_state_file, save_state_file
-from agent.emulator._render import ResponseFormat, error_fields, render
-from agent.emulator._state import SdkJob
+from provisioning_lab.emulator._artifact import sdk_zip
+from provisioning_lab.emulator._faults import FaultConfig, FaultInjector, fault_status
+from provisioning_lab.emulator._persist import load_state_file, save_state_file
+from provisioning_lab.emulator._render import ResponseFormat, error_fields, render
+from provisioning_lab.emulator._state import SdkJob
 
 
 class Ticks:

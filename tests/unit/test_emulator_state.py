@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from agent.emulator._errors import ApiError
-from agent.emulator._state import EmulatorState, format_day, parse_day
+from provisioning_lab.emulator._errors import ApiError
+from provisioning_lab.emulator._state import EmulatorState, format_day, parse_day
 
 START = datetime(2026, 1, 1, 8, 0, tzinfo=UTC).timestamp()
 

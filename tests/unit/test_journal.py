@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.workflow import DeviceRecord, Journal, JournalError, State, build_report
+from agent.journal import Journal, JournalError
+from provisioning.workflow import DeviceRecord, State, build_report
 
 T0 = 1_800_000_000.0
 

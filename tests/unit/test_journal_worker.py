@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon._worker import JournalWorker
-from provisioning.workflow import DeviceRecord, Journal, State, build_report
+from agent.journal import Journal, JournalWorker
+from provisioning.workflow import DeviceRecord, State, build_report
 
 T0 = 1_800_000_000.0
 

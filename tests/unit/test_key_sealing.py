@@ -19,9 +19,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from agent.simulator import DeviceSpec, Timing
-from agent.simulator._machine import Activate, Command, DeviceMachine, Publish
-from agent.simulator._wire import format_instant, parse_agent_message
 from provisioning.profiles import ProfileError, load_profile
 from provisioning.protocol import (
     Key,
@@ -43,6 +40,9 @@ from provisioning.sealing import (
     sealing_aad,
 )
 from provisioning.secret import Secret
+from provisioning_lab.simulator import DeviceSpec, Timing
+from provisioning_lab.simulator._machine import Activate, Command, DeviceMachine, Publish
+from provisioning_lab.simulator._wire import format_instant, parse_agent_message
 
 DOC = pathlib.Path(__file__).parents[2] / "docs" / "protocol.md"
 AUTH_KEY = "auth.1KQMcnLd4m37LN2D0F0WCD-1qtQI$"

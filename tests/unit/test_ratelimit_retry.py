@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from provisioning.cloudauth import RateLimiter, RequestTimeout, RetryPolicy, ThrottledError
+from agent.cloud import RateLimiter
+from provisioning.cloudauth import RequestTimeout, RetryPolicy, ThrottledError
 
 
 class Clock:

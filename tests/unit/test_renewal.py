@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.renewal_journal import RenewalJournal
 from provisioning.cloudauth import DeviceInfo
-from provisioning.renewal import RenewalEntry, RenewalJournal, decide
+from provisioning.renewal import RenewalEntry, decide
 
 
 def device(expired_day: str) -> DeviceInfo:

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from agent.brokerauth import broker_credentials
+from agent.cloud import CloudauthClient, load_credentials_file
 from agent.config import ConfigError, load_config
-from agent.daemon._process import write_config
 from agent.daemon._upstream import WebhookSink
 from agent.mqtt import MqttConnection, MqttSettings
-from provisioning.cloudauth import CloudauthClient, CredentialsError, load_credentials_file
+from agent.secretfile import SecretFileError, check_private_file, read_secret_text
+from provisioning.cloudauth import CredentialsError
 from provisioning.secret import Secret
-from provisioning.secretfile import SecretFileError, check_private_file, read_secret_text
+from provisioning_lab.agentprocess import write_config
 from tests.broker import make_pki
 
 PASSWORD = "mqtt-pw-7f3a9c"

@@ -8,22 +8,6 @@ from collections.abc import Sequence
 
 import pytest
 
-from agent.simulator import Behaviour, DeviceOutcome, DeviceSpec, FleetReport, Timing, derive_tid, fleet_specs
-from agent.simulator._machine import Activate, Command, DeviceMachine, Die, Phase, Publish, SetTimer, Stop
-from agent.simulator._outcome import Counters
-from agent.simulator._sdk import ActivationFailure, Licence
-from agent.simulator._wire import (
-    GARBAGE_EXPECTED_CODES,
-    AgentKey,
-    AgentWait,
-    InvalidAgentMessage,
-    format_instant,
-    garbage_messages,
-    parse_agent_message,
-    register_message,
-    result_failed_message,
-    result_ok_message,
-)
 from provisioning.protocol import (
     Done,
     ErrorReply,
@@ -36,6 +20,30 @@ from provisioning.protocol import (
     encode,
 )
 from provisioning.secret import Secret
+from provisioning_lab.simulator import (
+    Behaviour,
+    DeviceOutcome,
+    DeviceSpec,
+    FleetReport,
+    Timing,
+    derive_tid,
+    fleet_specs,
+)
+from provisioning_lab.simulator._machine import Activate, Command, DeviceMachine, Die, Phase, Publish, SetTimer, Stop
+from provisioning_lab.simulator._outcome import Counters
+from provisioning_lab.simulator._sdk import ActivationFailure, Licence
+from provisioning_lab.simulator._wire import (
+    GARBAGE_EXPECTED_CODES,
+    AgentKey,
+    AgentWait,
+    InvalidAgentMessage,
+    format_instant,
+    garbage_messages,
+    parse_agent_message,
+    register_message,
+    result_failed_message,
+    result_ok_message,
+)
 
 NOW = 1_800_000_000.0
 ATTEMPT = "6f1c2a9e0b7d4c33"

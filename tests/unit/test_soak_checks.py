@@ -13,7 +13,7 @@ if str(BENCH) not in sys.path:
 from _soak_checks import KEY_LIFETIME_S, Invariant, check_all, key_ages  # noqa: E402
 from _soak_upstream import Delivery  # noqa: E402
 
-from agent.simulator import Behaviour, Counters, DeviceOutcome  # noqa: E402
+from provisioning_lab.simulator import Behaviour, Counters, DeviceOutcome  # noqa: E402
 
 MINT = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 MINT_ISO = "2026-01-01T00:00:00.000Z"

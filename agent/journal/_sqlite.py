@@ -1,0 +1,465 @@
+"""The gateway's journal: device records and the upstream outbox in one SQLite file (WAL).
+
+Every write commits with ``synchronous=FULL`` before it returns, so what the workflow
+journals survives a power cut. An activation and its upstream report are written in one
+transaction: a device is never activated without a report waiting to go out.
+
+The connection is used from one thread at a time (the runtime gives the journal a
+dedicated worker thread); a lock guards it anyway.
+
+The audit trail (provisioning.audit) lives in the same file: :meth:`Journal.put` and
+:meth:`Journal.complete` append the entries a state change implies (key minted, consumed,
+abandoned) in the transaction that journals the change, so neither exists without the other.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Final
+
+from agent.journal import _audit_store as audit_store
+from agent.journal._protocol import Fence, JournalError, OutboxRow
+from provisioning.admission import ChargeLimit, Mint
+from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, implied_entries, verify_chain
+from provisioning.audit._chain import DetailValue
+from provisioning.workflow import DeviceRecord, State
+
+__all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow"]
+
+SCHEMA_VERSION: Final = 4
+BUSY_TIMEOUT_MS: Final = 5000  # another process (status/export) may hold a read lock briefly
+
+_MIGRATIONS: Final[dict[int, str]] = {
+    1: """
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY, hardware_id TEXT NOT NULL, model TEXT NOT NULL, tid TEXT NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL, attempt TEXT NOT NULL, key_fingerprint TEXT NOT NULL,
+        minted_at REAL NOT NULL, result_due REAL NOT NULL, sdk_device_id TEXT NOT NULL, begin_day TEXT NOT NULL,
+        expired_day TEXT NOT NULL, reconciled INTEGER NOT NULL, error TEXT NOT NULL, updated_at REAL NOT NULL
+    );
+    CREATE INDEX devices_state ON devices(state);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+        payload TEXT NOT NULL, created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL, delivered_at REAL, last_error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX outbox_pending ON outbox(delivered_at, next_attempt_at);
+    """,
+    2: audit_store.AUDIT_SCHEMA,
+    # Keys charged to the admission quotas (provisioning.admission), written before CreateAuthKey.
+    3: """
+    CREATE TABLE admission_charges (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, model TEXT NOT NULL,
+        work_order TEXT NOT NULL, at REAL NOT NULL
+    );
+    CREATE INDEX admission_charges_at ON admission_charges(at);
+    CREATE INDEX admission_charges_order ON admission_charges(work_order);
+    """,
+    # Keys counted against max_attempts only once delivered; charges keyed on the sender too. Rows
+    # written before count as delivered (as they were counted then).
+    4: """
+    ALTER TABLE devices ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN delivered_attempt TEXT NOT NULL DEFAULT '';
+    UPDATE devices SET delivered = attempts, delivered_attempt = attempt;
+    ALTER TABLE admission_charges ADD COLUMN sender TEXT NOT NULL DEFAULT '';
+    """,
+}
+_COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
+_UNFINISHED: Final = (State.MINTING.value, State.PUSHED.value, State.UNSURE.value)
+# Column names are our own constants, never input.
+_SELECT_RECORDS: Final = f"SELECT {', '.join(_COLUMNS)} FROM devices"  # noqa: S608
+
+
+class Journal:
+    """Durable device records and outbox; open with :meth:`open`.
+
+    A local journal (``shared`` False): this agent is its only writer, so the fences, limits and
+    custody of :class:`~agent.journal.JournalStore` are kept in memory by the daemon and ignored here.
+    """
+
+    shared = False
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, gateway_id: str = "") -> None:
+        self._db = connection
+        self._lock = threading.RLock()  # re-entered by the methods run inside batch()
+        self._in_batch = False
+        self.path = path
+        self.where = str(path)
+        self.gateway_id = gateway_id  # written into every audit entry
+
+    @classmethod
+    def open(cls, path: Path, *, gateway_id: str = "") -> Journal:
+        """Open (creating and migrating) the journal at ``path``; ``gateway_id`` signs its audit entries."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            journal = cls(connection, path, gateway_id)
+            journal._migrate()
+            connection.execute("BEGIN IMMEDIATE")  # can we write? (a file restored as another user cannot)
+            connection.execute("ROLLBACK")
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"journal {path}: {exc}") from exc
+        return journal
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Journal:
+        """Open an existing journal for reading only (export, status): safe beside a running agent."""
+        if not path.exists():
+            raise JournalError(f"journal {path} does not exist")
+        try:
+            connection = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {path}: {exc}") from exc
+        if version != SCHEMA_VERSION:
+            raise JournalError(f"journal {path} has schema {version}; this agent reads schema {SCHEMA_VERSION}")
+        return cls(connection, path)
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._db.close()
+
+    def reader(self) -> Journal:
+        """A read-only twin on a connection of its own (reads never wait for the writer in WAL mode)."""
+        return Journal.open_readonly(self.path)
+
+    # -- devices ----------------------------------------------------------------------------
+
+    def get(self, device_id: str) -> DeviceRecord | None:
+        """The record of a device, or None."""
+        with self._lock:
+            row = self._db.execute(_SELECT_RECORDS + " WHERE device_id = ?", (device_id,)).fetchone()
+        return _record(row) if row else None
+
+    def put(
+        self,
+        record: DeviceRecord,
+        *,
+        charge: Mint | None = None,
+        pushed: dict[str, DetailValue] | None = None,
+        fence: Fence | None = None,  # one writer: no lease to check
+        limits: Sequence[ChargeLimit] = (),  # the in-memory admission is authoritative here
+    ) -> int:
+        """Insert or replace a record, durably; in the same transaction (one fsync, not two or three) also
+        count a key against the quotas (``charge``; returns the charge's row id) and record the first
+        push of the record's key (``pushed``: the entry's detail)."""
+        with self._transaction() as db:
+            self._audit_change(db, record)
+            _upsert(db, record)
+            if pushed is not None:
+                self._append_push(db, record, record.updated_at, pushed)
+            return 0 if charge is None else _insert_charge(db, charge)
+
+    def delete(self, device_id: str, *, fence: Fence | None = None) -> None:
+        """Forget a device that never received a key."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+
+    def complete(self, record: DeviceRecord, report: dict[str, Any], *, now: float, fence: Fence | None = None) -> None:
+        """Store an activated record and queue its report, in one transaction."""
+        with self._transaction() as db:
+            consumed: dict[str, DetailValue] = {"biz_type": str(report.get("biz_type", "")),
+                                                "term": str(report.get("term", ""))}  # fmt: skip
+            self._audit_change(db, record, consumed)
+            _upsert(db, record)
+            db.execute(
+                "INSERT INTO outbox (device_id, idempotency_key, payload, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (record.device_id, report["idempotency_key"], json.dumps(report, ensure_ascii=False), now, now),
+            )
+
+    def unfinished(self) -> list[DeviceRecord]:
+        """Devices between registration and a final state: what a restart resumes."""
+        with self._lock:
+            rows = self._db.execute(_SELECT_RECORDS + " WHERE state IN (?, ?, ?)", _UNFINISHED).fetchall()
+        return [_record(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Devices by state."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM devices GROUP BY state").fetchall()
+        return dict(rows)
+
+    def all_records(self) -> list[DeviceRecord]:
+        """Every record, oldest first (export, tests)."""
+        with self._lock:
+            rows = self._db.execute(_SELECT_RECORDS + " ORDER BY updated_at").fetchall()
+        return [_record(row) for row in rows]
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    def due_reports(self, *, now: float, limit: int) -> list[OutboxRow]:
+        """Undelivered reports due now, at most one per device (the oldest: order is kept per device)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.id, o.device_id, o.idempotency_key, o.payload, o.attempts FROM outbox o "
+                "WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ? AND o.id = ("
+                "  SELECT MIN(id) FROM outbox p WHERE p.device_id = o.device_id AND p.delivered_at IS NULL) "
+                "ORDER BY o.id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [OutboxRow(row[0], row[1], row[2], json.loads(row[3]), row[4]) for row in rows]
+
+    def mark_delivered(self, row_id: int, *, now: float) -> None:
+        """A sink acknowledged the report."""
+        with self._transaction() as db:
+            db.execute("UPDATE outbox SET delivered_at = ? WHERE id = ?", (now, row_id))
+
+    def mark_retry(self, row_id: int, *, next_attempt_at: float, error: str) -> None:
+        """Delivery failed; try again at ``next_attempt_at``."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                (next_attempt_at, error[:500], row_id),
+            )
+
+    def outbox_depth(self) -> int:
+        """Reports not yet delivered."""
+        with self._lock:
+            (depth,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()
+        return int(depth)
+
+    def next_report_due(self) -> float | None:
+        """When the earliest undelivered report is due, or None."""
+        with self._lock:
+            (due,) = self._db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL").fetchone()
+        return float(due) if due is not None else None
+
+    # -- admission charges (quota use survives a crash) -------------------------------------
+
+    def charge(self, mint: Mint) -> int:
+        """Count a key against the quotas, durably, before it is minted; returns the row id."""
+        with self._transaction() as db:
+            return _insert_charge(db, mint)
+
+    def uncharge(self, row_id: int) -> None:
+        """Give a charge back: no key was minted for it."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM admission_charges WHERE id = ?", (row_id,))
+
+    def charges_since(self, since: float) -> list[Mint]:
+        """Charges at or after ``since``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, device_id, model, work_order, at, sender FROM admission_charges WHERE at >= ? ORDER BY at",
+                (since,),
+            ).fetchall()
+        return [Mint(str(r[1]), str(r[2]), str(r[3]), float(r[4]), int(r[0]), str(r[5])) for r in rows]
+
+    def charges_per_order(self) -> dict[str, int]:
+        """Keys ever charged to each work order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != '' GROUP BY work_order"
+            ).fetchall()
+        return {str(order): int(count) for order, count in rows}
+
+    # -- audit trail ------------------------------------------------------------------------
+
+    def audit(self, event: str, record: DeviceRecord, *, now: float, detail: dict[str, DetailValue]) -> AuditEntry:
+        """Append an entry no state change implies (``pushed``, ``abandoned`` of a key lost unpushed)."""
+        with self._transaction() as db:
+            return self._append(db, event, record, record.attempt, record.key_fingerprint, now, detail)
+
+    def record_push(
+        self,
+        record: DeviceRecord,
+        *,
+        now: float,
+        detail: dict[str, DetailValue],
+        fence: Fence | None = None,
+    ) -> AuditEntry:
+        """Append ``pushed`` for the record's attempt (``resend`` says whether it was pushed before)."""
+        with self._transaction() as db:
+            return self._append_push(db, record, now, detail)
+
+    def _append_push(
+        self, db: sqlite3.Connection, record: DeviceRecord, now: float, detail: dict[str, DetailValue]
+    ) -> AuditEntry:
+        resend = audit_store.has_event(db, record.device_id, record.attempt, "pushed")
+        return self._append(db, "pushed", record, record.attempt, record.key_fingerprint, now,
+                            detail | {"resend": resend})  # fmt: skip
+
+    def abandon_unpushed(self, *, now: float) -> list[AuditEntry]:
+        """At start-up: open attempts whose key never got a ``pushed`` entry lost it unused; record that."""
+        entries = []
+        with self._transaction() as db:
+            rows = db.execute(_SELECT_RECORDS + " WHERE state IN (?, ?) AND attempt != ''", _UNFINISHED[1:]).fetchall()
+            for record in map(_record, rows):
+                pushed = audit_store.has_event(db, record.device_id, record.attempt, "pushed")
+                minted = audit_store.has_event(db, record.device_id, record.attempt, "minted")  # not a pre-trail one
+                if pushed or not minted or audit_store.closed(db, record.device_id, record.attempt):
+                    continue
+                detail: dict[str, DetailValue] = {"reason": "unpushed", "error": "key lost before its first push",
+                                                  "was_pushed": False}  # fmt: skip
+                entries.append(self._append(db, "abandoned", record, record.attempt, record.key_fingerprint, now,
+                                            detail))  # fmt: skip
+        return entries
+
+    def attempt_pushed(self, device_id: str, attempt: str) -> bool:
+        """The trail has a ``pushed`` entry for this attempt."""
+        with self._lock:
+            return audit_store.has_event(self._db, device_id, attempt, "pushed")
+
+    def attempt_closed(self, device_id: str, attempt: str) -> bool:
+        """The trail has a ``consumed`` or ``abandoned`` entry for this attempt."""
+        with self._lock:
+            return audit_store.closed(self._db, device_id, attempt)
+
+    def audit_rows(self) -> list[StoredEntry]:
+        """The trail as stored, in seq order (one consistent snapshot)."""
+        with self._lock:
+            return audit_store.read_rows(self._db)
+
+    def verify_audit(self) -> tuple[list[StoredEntry], ChainBreak | None]:
+        """The rows and the first break of the chain (None when intact)."""
+        rows = self.audit_rows()
+        return rows, verify_chain(rows)
+
+    def _audit_change(
+        self, db: sqlite3.Connection, record: DeviceRecord, consumed: dict[str, DetailValue] | None = None
+    ) -> None:
+        row = db.execute(_SELECT_RECORDS + " WHERE device_id = ?", (record.device_id,)).fetchone()
+        implied = implied_entries(
+            _record(row) if row else None,
+            record,
+            closed=lambda attempt: audit_store.closed(db, record.device_id, attempt),
+            pushed=lambda attempt: audit_store.has_event(db, record.device_id, attempt, "pushed"),
+            consumed_detail=consumed,
+        )
+        for entry in implied:
+            self._append(db, entry.event, record, entry.attempt, entry.key_fingerprint, record.updated_at, entry.detail)
+
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        event: str,
+        record: DeviceRecord,
+        attempt: str,
+        fingerprint: str,
+        now: float,
+        detail: dict[str, DetailValue],
+    ) -> AuditEntry:
+        return audit_store.append(
+            db, at=format_at(now), event=event, device_id=record.device_id, model=record.model, attempt=attempt,
+            key_fingerprint=fingerprint, gateway_id=self.gateway_id, detail=detail,
+        )  # fmt: skip
+
+    # -- leases and custody: one agent, nothing shared ---------------------------------------
+
+    def renew(self, fences: Sequence[Fence], custody: Sequence[str]) -> set[str]:
+        """Every lease is this agent's own: none is lost."""
+        return set()
+
+    def key_custodian(self, device_id: str, attempt: str) -> tuple[str, float]:
+        """No other agent holds keys."""
+        return "", 0.0
+
+    def release(self, fence: Fence) -> None:
+        """Nothing to release."""
+
+    # -- internals --------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self, *, durable: bool = True) -> Iterator[None]:
+        """Group commit: every call made inside is durable at one COMMIT (one fsync) when the block ends.
+
+        Each call still runs in its own savepoint, so one that fails leaves the others intact.
+        Nothing done inside may be acted on (a key pushed, an answer sent) before the block ends.
+
+        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this
+        transaction): it survives a crash of the process but maybe not a power cut, and the next
+        durable commit makes it durable too. Only for writes that are redone when lost, such as
+        marking a report delivered (a report sent again is deduplicated by its idempotency key).
+        """
+        with self._lock:
+            try:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = NORMAL")
+                self._db.execute("BEGIN IMMEDIATE")
+                self._in_batch = True
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._in_batch = False
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = FULL")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._in_batch:  # part of a group commit: undo only this call's writes on failure
+                try:
+                    self._db.execute("SAVEPOINT call")
+                    try:
+                        yield self._db
+                    except BaseException:
+                        self._db.execute("ROLLBACK TO call")
+                        raise
+                    finally:
+                        self._db.execute("RELEASE call")
+                except sqlite3.Error as exc:
+                    raise JournalError(f"journal {self.path}: {exc}") from exc
+                return
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path} has schema {version}, newer than this agent's {SCHEMA_VERSION}; upgrade the agent"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]} PRAGMA user_version = {target}; COMMIT;")
+
+
+def _upsert(db: sqlite3.Connection, record: DeviceRecord) -> None:
+    values = [getattr(record, name) for name in _COLUMNS]
+    values[_COLUMNS.index("state")] = record.state.value
+    values[_COLUMNS.index("reconciled")] = int(record.reconciled)
+    placeholders = ", ".join("?" for _ in _COLUMNS)
+    db.execute(f"INSERT OR REPLACE INTO devices ({', '.join(_COLUMNS)}) VALUES ({placeholders})", values)  # noqa: S608
+
+
+def _record(row: tuple[Any, ...]) -> DeviceRecord:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    values["state"] = State(values["state"])
+    values["reconciled"] = bool(values["reconciled"])
+    return DeviceRecord(**values)
+
+
+def _insert_charge(db: sqlite3.Connection, mint: Mint) -> int:
+    cursor = db.execute(
+        "INSERT INTO admission_charges (device_id, model, work_order, at, sender) VALUES (?, ?, ?, ?, ?)",
+        (mint.device_id, mint.model, mint.work_order, mint.at, mint.sender),
+    )
+    return int(cursor.lastrowid or 0)
