@@ -49,6 +49,7 @@ class _Agent:
     token: str | None
     token_problem: str  # why there is no token ('' when there is one, or none is configured)
     socket: Path | None = None  # the agent's Unix socket: asked first, no token needed
+    token_file: Path | None = None
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -153,7 +154,7 @@ def _find_agent(args: argparse.Namespace) -> _Agent:
         socket = None  # asked for this address: do not answer from another agent's socket
     token_file = args.token_file or (Path(http.token_file) if config_path is not None else DEFAULT_TOKEN_FILE)
     token, problem = _read_token(token_file)
-    return _Agent(url, token, problem, socket)
+    return _Agent(url, token, problem, socket, token_file)
 
 
 def _read_token(path: Path) -> tuple[str | None, str]:
@@ -177,6 +178,9 @@ def _fetch(agent: _Agent) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         raise _NoAnswer(f"agent not running: no answer on {agent.url} ({type(exc).__name__})") from None
     if response.status_code in (401, 403):
+        if agent.token is None and not agent.token_problem:
+            raise _Refused(f"the agent on {agent.url} needs its status token (HTTP {response.status_code}), and "
+                           f"{agent.token_file} does not exist: give --token-file or --config")  # fmt: skip
         raise _Refused(agent.token_problem or f"the agent on {agent.url} refused the status token (HTTP "
                        f"{response.status_code})")  # fmt: skip
     if response.status_code != 200:

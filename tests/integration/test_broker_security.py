@@ -261,7 +261,7 @@ def test_a_password_changed_while_running_is_an_error_retried_not_an_exit(
     assert health.status_code == 503
     assert health.json()["reason"].startswith("the MQTT broker refuses the login:")
     assert "Not authorized" in health.json()["reason"]
-    broker_light = httpx.get(f"http://127.0.0.1:{port}/status").json()["station"]["lights"]["broker"]
+    broker_light = line.status(port)["station"]["lights"]["broker"]
     assert broker_light["state"] == "down"
 
 

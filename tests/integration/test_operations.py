@@ -166,7 +166,7 @@ def test_status_command_reads_a_running_agent(line: Line) -> None:
         timeout=30,
     )
     assert no_token.returncode == 3
-    assert "needs the agent's status token" in no_token.stderr
+    assert "needs its status token (HTTP 401), and /nonexistent does not exist" in no_token.stderr
     down = subprocess.run(
         [sys.executable, "-m", "agent", "status", "--url", f"http://127.0.0.1:{free_port()}"],
         capture_output=True,
@@ -289,9 +289,12 @@ def test_a_taken_status_port_is_a_clear_configuration_error(line: Line) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_a_rejected_access_key_turns_health_503_and_says_so_at_start(line: Line, tmp_path: Path) -> None:
+def test_a_rejected_access_key_turns_health_503_and_says_so_at_start(
+    line: Line, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A rotated secret: the agent serves (devices wait), but /health, the status line and the log say why."""
     notify = NotifySocket(tmp_path / "notify.sock")
+    request.addfinalizer(notify.close)
     port = free_port()
     agent = line.start_agent(
         env={"ALIBABA_CLOUD_ACCESS_KEY_SECRET": "rotated-yesterday", "NOTIFY_SOCKET": str(notify.path)},
@@ -310,7 +313,7 @@ def test_a_rejected_access_key_turns_health_503_and_says_so_at_start(line: Line,
     assert "rejects the AccessKey" in log
     assert "put the current AccessKey in the credential" in log
     assert "rotated-yesterday" not in log
-    station = httpx.get(f"{base}/status").json()["station"]
+    station = line.status(port)["station"]
     assert station["lights"]["cloud"]["state"] == "down"
     assert line.emulator.audit()["keys"]["minted"] == 0  # the check spends nothing
     notify.close()

@@ -118,10 +118,11 @@ def test_the_page_follows_devices_as_they_move(line: Line, browser: Any, tmp_pat
             serial={"ports": [str(jig.directory / "port-*")], "usb": False, "scan_interval_s": 0.3},
         )
         base = f"http://127.0.0.1:{port}"
-        browser.get(f"{base}/#token=station-test-token")
+        token = (line.tmp_path / "status.token").read_text(encoding="ascii").strip()  # the agent made it
+        browser.get(f"{base}/#token={token}")  # as `provisioning-agent status --web` prints it
         wait_for(lambda: text(browser, "count-licensed") == "0", what="the first refresh")
         assert "#token" not in browser.current_url  # the token does not stay in the address bar
-        assert browser.execute_script(f"return sessionStorage.getItem('{TOKEN_KEY}')") == "station-test-token"
+        assert browser.execute_script(f"return sessionStorage.getItem('{TOKEN_KEY}')") == token
         assert browser.find_element(By.ID, "light-broker").get_attribute("data-state") == "ok"
         wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".slot")) == 2, what="the two jig slots")
 

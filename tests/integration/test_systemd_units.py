@@ -92,7 +92,8 @@ def test_directories_and_credentials(service: dict[str, list[str]]) -> None:
     assert service["ConfigurationDirectory"] == ["provisioning-agent"]
     (credential,) = service["LoadCredential"]
     assert credential.startswith("cloudauth:/"), "the agent reads $CREDENTIALS_DIRECTORY/cloudauth"
-    assert service["UMask"] == ["0077"]
+    assert service["UMask"] == ["0027"], "the journal: the service user writes, the operators' group reads"
+    assert service["StateDirectoryMode"] == ["0750"]
     assert service["LimitCORE"] == ["0"], "a core dump could hold the AccessKey"
     assert service["RuntimeDirectory"] == ["provisioning-agent"], "the status socket's folder"
     assert int(service["LimitNOFILE"][0]) >= 4096, "room for the status server's cap next to everything else"
@@ -100,7 +101,8 @@ def test_directories_and_credentials(service: dict[str, list[str]]) -> None:
 
 def test_identity_and_serial_access(service: dict[str, list[str]], unit_section: dict[str, list[str]]) -> None:
     assert service["User"] == ["provisioning-agent"]
-    assert service["SupplementaryGroups"] == ["dialout provisioning-operators"]
+    assert service["Group"] == ["provisioning-operators"]
+    assert service["SupplementaryGroups"] == ["dialout"]
     assert service["DevicePolicy"] == ["closed"]
     assert "char-ttyUSB rw" in service["DeviceAllow"]
     assert "char-ttyACM rw" in service["DeviceAllow"]
@@ -158,18 +160,17 @@ def test_every_directive_is_explained() -> None:
 # --- companions -------------------------------------------------------------------------------
 
 
-def test_sysusers_creates_the_service_user() -> None:
+def test_sysusers_creates_the_service_user_and_the_operators_group() -> None:
     entries = [line.split() for line in SYSUSERS.read_text(encoding="utf-8").splitlines() if line[:1] not in "#\n"]
     entries = [entry for entry in entries if entry]
     assert [entry[:2] for entry in entries] == [["u", "provisioning-agent"], ["g", "provisioning-operators"]]
 
 
-def test_tmpfiles_creates_the_state_directory_for_the_service_user_only() -> None:
+def test_tmpfiles_creates_the_state_directory_for_the_service_user_and_the_operators() -> None:
     lines = [line.split() for line in TMPFILES.read_text(encoding="utf-8").splitlines() if line[:1] not in "#\n"]
     by_path = {fields[1]: fields for fields in lines if fields}
-    assert by_path["/var/lib/provisioning-agent"][:5] == [
-        "d", "/var/lib/provisioning-agent", "0700", "provisioning-agent", "provisioning-agent",
-    ]  # fmt: skip
+    for path in ("/var/lib/provisioning-agent", "/var/backups/provisioning-agent"):
+        assert by_path[path][:5] == ["d", path, "0750", "provisioning-agent", "provisioning-operators"]
     assert by_path["/etc/provisioning-agent"][2:5] == ["0755", "root", "root"]
 
 
