@@ -54,6 +54,8 @@ class LineAdmission:
             device_per_minute=config.device_per_minute,
             mqtt_per_second=config.mqtt_per_second,
             serial_per_second=config.serial_per_second,
+            per_login_hour=config.keys_per_login_hour,
+            per_port_hour=config.keys_per_port_hour,
         )
         self.core = Admission(limits)
         self.folder = WorkOrderFolder(Path(config.work_orders_dir)) if config.work_orders_dir else None

@@ -34,10 +34,11 @@ from agent.mqtt import (
     MqttSettings,
     Will,
 )
+from agent.profiles import Profile, ProfileError, load_profiles
 from agent.sdnotify import Notifier
 from agent.serial import SerialTransport
 from provisioning.cloudauth import Timeouts
-from provisioning.profiles import Profile, ProfileError, load_profiles
+from provisioning.profiles import profile_warnings
 from provisioning.protocol import AgentMessage, encode, is_valid_tid
 
 __all__ = ["ProvisioningAgent", "Topics"]
@@ -231,6 +232,9 @@ class ProvisioningAgent:
             self.devices.status.error(f"reload refused: {exc}")
             self.notifier.ready(self._summary_line())
             return False
+        for profile in profiles.values():
+            for warning in profile_warnings(profile):
+                log.warning("configuration warning: %s", warning)
         self.profiles = profiles
         self.devices.profiles = profiles  # devices in flight keep the policy they started with
         if self.serial is not None:

@@ -48,6 +48,8 @@ class LineLimits:
     device_per_minute: int = 30
     mqtt_per_second: int = 0
     serial_per_second: int = 0
+    per_login_hour: int = 10  # keys one MQTT topic id (broker login) may get in any rolling hour
+    per_port_hour: int = 240  # keys one serial port may get in any rolling hour
 
 
 @dataclass(frozen=True, slots=True)

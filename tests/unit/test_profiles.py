@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.profiles import ProfileError, load_profile, load_profiles
+from agent.profiles import ProfileError, load_profile, load_profiles
 
 SHIPPED = sorted((Path(__file__).parents[2] / "hardware-profiles").glob("*.toml"))
 GOOD = 'model = "m1"\nbiz_type = "B"\n[licence]\nyears = 2\n'
@@ -51,7 +51,8 @@ def test_defaults_and_term_labels(tmp_path: Path) -> None:
         (GOOD + "[timeouts]\nactivate_within_s = 3600\n", "timeouts.activate_within_s", "from 5 to 1500"),
         (GOOD + '[policy]\nverify = "yes"\n', "policy.verify", "true or false"),
         ('model = "m"\nbiz_type = "' + "b" * 65 + '"\n[licence]\nyears = 1\n', "biz_type", "at most 64"),
-        ('transports = ["usb"]\n' + GOOD, "transports", "must list some of"),
+        ('transports = ["usb"]\n' + GOOD, "transports", "entry 1 must be one of 'mqtt', 'serial', got 'usb'"),
+        ("transports = []\n" + GOOD, "transports", "must not be empty"),
     ],
 )
 def test_bad_profiles_name_file_key_and_reason(tmp_path: Path, text: str, key: str, reason: str) -> None:
