@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench soak clean broker-check
+.PHONY: demo test lint typecheck unit bench soak clean broker-check docs
 
 $(STAMP): pyproject.toml lab/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "provisioning-agent needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
@@ -35,6 +35,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
+
+## docs: regenerate the key reference tables of docs/configuration.md from the declared schemas
+docs: $(STAMP)
+	$(PY) -m tests.config_reference
 
 ## bench: the benchmarks of bench/ (results go to docs/performance.md by hand; about 10 minutes)
 bench: $(STAMP) broker-check

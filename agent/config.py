@@ -86,13 +86,13 @@ _NAME = Pattern(r"[^/+#]*", "a name without / + #")  # it becomes part of MQTT t
 class CloudConfig:
     """How to reach Cloudauth."""
 
-    endpoint: Annotated[str, _URL] = "https://cloudauth.aliyuncs.com"
+    endpoint: Annotated[str, _URL] = "https://cloudauth.aliyuncs.com"  # the service's URL (or the emulator's)
     signature: Literal["v1", "v3"] = "v1"  # v1 (HMAC-SHA1) or v3 (ACS3-HMAC-SHA256)
     # Calls a second at most: the account's limit is shared by every caller (docs/cloudauth-client.md).
     qps: Annotated[float, Range(0.1, 1000)] = 5.0
     burst: Annotated[int, Range(1, 1000)] = 5  # calls allowed at once after a quiet spell
-    connect_timeout_s: Annotated[float, _TIMEOUT] = 5.0
-    read_timeout_s: Annotated[float, _TIMEOUT] = 10.0
+    connect_timeout_s: Annotated[float, _TIMEOUT] = 5.0  # seconds to connect to the service
+    read_timeout_s: Annotated[float, _TIMEOUT] = 10.0  # seconds to wait for an answer
     credentials_file: Annotated[str, _PATH] = ""  # TOML with access_key_id / access_key_secret (mode 600)
     # An AuthKey's life at the service (30 minutes); shorter only against an emulator run with --key-ttl.
     key_lifetime_s: Annotated[int, Range(10, 1800)] = 1800
@@ -103,16 +103,16 @@ class MqttConfig:
     """The broker the devices talk to."""
 
     enabled: bool = True  # false: a serial-only station without a broker
-    host: Annotated[str, Length(1, 253)] = "127.0.0.1"
-    port: Annotated[int, Range(1, 65535)] = 1883
-    protocol: Literal["5", "3.1.1"] = "5"
+    host: Annotated[str, Length(1, 253)] = "127.0.0.1"  # the broker's name or address
+    port: Annotated[int, Range(1, 65535)] = 1883  # 8883 for TLS
+    protocol: Literal["5", "3.1.1"] = "5"  # the agent's MQTT version (devices may use either)
     client_id: Annotated[str, Length(0, 256)] = ""  # default: provisioning-agent-<gateway_id>
-    username: Annotated[str, Length(0, 256)] = ""
+    username: Annotated[str, Length(0, 256)] = ""  # the agent's broker login
     password_file: Annotated[str, _PATH] = ""  # the password, alone in a file (mode 600)
     ca_file: Annotated[str, _PATH] = ""  # TLS: the CA that signed the broker's certificate
     cert_file: Annotated[str, _PATH] = ""  # mTLS: the agent's certificate (PEM)
     key_file: Annotated[str, _PATH] = ""  # mTLS: its private key (PEM, unencrypted, mode 600)
-    topic_root: Annotated[str, _TOPIC] = "prov/v1"
+    topic_root: Annotated[str, _TOPIC] = "prov/v1"  # every protocol topic is under it (docs/protocol.md)
     shared_group: Annotated[str, _NAME] = ""  # MQTT 5: agents in one group share the devices ($share/<group>/...)
     keepalive_s: Annotated[int, Range(1, 65535)] = 30  # MQTT's 16-bit field; 0 (off) would hide a dead broker
 
@@ -122,7 +122,7 @@ class UpstreamConfig:
     """Where activation reports go (any combination; none disables reporting)."""
 
     mqtt_topic: Annotated[str, _TOPIC_OR_EMPTY] = "prov/v1/reports"  # on the devices' broker; "" disables
-    webhook_url: Annotated[str, _URL_OR_EMPTY] = ""
+    webhook_url: Annotated[str, _URL_OR_EMPTY] = ""  # the MES's endpoint for reports; "" disables
     webhook_timeout_s: Annotated[float, _TIMEOUT] = 10.0  # one delivery, connecting included
     webhook_secret_file: Annotated[str, _PATH] = ""  # optional bearer token for the webhook, alone in a file
     sign: Literal["none", "hmac-sha256", "ed25519"] = "none"  # report signatures (docs/upstream.md)
@@ -180,10 +180,10 @@ class AgentConfig:
     """The whole configuration."""
 
     gateway_id: Annotated[str, Length(1, 128), _NAME]  # names this gateway in topics and reports
-    journal: Annotated[str, Length(1, 4096)] = "/var/lib/provisioning-agent/journal.sqlite3"
-    profiles: Annotated[str, Length(1, 4096)] = "/etc/provisioning-agent/hardware-profiles"  # one TOML per device model
+    journal: Annotated[str, Length(1, 4096)] = "/var/lib/provisioning-agent/journal.sqlite3"  # SQLite, on disk
+    profiles: Annotated[str, Length(1, 4096)] = "/etc/provisioning-agent/hardware-profiles"  # one TOML per model
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = "text"
+    log_format: Literal["text", "json"] = "text"  # one event a line either way
     cloud: CloudConfig = field(default_factory=CloudConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)

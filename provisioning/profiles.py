@@ -103,7 +103,8 @@ class ProfileFile:
 
     model: Annotated[str, Length(1, 64)]  # what devices send as "model"
     biz_type: Annotated[str, Length(1, 64)]  # BizType on every key
-    description: Annotated[str, Length(0, 200)] = ""
+    description: Annotated[str, Length(0, 200)] = ""  # for people: status and reports
+    # The transports this model registers over; a register over another is refused (not_admitted).
     transports: Annotated[list[Literal["mqtt", "serial"]], Length(1, 2)] = field(default_factory=lambda: ["mqtt"])
     licence: LicenceTable = field(default_factory=LicenceTable)
     timeouts: TimeoutsTable = field(default_factory=TimeoutsTable)

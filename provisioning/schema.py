@@ -70,7 +70,7 @@ class Range:
 
     def describe(self) -> str:
         """The range for reference documentation."""
-        return f"{_num(self.low)} .. {_num(self.high)}"
+        return f"{_num(self.low)}..{_num(self.high)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ class Length:
 
     def describe(self) -> str:
         """The bounds for reference documentation."""
-        return f"{self.low} .. {self.high} long"
+        return f"length {self.low}..{self.high}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,13 +106,13 @@ def test_every_number_has_a_range() -> None:
 
 @pytest.mark.parametrize("key", NUMBERS, ids=lambda key: key.name)
 def test_a_number_out_of_range_is_named_with_its_key(tmp_path: Path, key: Key) -> None:
-    low, high = (float(bound) for bound in key.rule.split(" .. "))
+    low, high = (float(bound) for bound in key.rule.split(".."))
     section, name = key.name.split(".")
     for wrong in (low - 1, high + 1) if key.kind.startswith("an integer") else (low - 0.05, high * 2):
         value = int(wrong) if key.kind.startswith("an integer") else wrong
         path = write(tmp_path, f"{MINIMAL}[{section}]\n{name} = {value}\n")
         assert problems_of(path) == [
-            f"{path}: key {key.name}: must be {key.kind} from {key.rule.replace(' .. ', ' to ')}, got {value}"
+            f"{path}: key {key.name}: must be {key.kind} from {key.rule.replace('..', ' to ')}, got {value}"
         ]
 
 

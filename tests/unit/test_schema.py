@@ -137,7 +137,7 @@ def test_keys_describe_the_schema() -> None:
     assert list(described) == ["name", "even", *inner]
     assert (described["name"].required, described["name"].default) == (True, "")
     assert (described["inner.timeout_s"].kind, described["inner.timeout_s"].default) == ("a number", "5.0")
-    assert described["inner.timeout_s"].rule == "0.1 .. 300"
+    assert described["inner.timeout_s"].rule == "0.1..300"
     assert described["inner.mode"].kind == "one of 'a', 'b'"
-    assert (described["inner.names"].default, described["inner.names"].rule) == ("[]", "each: 1 .. 8 long")
+    assert (described["inner.names"].default, described["inner.names"].rule) == ("[]", "each: length 1..8")
     assert described["inner.limit"].default == "(none)"
