@@ -192,8 +192,7 @@ def suggest(name: str, known: Sequence[str]) -> str | None:
 
 
 def _section(kind: type[Any], document: Mapping[str, Any], origin: str, prefix: str, problems: list[Problem]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(kind) if f.metadata != NOT_A_KEY}
-    hints = get_type_hints(kind, include_extras=True)
+    fields, hints = _declared(kind)
     arguments: dict[str, Any] = {}
     for name, raw in document.items():
         where, variable = (raw.origin, True) if isinstance(raw, FromText) else (origin, False)
@@ -218,6 +217,17 @@ def _section(kind: type[Any], document: Mapping[str, Any], origin: str, prefix: 
             if name not in document:
                 problems.append(Problem(origin, prefix + name, "is required"))
     return kind(**arguments) if complete else None
+
+
+_DECLARED: dict[type[Any], tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]] = {}
+
+
+def _declared(kind: type[Any]) -> tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]:
+    """A section's keys and their resolved annotations (resolved once: that is most of the cost)."""
+    if kind not in _DECLARED:
+        fields = {f.name: f for f in dataclasses.fields(kind) if f.metadata != NOT_A_KEY}
+        _DECLARED[kind] = fields, get_type_hints(kind, include_extras=True)
+    return _DECLARED[kind]
 
 
 def _value(hint: Any, raw: Any, origin: str, key: str, problems: list[Problem]) -> Any:
