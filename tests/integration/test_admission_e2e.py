@@ -23,7 +23,11 @@ from tests.integration.provisioning_line import MODEL, PROFILES, Line, Watcher, 
 __all__ = ["line_fixture"]  # the fixture, imported so pytest finds it here
 
 CA_MODEL = "face-terminal-ca"
-X1_PROFILE = (Path(PROFILES) / f"{MODEL}.toml").read_text(encoding="utf-8")
+# The raw devices below register without seal_pub (admission is under test here, sealing in
+# test_sealing.py): their profiles opt out of sealing explicitly.
+X1_PROFILE = (
+    (Path(PROFILES) / f"{MODEL}.toml").read_text(encoding="utf-8").replace("\nrequired = true", "\nrequired = false")
+)
 
 
 def b64(data: bytes) -> str:
@@ -177,7 +181,7 @@ def test_signatures_good_and_bad_in_both_modes(line: Line, tmp_path: Path) -> No
 
 def test_a_flood_of_registrations_never_exceeds_the_hourly_quota(line: Line, tmp_path: Path) -> None:
     quota = 10
-    line.start_agent(admission={"per_hour": quota})
+    line.start_agent(profiles=profiles(tmp_path, ""), admission={"per_hour": quota})
     devices = Devices(line)
     ids = [f"FLOOD-{n:03d}" for n in range(60)]
     for _ in range(2):  # every device sends its register twice, all at once
@@ -207,14 +211,15 @@ def test_quota_use_survives_a_kill_9(line: Line, tmp_path: Path) -> None:
     quota = 5
     port = free_port()
     admission, http = {"per_hour": quota}, {"listen": f"127.0.0.1:{port}"}
-    line.start_agent(admission=admission, http=http)
+    folder = profiles(tmp_path, "")
+    line.start_agent(profiles=folder, admission=admission, http=http)
     devices = Devices(line)
     first = [f"K-{n}" for n in range(quota)]
     for device_id in first:
         devices.register(device_id)
     assert all(a["type"] == "key" for a in devices.wait_answered(first).values())
     line.agents[-1].kill()
-    line.start_agent(admission=admission, http=http)
+    line.start_agent(profiles=folder, admission=admission, http=http)
     assert status(port)["admission"]["quota"]["line"]["hour"] == {"used": quota, "limit": quota}
     later = [f"L-{n}" for n in range(5)]
     for device_id in later:
