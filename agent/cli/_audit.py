@@ -226,7 +226,7 @@ def _journal_paths(args: argparse.Namespace, *, single: bool) -> list[Path]:
     try:
         return [Path(load_config(args.config).journal)]
     except ConfigError as exc:
-        raise _Unusable(f"configuration error: {exc}") from None
+        raise _Unusable("\n".join(f"configuration error: {message}" for message in exc.messages)) from None
 
 
 def _read(path: Path) -> list[StoredEntry]:

@@ -56,7 +56,8 @@ def _status(args: argparse.Namespace) -> int:
         try:
             listen = load_config(args.config).http.listen
         except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
+            for message in exc.messages:
+                print(f"configuration error: {message}", file=sys.stderr)
             return ExitCode.CONFIG
         url = f"http://{listen}" if listen else None
         if url is None:
