@@ -10,10 +10,16 @@ kB), so their figures are an upper bound by that much. Options are alternated, 1
 each by default; medians reported.
 
     .venv/bin/python bench/config_loader.py [--samples N] [--libs DIR]
+    .venv/bin/python bench/config_loader.py --daemon --against /path/to/other/checkout [--samples N]
 
 ``--libs DIR``: where msgspec and pydantic are installed (e.g. ``pip install --target DIR
 msgspec pydantic``), kept out of the project's environment; an option whose library is missing
 is skipped.
+
+``--daemon``: the real thing for our validator against another checkout of the project (e.g.
+the commit before it): ``provisioning-agent run`` started with each tree on ``PYTHONPATH``,
+alternated, against one Mosquitto and one emulator; time from spawn to its ``ready`` line
+(config, profiles, credentials, journal, broker connection) and VmRSS 2 s after.
 """
 
 from __future__ import annotations
@@ -214,13 +220,86 @@ def _translated(library: str) -> tuple[Any, Any, Any]:
     return check_pydantic, lambda doc: check_pydantic(doc, profile_root), count_pydantic
 
 
+def _cpu_ms(pid: int) -> float:
+    """User + system CPU of a process so far (10 ms resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") * 1e3
+
+
+def daemon_samples(trees: dict[str, Path], samples: int) -> dict[str, list[tuple[float, float, int]]]:
+    """(start-to-ready ms, CPU ms at ready, idle RSS KiB) of ``provisioning-agent run`` from each tree."""
+    import signal
+    import tempfile
+
+    from provisioning_lab.agentprocess import write_config
+    from provisioning_lab.broker import MosquittoBroker
+    from provisioning_lab.emulator import EmulatorProcess
+
+    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as work, EmulatorProcess() as emulator:
+        workdir = Path(work)
+        (workdir / "broker").mkdir()
+        with MosquittoBroker(workdir / "broker") as broker:
+            for number in range(samples):
+                for name, tree in trees.items() if number % 2 == 0 else reversed(trees.items()):
+                    config = write_config(workdir / f"{name}.toml", {
+                        "gateway_id": f"bench-{name}",
+                        "journal": str(workdir / f"{name}-{number}.sqlite3"),
+                        "profiles": str(tree / "hardware-profiles"),
+                        "cloud": {"endpoint": emulator.url},
+                        "mqtt": {"host": broker.host, "port": broker.port},
+                        "http": {"listen": ""},
+                    })  # fmt: skip
+                    env = dict(os.environ, PYTHONPATH=str(tree), ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id)
+                    env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = emulator.access_key_secret
+                    begin = time.perf_counter()
+                    agent = subprocess.Popen(
+                        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                    )  # fmt: skip
+                    assert agent.stdout is not None
+                    line = agent.stdout.readline()
+                    ready_ms = (time.perf_counter() - begin) * 1e3
+                    if line.strip() != "ready":
+                        raise SystemExit(f"{name}: the agent did not start ({line!r})")
+                    cpu_ms = _cpu_ms(agent.pid)
+                    time.sleep(2.0)
+                    status = Path(f"/proc/{agent.pid}/status").read_text()
+                    rss = int(next(row.split()[1] for row in status.splitlines() if row.startswith("VmRSS:")))
+                    agent.send_signal(signal.SIGTERM)
+                    agent.wait(timeout=30)
+                    results[name].append((ready_ms, cpu_ms, rss))
+                print(f"sample {number + 1}/{samples}", file=sys.stderr)
+    return results
+
+
 def main() -> int:
     """Alternate the options in fresh interpreters and print the medians as a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=15, help="samples per option (default %(default)s)")
     parser.add_argument("--libs", type=Path, help="a directory holding msgspec and pydantic")
+    parser.add_argument("--daemon", action="store_true", help="time the real daemon against --against")
+    parser.add_argument("--against", type=Path, help="another checkout of the project (for --daemon)")
     parser.add_argument("--child", choices=OPTIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.daemon:
+        trees = {"this tree": ROOT} | ({args.against.name: args.against} if args.against else {})
+        results = daemon_samples(trees, args.samples)
+        print(json.dumps(machine([])))
+        print()
+        rows = [
+            [
+                name,
+                f"{statistics.median(ms for ms, _, _ in runs):.0f}",
+                f"{min(ms for ms, _, _ in runs):.0f}-{max(ms for ms, _, _ in runs):.0f}",
+                f"{statistics.median(cpu for _, cpu, _ in runs):.0f}",
+                f"{statistics.median(rss for _, _, rss in runs) / 1024:.1f}",
+            ]
+            for name, runs in results.items()
+        ]
+        header = ["tree", "start to ready ms", "range ms", "CPU to ready ms", "idle RSS MB"]
+        print(markdown_table(header, rows))
+        return 0
     if args.child:
         print(json.dumps(child(args.child)))
         return 0
@@ -262,6 +341,8 @@ def main() -> int:
                 str(runs[0]["errors_reported"]) if option != "baseline" else "",
             ]
         )
+    if args.libs:
+        sys.path.append(str(args.libs))  # so the machine description finds their versions
     print(json.dumps(machine(["msgspec", "pydantic"])))
     print()
     header = ["validator", "RSS MB", "vs baseline MB", "import + check ms", "process ms", "us/check", "errors of 3"]
