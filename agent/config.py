@@ -172,7 +172,8 @@ class AdmissionConfig:
     mqtt_per_second: Annotated[int, Range(0, 100_000)] = 0  # registers over MQTT a second, all devices together
     serial_per_second: Annotated[int, Range(0, 100_000)] = 0  # registers over serial a second, all jigs together
     keys_per_login_hour: Annotated[int, Range(0, 1_000_000)] = 10  # keys one MQTT login (topic id) may get an hour
-    keys_per_port_hour: Annotated[int, Range(0, 1_000_000)] = 240  # keys one serial port may get an hour
+    keys_per_port_hour: Annotated[int, Range(0, 1_000_000)] = 240  # keys one jig port may get an hour (one in 15 s)
+    results_per_minute: Annotated[int, Range(0, 10_000)] = 30  # results one sender may send a minute
 
 
 @dataclass(frozen=True, slots=True)

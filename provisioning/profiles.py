@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from provisioning.admission import Identity, Rules, SignatureMode, decode_public_key, parse_public_keys
+from provisioning.admission import IdentityMode, Rules, SignatureMode, decode_public_key, parse_public_keys
 from provisioning.cloudauth import PERMANENT_YEARS, LicenceTerm
 from provisioning.schema import Length, Pattern, Problem, Range, validate_partially
 from provisioning.workflow import Policy
@@ -90,11 +90,12 @@ class AdmissionTable:
     allow: list[Annotated[str, Length(1, 256)]] = field(default_factory=list)  # fnmatch patterns of device_id
     work_orders: bool = False  # devices a work order lists for this model are admitted too
     signature: SignatureMode = "none"  # none | work_order (key from the work order) | factory_ca
-    identity: Identity = "topic"  # topic: over MQTT a device id only on its own topic id; claimed: any (opt-in)
+    identity: IdentityMode = "topic"  # topic: over MQTT a device id only on its own topic id; claimed: any (opt-in)
     ca_keys: list[str] = field(default_factory=list)  # factory_ca: CA public keys, base64 (raw 32 bytes or DER)
     ca_keys_file: Annotated[str, Length(0, 4096)] = ""  # ... or a file of them, relative to the profile
     per_hour: Annotated[int, Range(0, 1_000_000)] = 0  # keys this model may get in any rolling hour; 0: no limit
     per_day: Annotated[int, Range(0, 10_000_000)] = 0  # ... in any rolling 24 hours
+    line_share: Annotated[int, Range(0, 1000)] = 1  # this model's weight in the line's quota, reserved for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,4 +240,5 @@ def _rules(table: AdmissionTable, source: Path, ca_keys_text: str | None, fail: 
         per_hour=table.per_hour,
         per_day=table.per_day,
         identity=table.identity,
+        line_share=table.line_share,
     )

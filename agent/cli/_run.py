@@ -106,9 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         checked.print()
         return ExitCode.CONFIG
     config, profiles = checked.config, checked.profiles
-    setup_logging(config.log_level, config.log_format)
-    for warning in checked.warnings:  # explicit opt-ins, logged at every start
-        log.warning("configuration warning: %s", warning)
+    setup_logging(config.log_level, config.log_format)  # the daemon logs the warnings (explicit opt-ins) itself
     from agent.daemon import ProvisioningAgent  # the daemon's imports are heavy: only for `run`
     from agent.daemon._http import HttpListenError
 

@@ -1,11 +1,11 @@
-"""Admission at run time: the work-order folder, the durable quota charges, and the core's decisions.
+"""Admission at run time: the work-order folder and the durable quota charges.
 
-The core (provisioning.admission) decides; this module feeds it. Work orders come from the
-folder the MES fills (``[admission] work_orders_dir``), looked at every ``poll_interval_s``:
-a new or changed file is parsed, a broken one is logged with its file and line and ignored
-(the order's previous version stays in force), a removed one withdraws its order. Every key
-is charged to the quotas in the journal before CreateAuthKey, so a restart, even after a
-kill -9, counts every key that may have been minted.
+The core (provisioning.admission, driven by provisioning.workflow.Line) decides; this module
+feeds it. Work orders come from the folder the MES fills (``[admission] work_orders_dir``),
+looked at every ``poll_interval_s``: a new or changed file is parsed, a broken one is logged
+with its file and line and ignored (the order's previous version stays in force), a removed one
+withdraws its order. Every key is charged to the quotas in the journal before CreateAuthKey, so
+a restart, even after a kill -9, counts every key that may have been minted.
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from provisioning.admission import (
     Admission,
     Ledger,
     LineLimits,
-    Mint,
-    Refusal,
-    Request,
     Rules,
     WorkOrder,
     WorkOrderError,
@@ -40,7 +37,7 @@ log = logging.getLogger("agent.admission")
 
 
 class LineAdmission:
-    """The line's admission: one per agent, shared by every transport."""
+    """Feeds the core's admission at run time: the quota charges in the journal and the work-order folder."""
 
     def __init__(
         self, config: AdmissionConfig, journal: JournalWorker, *, clock: Callable[[], float] = time.time
@@ -56,6 +53,7 @@ class LineAdmission:
             serial_per_second=config.serial_per_second,
             per_login_hour=config.keys_per_login_hour,
             per_port_hour=config.keys_per_port_hour,
+            results_per_minute=config.results_per_minute,
         )
         self.core = Admission(limits)
         self.folder = WorkOrderFolder(Path(config.work_orders_dir)) if config.work_orders_dir else None
@@ -63,13 +61,12 @@ class LineAdmission:
     async def load(self) -> None:
         """Read the quota charges back from the journal and the work orders from their folder (at start)."""
         journal = self._journal.journal
-        since = self._clock() - DAY_S
-        rows = await self._journal.run(journal.charges_since, since)
+        recent = await self._journal.run(journal.charges_since, self._clock() - DAY_S)
         per_order = await self._journal.run(journal.charges_per_order)
-        recent = [Mint(device_id, model, order, at, row_id) for row_id, device_id, model, order, at in rows]
         self.core.ledger = Ledger(recent, per_order)
-        log.info("admission: %d key(s) charged in the last 24 hours, %d work order(s) charged",
-                 len(recent), len(per_order))  # fmt: skip
+        log.info(
+            "admission: %d key(s) charged in the last 24 hours, %d work order(s) charged", len(recent), len(per_order)
+        )
         await self.refresh()
 
     async def poll(self) -> None:
@@ -88,25 +85,6 @@ class LineAdmission:
             log.log(level, "work orders: %s", text)
         if events:
             self.core.set_work_orders(orders)
-
-    def throttle(self, tid: str, device_id: str) -> Refusal | None:
-        """The rate limits, for every register."""
-        return self.core.throttle(tid, device_id, self._clock())
-
-    def reserve(self, request: Request) -> Mint | Refusal:
-        """Check a registration that would cost a key and count it in memory; the caller writes the charge
-        to the journal with the device's intent (one transaction) or calls :meth:`unreserve`."""
-        return self.core.admit(request, self._clock())
-
-    def unreserve(self, mint: Mint) -> None:
-        """A reserved key whose charge never reached the journal."""
-        self.core.release(mint)
-
-    async def release(self, mint: Mint) -> None:
-        """No key was minted for an admission: give its charge back."""
-        self.core.release(mint)
-        if mint.row_id:
-            await self._journal.run(self._journal.journal.uncharge, mint.row_id)
 
     def status(self, rules: dict[str, Rules]) -> dict[str, Any]:
         """For /status: work orders (used / ceiling), quota use, broken work-order files."""
@@ -172,8 +150,13 @@ class WorkOrderFolder:
         before = self._good.get(name)
         self._good[name] = order
         verb = "loaded" if before is None else "changed"
-        return [(logging.INFO, f"{name}: order {order.order_id} {verb}: model {order.model}, "
-                               f"{len(order.devices)} device(s), ceiling {order.ceiling}")]  # fmt: skip
+        return [
+            (
+                logging.INFO,
+                f"{name}: order {order.order_id} {verb}: model {order.model}, "
+                f"{len(order.devices)} device(s), ceiling {order.ceiling}",
+            )
+        ]
 
     def _broken(self, name: str, problem: str) -> list[tuple[int, str]]:
         kept = self._good.get(name)

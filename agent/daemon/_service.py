@@ -40,6 +40,7 @@ from agent.serial import SerialTransport
 from provisioning.cloudauth import Timeouts
 from provisioning.profiles import profile_warnings
 from provisioning.protocol import AgentMessage, encode, is_valid_tid
+from provisioning.workflow import Line
 
 __all__ = ["ProvisioningAgent", "Topics"]
 
@@ -123,18 +124,23 @@ class ProvisioningAgent:
             )
             sinks.append(self._webhook)
         self.drainer = UpstreamDrainer(self.journal, sinks, clock=clock, signer=report_signer(config))
-        self.devices = DeviceService(
+        self.admission = LineAdmission(config.admission, self.journal, clock=clock)
+        self.line = Line(
             gateway_id=config.gateway_id,
             profiles=profiles,
+            admission=self.admission.core,
+            key_lifetime_s=config.cloud.key_lifetime_s,
+            cloud_qps=config.cloud.qps,
+            clock=clock,
+        )
+        self.devices = DeviceService(
+            line=self.line,
             cloud=self.cloud,
             journal=self.journal,
             reply=self._reply,
             on_report=self.drainer.kick,
             max_in_flight=config.limits.max_in_flight,
             max_queued=config.limits.max_queued,
-            queued_retry_after_s=config.limits.wait_retry_after_s,
-            clock=clock,
-            admission=LineAdmission(config.admission, self.journal, clock=clock),
         )
         self.devices.status.metrics = self.metrics
         self._http: StatusServer | None = None
@@ -148,6 +154,7 @@ class ProvisioningAgent:
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until ``stop`` is set; then say offline and release everything."""
         try:
+            await self.admission.load()  # quota use and work orders, before the first register
             await self.devices.resume()
             if self._http is not None:
                 await self._http.start()
@@ -165,7 +172,7 @@ class ProvisioningAgent:
                 serving = [
                     *inbound,
                     group.create_task(self._sweeper(), name="sweeper"),
-                    group.create_task(self.devices.admission.poll(), name="work-orders"),
+                    group.create_task(self.admission.poll(), name="work-orders"),
                     group.create_task(self.drainer.run(), name="upstream-drainer"),
                     group.create_task(self._status_loop(), name="status"),
                     group.create_task(self._announce_after_reconnects(), name="status-on-reconnect"),
@@ -175,6 +182,7 @@ class ProvisioningAgent:
                     "serving gateway %s: %d profile(s), devices on %s, cloud %s",
                     self.config.gateway_id, len(self.profiles), self._transports_text(), self.config.cloud.endpoint,
                 )  # fmt: skip
+                self._warn_opt_outs()
                 self.notifier.ready(self._summary_line())
                 log.info("ready %.2f s after start", self._clock() - self._started)
                 if on_ready is not None:
@@ -232,16 +240,20 @@ class ProvisioningAgent:
             self.devices.status.error(f"reload refused: {exc}")
             self.notifier.ready(self._summary_line())
             return False
-        for profile in profiles.values():
-            for warning in profile_warnings(profile):
-                log.warning("configuration warning: %s", warning)
         self.profiles = profiles
-        self.devices.profiles = profiles  # devices in flight keep the policy they started with
+        self._warn_opt_outs()
+        self.line.set_profiles(profiles)  # devices in flight keep the policy they started with
         if self.serial is not None:
             self.serial.profiles = profiles  # USB rules of the new profiles apply from the next scan
         log.info("reloaded %d profile(s): %s", len(profiles), ", ".join(sorted(profiles)))
         self.notifier.ready(self._summary_line())
         return True
+
+    def _warn_opt_outs(self) -> None:
+        """Say at every start and reload which profiles opted out of the trust defaults (docs/security.md)."""
+        for _, profile in sorted(self.profiles.items()):
+            for warning in profile_warnings(profile):  # the lines check-config prints
+                log.warning("configuration warning: %s", warning)
 
     def health(self) -> tuple[bool, str]:
         """/health: the broker connection is up and the event loop answers (it just did)."""
@@ -255,8 +267,8 @@ class ProvisioningAgent:
         return self.status() | {
             "broker_connected": self.mqtt.connected if self.mqtt is not None else None,
             "serial_ports": self.serial.status() if self.serial is not None else [],
-            "in_flight": self.devices.in_flight(),
-            "admission": self.devices.admission.status({m: p.admission for m, p in self.profiles.items()}),
+            "in_flight": self._in_flight(),
+            "admission": self.admission.status({m: p.admission for m, p in self.profiles.items()}),
             "outbox_depth": self.drainer.depth,
             "reports_delivered": self.drainer.delivered,
             "profiles": sorted(self.profiles),
@@ -264,12 +276,22 @@ class ProvisioningAgent:
             "uptime_s": round(self._clock() - self._started, 1),
         }
 
+    def _in_flight(self) -> list[dict[str, Any]]:
+        """Devices in flight for /status: stage, address and since when."""
+        now = self._clock()
+        return [
+            {"device_id": view.device_id, "model": view.model, "tid": view.tid, "stage": view.stage,
+             "since": _iso(view.since), "age_s": round(now - view.since, 1), "attempt_no": view.attempt_no,
+             "key_held": view.device_id in self.line.held}
+            for view in self.line.views()
+        ]  # fmt: skip
+
     def _summary_line(self) -> str:
         counters = self.devices.status.counters
         ports = f", {self.serial.open_ports} serial port(s) open" if self.serial is not None else ""
         return (
-            f"{counters.get('activated', 0)} licensed, {self.devices.in_flight_count} in flight, "
-            f"cloud {self.devices.status.cloud}, outbox {self.drainer.depth}{ports}"
+            f"{counters.get('activated', 0)} licensed, {len(self.line.devices)} in flight, "
+            f"cloud {self.line.cloud}, outbox {self.drainer.depth}{ports}"
         )
 
     def _serial_metrics(self, ports: list[dict[str, Any]]) -> None:
@@ -302,8 +324,8 @@ class ProvisioningAgent:
             "v": 1,
             "gateway_id": self.config.gateway_id,
             "state": "online",
-            "cloud": line.cloud,
-            "cloud_detail": line.cloud_detail,
+            "cloud": self.line.cloud,
+            "cloud_detail": self.line.cloud_detail,
             "waiting_for_cloud": line.waiting,
             "upstream_error": self.drainer.last_error,
             "counters": dict(sorted(line.counters.items())),
@@ -334,11 +356,14 @@ class ProvisioningAgent:
         await self.devices.handle(tid, payload)
         self._status_dirty.set()
 
-    async def _reply(self, tid: str, message: AgentMessage, expiry_s: int | None) -> None:
+    async def _reply(self, tid: str, message: AgentMessage, expiry_s: int | None, confirm: bool) -> bool:
+        """Send to a device; True once it surely left the agent (PUBACK; the serial peer's ACK when ``confirm``)."""
         if self.serial is not None and self.serial.owns(tid):
-            await self.serial.send(tid, message, expiry_s)
-        elif self.mqtt is not None:
-            await self.mqtt.publish(self.topics.down(tid), encode(message), qos=1, message_expiry=expiry_s)
+            return await self.serial.send(tid, message, expiry_s, confirm=confirm)
+        if self.mqtt is None:
+            return False
+        await self.mqtt.publish(self.topics.down(tid), encode(message), qos=1, message_expiry=expiry_s)
+        return True
 
     async def _sweeper(self) -> None:
         while True:
@@ -418,3 +443,7 @@ class ProvisioningAgent:
             keepalive=mqtt.keepalive_s,
             will=Will(topic=self.topics.status, payload=offline, qos=1, retain=True),
         )
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.journal import _audit_store as audit_store
+from provisioning.admission import Mint
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, implied_entries, verify_chain
 from provisioning.audit._chain import DetailValue
 from provisioning.workflow import DeviceRecord, State
 
 __all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow"]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 BUSY_TIMEOUT_MS: Final = 5000  # another process (status/export) may hold a read lock briefly
 
 _MIGRATIONS: Final[dict[int, str]] = {
@@ -58,6 +59,14 @@ _MIGRATIONS: Final[dict[int, str]] = {
     );
     CREATE INDEX admission_charges_at ON admission_charges(at);
     CREATE INDEX admission_charges_order ON admission_charges(work_order);
+    """,
+    # Keys counted against max_attempts only once delivered; charges keyed on the sender too. Rows
+    # written before count as delivered (as they were counted then).
+    4: """
+    ALTER TABLE devices ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN delivered_attempt TEXT NOT NULL DEFAULT '';
+    UPDATE devices SET delivered = attempts, delivered_attempt = attempt;
+    ALTER TABLE admission_charges ADD COLUMN sender TEXT NOT NULL DEFAULT '';
     """,
 }
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
@@ -142,18 +151,18 @@ class Journal:
         self,
         record: DeviceRecord,
         *,
-        charge: tuple[str, str, float] | None = None,
+        charge: Mint | None = None,
         pushed: dict[str, DetailValue] | None = None,
     ) -> int:
         """Insert or replace a record, durably; in the same transaction (one fsync, not two or three) also
-        count a key against the quotas (``charge``: model, work order, time; returns the charge's row id)
-        and record the first push of the record's key (``pushed``: the entry's detail)."""
+        count a key against the quotas (``charge``; returns the charge's row id) and record the first
+        push of the record's key (``pushed``: the entry's detail)."""
         with self._transaction() as db:
             self._audit_change(db, record)
             _upsert(db, record)
             if pushed is not None:
                 self._append_push(db, record, record.updated_at, pushed)
-            return 0 if charge is None else _insert_charge(db, record.device_id, *charge)
+            return 0 if charge is None else _insert_charge(db, charge)
 
     def delete(self, device_id: str) -> None:
         """Forget a device that never received a key."""
@@ -232,24 +241,24 @@ class Journal:
 
     # -- admission charges (quota use survives a crash) -------------------------------------
 
-    def charge(self, device_id: str, model: str, work_order: str, *, at: float) -> int:
+    def charge(self, mint: Mint) -> int:
         """Count a key against the quotas, durably, before it is minted; returns the row id."""
         with self._transaction() as db:
-            return _insert_charge(db, device_id, model, work_order, at)
+            return _insert_charge(db, mint)
 
     def uncharge(self, row_id: int) -> None:
         """Give a charge back: no key was minted for it."""
         with self._transaction() as db:
             db.execute("DELETE FROM admission_charges WHERE id = ?", (row_id,))
 
-    def charges_since(self, since: float) -> list[tuple[int, str, str, str, float]]:
-        """Charges at or after ``since``: (row id, device_id, model, work_order, at), oldest first."""
+    def charges_since(self, since: float) -> list[Mint]:
+        """Charges at or after ``since``, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, device_id, model, work_order, at FROM admission_charges WHERE at >= ? ORDER BY at",
+                "SELECT id, device_id, model, work_order, at, sender FROM admission_charges WHERE at >= ? ORDER BY at",
                 (since,),
             ).fetchall()
-        return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in rows]
+        return [Mint(str(r[1]), str(r[2]), str(r[3]), float(r[4]), int(r[0]), str(r[5])) for r in rows]
 
     def charges_per_order(self) -> dict[str, int]:
         """Keys ever charged to each work order."""
@@ -429,9 +438,9 @@ def _record(row: tuple[Any, ...]) -> DeviceRecord:
     return DeviceRecord(**values)
 
 
-def _insert_charge(db: sqlite3.Connection, device_id: str, model: str, work_order: str, at: float) -> int:
+def _insert_charge(db: sqlite3.Connection, mint: Mint) -> int:
     cursor = db.execute(
-        "INSERT INTO admission_charges (device_id, model, work_order, at) VALUES (?, ?, ?, ?)",
-        (device_id, model, work_order, at),
+        "INSERT INTO admission_charges (device_id, model, work_order, at, sender) VALUES (?, ?, ?, ?, ?)",
+        (mint.device_id, mint.model, mint.work_order, mint.at, mint.sender),
     )
     return int(cursor.lastrowid or 0)

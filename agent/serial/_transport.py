@@ -97,6 +97,8 @@ class SerialTransport:
         self._retry_at: dict[str, float] = {}
         self._announced_absent: set[str] = set()
         self._usb: list[Any] = []  # the last USB listing
+        # Messages whose sender waits to hear that the device acknowledged them (keys): per port, by payload.
+        self._awaiting: dict[str, dict[bytes, list[asyncio.Future[bool]]]] = {}
         self._usb_listed: tuple[int, float] | None = None  # (/dev's mtime, monotonic time) of that listing
 
     @property
@@ -121,26 +123,51 @@ class SerialTransport:
             await asyncio.to_thread(self.close)
 
     def close(self) -> None:
-        """Close every port (idempotent)."""
+        """Close every port (idempotent); nothing waiting for an acknowledgement gets one now."""
         workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
             worker.stop()
+        for identity in list(self._awaiting):
+            self._settle(identity, None, acknowledged=False)
 
     def owns(self, tid: str) -> bool:
         return tid.startswith(SERIAL_TID_PREFIX)
 
-    async def send(self, tid: str, message: AgentMessage, expiry_s: int | None) -> None:
-        """Queue a message for the device on ``tid``'s port; a port that is gone drops it (the device resends)."""
+    async def send(self, tid: str, message: AgentMessage, expiry_s: int | None, *, confirm: bool = False) -> bool:
+        """Queue a message for the device on ``tid``'s port; a port that is gone drops it (the device resends).
+
+        With ``confirm``, wait until the device's link acknowledged the frame (True) or the link gave
+        it up: expired, the link failed, the port went (False). Otherwise True once queued.
+        """
         identity = self._by_tid.get(tid)
         worker = self._workers.get(identity) if identity else None
         kind = type(message).__name__.lower().removesuffix("reply")
         payload = encode(message)
-        if worker is None:
+        if worker is None or identity is None:
             log.warning("port of %s is gone: %s not sent; the device resumes when it is back", tid, kind)
-            return
+            return False
         expires_at = None if expiry_s is None else time.monotonic() + expiry_s
+        acknowledged: asyncio.Future[bool] | None = None
+        if confirm:
+            acknowledged = asyncio.get_running_loop().create_future()
+            self._awaiting.setdefault(identity, {}).setdefault(payload, []).append(acknowledged)
         worker.send(payload, expires_at)
         self._ports[worker.candidate.identity].last_message = f"{kind} out"
+        return True if acknowledged is None else await acknowledged
+
+    def _settle(self, identity: str, payload: bytes | None, acknowledged: bool) -> None:
+        """Tell whoever waits for ``payload`` (every payload of the port when None) how it ended."""
+        waiting = self._awaiting.get(identity)
+        if not waiting:
+            return
+        payloads = list(waiting) if payload is None else [payload]
+        for key in payloads:
+            futures = waiting.pop(key, [])
+            for future in futures[:1] if payload is not None else futures:
+                if not future.done():
+                    future.set_result(acknowledged)
+            if payload is not None and len(futures) > 1:
+                waiting[key] = futures[1:]
 
     def status(self) -> list[dict[str, Any]]:
         """Every port seen since start, with its link counters while open."""
@@ -231,11 +258,14 @@ class SerialTransport:
             level = logging.INFO if state == "no_device" else logging.WARNING
             log.log(level, "port %s: %s (%s)", identity, event.reason, event.detail)
         elif isinstance(event, MessageDropped):
+            self._settle(identity, event.payload, acknowledged=False)
             log.warning("port %s: %s not delivered (%s)", identity, _summary(event.payload)[0], event.reason)
         elif isinstance(event, MessageAcked):
+            self._settle(identity, event.payload, acknowledged=True)
             if log.isEnabledFor(logging.DEBUG):  # decoding a payload only for a line nobody reads was 2 % of the CPU
                 log.debug("port %s: %s acknowledged", identity, _summary(event.payload)[0])
         elif isinstance(event, PortClosed):
+            self._settle(identity, None, acknowledged=False)
             del self._workers[identity]
             worker.stop(timeout=0)
             self._set(status, "gone" if event.opened else "failed", event.reason)

@@ -2,10 +2,16 @@
 
 How it works
 ------------
-Rate limits run on every register (``throttle``): a device may register at most
-``device_per_minute`` times a minute, a transport (``serial:`` tids versus MQTT) at most
-``<transport>_per_second`` times a second. Everything else runs only when a NEW key would be
-minted (``check``/``admit``), in this order, the first failure deciding:
+Every budget is keyed on what the sender proved, never on what it claims: the topic id (the
+broker login on a secured broker, the port of a jig), not the device_id in the message.
+
+Rate limits run on every message (``throttle``, ``throttle_result``): one sender may send at
+most ``device_per_minute`` registers and ``results_per_minute`` results a minute, a transport
+(``serial:`` tids versus MQTT) at most ``<transport>_per_second`` registers a second.
+``identity`` runs on every register: with the profile's ``identity = "topic"`` an MQTT sender
+speaks only for the device whose id is its topic id or that a work order maps to it.
+Everything else runs whenever a key would be pushed (``check``; ``admit`` for a NEW key, which
+also charges it), in this order, the first failure deciding:
 
 1. allow-list: when the profile has one, the device_id matches a pattern of the profile or is
    listed in a work order for its model;
@@ -13,7 +19,12 @@ minted (``check``/``admit``), in this order, the first failure deciding:
    order lists for the device; ``factory_ca`` verifies ``device_cert`` with a CA key of the
    profile, then ``sig`` with ``device_key``;
 3. the work order's ceiling (keys ever charged to it);
-4. quotas: the line's and the profile's keys in the last hour and the last 24 hours.
+4. quotas (new keys only): the sender's keys in the last hour (``per_login_hour`` for MQTT,
+   ``per_port_hour`` for a jig port), the line's and the profile's keys in the last hour and
+   the last 24 hours. The line's quota is shared fairly: each model with a profile has an
+   equal share reserved, and a model past its share may only use what no other model's
+   unused share holds, so one model (or an attacker registering junk ids of one model) cannot
+   starve another.
 
 ``admit`` charges the key to the quotas in the same step as the check (nothing can slip in
 between in one event loop); the runtime writes the charge to the journal before minting and
@@ -23,6 +34,8 @@ gives it back with ``release`` when no key came of it.
 from __future__ import annotations
 
 import fnmatch
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,7 +49,7 @@ from provisioning.protocol import Register, device_cert_bytes, register_signed_b
 
 __all__ = ["Admission", "LineLimits", "Request"]
 
-_DEVICE_WINDOW_S: Final = 60
+_MINUTE_S: Final = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +58,12 @@ class LineLimits:
 
     per_hour: int = 0
     per_day: int = 0
-    device_per_minute: int = 30
+    device_per_minute: int = 30  # registers one sender (topic id) may send a minute
     mqtt_per_second: int = 0
     serial_per_second: int = 0
-    per_login_hour: int = 10  # keys one MQTT topic id (broker login) may get in any rolling hour
-    per_port_hour: int = 240  # keys one serial port may get in any rolling hour
+    per_login_hour: int = 10  # keys issued to one MQTT topic id (broker login) in any hour
+    per_port_hour: int = 240  # keys issued on one jig port in any hour (a device every 15 s)
+    results_per_minute: int = 30  # results one sender may send a minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +82,20 @@ class Admission:
         self.limits = limits
         self.ledger = ledger or Ledger()
         self.book = WorkOrderBook()
-        self._devices = TokenBuckets(limits.device_per_minute, limits.device_per_minute / _DEVICE_WINDOW_S)
+        self.shares: dict[str, int] = {}  # model -> its weight in the line quota (profile [admission] line_share)
+        self._devices = TokenBuckets(limits.device_per_minute, limits.device_per_minute / _MINUTE_S)
+        self._results = TokenBuckets(limits.results_per_minute, limits.results_per_minute / _MINUTE_S)
         self._transports = {
             "mqtt": TokenBuckets(limits.mqtt_per_second, limits.mqtt_per_second),
             "serial": TokenBuckets(limits.serial_per_second, limits.serial_per_second),
         }
 
-    def throttle(self, tid: str, device_id: str, now: float) -> Refusal | None:
+    def throttle(self, tid: str, now: float) -> Refusal | None:
         """Rate limits, run on every register; an admitted register uses up one token of each."""
-        # The device's own limit first: one chatty device must not eat the budget its transport shares.
-        if self._devices.capacity and (wait := self._devices.take(device_id, now)):
+        # The sender's own limit first: one chatty device must not eat the budget its transport shares.
+        if self._devices.capacity and (wait := self._devices.take(tid, now)):
             return Refusal("rate_limited_device",
-                           f"more than {self._devices.capacity} registrations a minute from this device",
+                           f"more than {self._devices.capacity} registrations a minute from this sender",
                            _seconds(wait))  # fmt: skip
         transport = transport_of(tid)
         buckets = self._transports[transport]
@@ -89,9 +105,32 @@ class Admission:
                            _seconds(wait))  # fmt: skip
         return None
 
+    def throttle_result(self, tid: str, now: float) -> Refusal | None:
+        """The rate limit on results, per sender: a flood of results costs no cloud call and no write."""
+        if self._results.capacity and (wait := self._results.take(tid, now)):
+            return Refusal("rate_limited_device",
+                           f"more than {self._results.capacity} results a minute from this sender",
+                           _seconds(wait))  # fmt: skip
+        return None
+
+    def identity(self, register: Register, tid: str, rules: Rules) -> Refusal | None:
+        """Whether this sender may speak for ``register.device_id`` (run on every register)."""
+        if rules.identity != "topic" or transport_of(tid) != "mqtt" or register.device_id == tid:
+            return None
+        mapped = [o for o in self.book.listing(register.device_id) if o.model == register.model]
+        if any(order.topic_id_of(register.device_id) == tid for order in mapped):
+            return None
+        return Refusal("identity_mismatch",
+                       f"topic id {tid!r} may register only its own device_id (or one a work order maps to it), "
+                       f"not {register.device_id!r}")  # fmt: skip
+
     def check(self, request: Request, now: float) -> Refusal | None:
-        """Whether a new key may be minted for this registration (charges nothing)."""
-        decision = self._decide(request, now)
+        """Whether a key may be pushed for this registration: every rule but the quotas (charges nothing).
+
+        A resend of a key already minted passes this, so every register that can cause a push
+        passes the same allow-list, signature and ceiling rules as the one that minted it.
+        """
+        decision = self._decide(request, now, quotas=False)
         return decision if isinstance(decision, Refusal) else None
 
     def admit(self, request: Request, now: float) -> Mint | Refusal:
@@ -108,6 +147,10 @@ class Admission:
     def set_work_orders(self, orders: list[WorkOrder]) -> None:
         """The work orders now in force (from the folder the MES fills)."""
         self.book = WorkOrderBook(orders)
+
+    def set_shares(self, shares: Mapping[str, int]) -> None:
+        """The models with a profile now and their weights in the line's quota (0: nothing reserved)."""
+        self.shares = dict(shares)
 
     def status(self, rules: dict[str, Rules], now: float) -> dict[str, Any]:
         """Work orders with keys used and their ceiling, and quota use: for /status."""
@@ -140,7 +183,7 @@ class Admission:
 
     # -- the rules, in order ------------------------------------------------------------------
 
-    def _decide(self, request: Request, now: float) -> Mint | Refusal:
+    def _decide(self, request: Request, now: float, *, quotas: bool = True) -> Mint | Refusal:
         register, rules = request.register, request.rules
         listing = self.book.listing(register.device_id) if rules.work_orders else []
         orders = [o for o in listing if o.model == register.model]
@@ -151,10 +194,11 @@ class Admission:
             if refusal is None and orders and order is None:
                 names = ", ".join(f"{o.order_id} ({o.ceiling})" for o in orders)
                 refusal = Refusal("work_order_exhausted", f"work order {names} has used all its keys")
-            refusal = refusal or self._quotas(register.model, rules, now)
+            if refusal is None and quotas:
+                refusal = self._sender_quota(request.tid, now) or self._quotas(register.model, rules, now)
         if refusal is not None:
             return refusal
-        return Mint(register.device_id, register.model, order.order_id if order else "", now)
+        return Mint(register.device_id, register.model, order.order_id if order else "", now, sender=request.tid)
 
     def _listed(self, register: Register, rules: Rules, orders: list[WorkOrder]) -> Refusal | None:
         if not rules.allow_list or orders:
@@ -172,6 +216,15 @@ class Admission:
         return Refusal("not_on_allow_list", f"device_id {register.device_id!r} is not on the allow-list "
                        f"of model {register.model!r}{hint}")  # fmt: skip
 
+    def _sender_quota(self, tid: str, now: float) -> Refusal | None:
+        serial = transport_of(tid) == "serial"
+        limit = self.limits.per_port_hour if serial else self.limits.per_login_hour
+        if not limit or self.ledger.sender_used(HOUR_S, now, tid) < limit:
+            return None
+        who = f"jig port {tid!r}" if serial else f"topic id {tid!r}"
+        wait = self.ledger.sender_retry_after(HOUR_S, limit, now, tid)
+        return Refusal("quota_sender", f"{who} has been issued its {limit} key(s) of the last hour", wait)
+
     def _quotas(self, model: str, rules: Rules, now: float) -> Refusal | None:
         checks: tuple[tuple[Reason, int, int, str | None, str, str], ...] = (
             ("quota_hour", HOUR_S, self.limits.per_hour, None, "this line", "hour"),
@@ -183,7 +236,29 @@ class Admission:
             if limit and self.ledger.used(window, now, scope) >= limit:
                 wait = self.ledger.retry_after(window, limit, now, scope)
                 return Refusal(reason, f"{who} has used its {limit} key(s) of the last {span}", wait)
+        for reason, window, limit, span in (("quota_hour", HOUR_S, self.limits.per_hour, "hour"),
+                                            ("quota_day", DAY_S, self.limits.per_day, "24 hours")):  # fmt: skip
+            if limit and not self._within_fair_share(model, window, limit, now):
+                share = self._share(model, limit)
+                return Refusal(reason, f"model {model!r} has used its share ({share:g}) of this line's {limit} "
+                               f"key(s) of the last {span}; the rest is reserved for the other models",
+                               self.ledger.retry_after(window, max(1, math.ceil(share)), now, model))  # fmt: skip
         return None
+
+    def _share(self, model: str, limit: int) -> float:
+        total = sum(self.shares.values())
+        return limit * self.shares.get(model, 0) / total if total else 0.0
+
+    def _within_fair_share(self, model: str, window: int, limit: int, now: float) -> bool:
+        """A model under its share may mint; past it, only from headroom no other model's unused share holds."""
+        if self.ledger.used(window, now, model) < self._share(model, limit):
+            return True
+        reserved = sum(
+            max(0.0, self._share(other, limit) - self.ledger.used(window, now, other))
+            for other in self.shares
+            if other != model
+        )
+        return self.ledger.used(window, now) + reserved < limit
 
 
 def _signature(register: Register, rules: Rules, order: WorkOrder | None) -> Refusal | None:

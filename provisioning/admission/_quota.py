@@ -1,4 +1,4 @@
-"""Quota use: every key minted, by time, model and work order, in memory (the journal keeps it durably)."""
+"""Quota use: every key charged, by time, model, sender and work order, in memory (the journal keeps it durably)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,16 @@ class Mint:
     work_order: str  # "" when the device was admitted without a work order
     at: float
     row_id: int = 0  # the journal's row, once written
+    sender: str = ""  # the topic id (broker login or jig port) the key is issued to
 
 
 class Ledger:
-    """Keys charged in the last day (line and per model) and ever per work order."""
+    """Keys charged in the last day (line, per model, per sender) and ever per work order."""
 
     def __init__(self, recent: Iterable[Mint] = (), per_order: Mapping[str, int] | None = None) -> None:
         self._line: list[float] = []
         self._models: dict[str, list[float]] = {}
+        self._senders: dict[str, list[float]] = {}
         self._orders: dict[str, int] = dict(per_order or {})
         for mint in recent:
             self._insert(mint)
@@ -43,7 +45,7 @@ class Ledger:
 
     def remove(self, mint: Mint) -> None:
         """Give back a key that was never minted (the cloud call failed before it)."""
-        for times in (self._line, self._models.get(mint.model, [])):
+        for times in (self._line, self._models.get(mint.model, []), self._senders.get(mint.sender, [])):
             index = bisect.bisect_left(times, mint.at)
             if index < len(times) and times[index] == mint.at:
                 del times[index]
@@ -55,24 +57,40 @@ class Ledger:
         times = self._line if model is None else self._models.get(model, [])
         return len(times) - bisect.bisect_right(times, now - window_s)
 
+    def sender_used(self, window_s: int, now: float, sender: str) -> int:
+        """Keys issued to one sender (topic id) in the window."""
+        times = self._senders.get(sender, [])
+        return len(times) - bisect.bisect_right(times, now - window_s)
+
     def retry_after(self, window_s: int, limit: int, now: float, model: str | None = None) -> int:
         """Seconds until fewer than ``limit`` keys are charged in the window (0 when that is already so)."""
-        times = self._line if model is None else self._models.get(model, [])
-        start = bisect.bisect_right(times, now - window_s)
-        over = len(times) - start - limit
-        if over < 0:
-            return 0
-        return max(1, math.ceil(times[start + over] + window_s - now))
+        return _retry_after(self._line if model is None else self._models.get(model, []), window_s, limit, now)
+
+    def sender_retry_after(self, window_s: int, limit: int, now: float, sender: str) -> int:
+        """:meth:`retry_after` for one sender."""
+        return _retry_after(self._senders.get(sender, []), window_s, limit, now)
 
     def order_used(self, order_id: str) -> int:
         """Keys charged to a work order, ever."""
         return self._orders.get(order_id, 0)
 
     def prune(self, now: float) -> None:
-        """Forget times older than a day (nothing reads them)."""
-        for times in (self._line, *self._models.values()):
+        """Forget times older than a day (nothing reads them), and senders with none left."""
+        for times in (self._line, *self._models.values(), *self._senders.values()):
             del times[: bisect.bisect_right(times, now - DAY_S)]
+        for sender in [sender for sender, times in self._senders.items() if not times]:
+            del self._senders[sender]
 
     def _insert(self, mint: Mint) -> None:
         bisect.insort(self._line, mint.at)
         bisect.insort(self._models.setdefault(mint.model, []), mint.at)
+        if mint.sender:
+            bisect.insort(self._senders.setdefault(mint.sender, []), mint.at)
+
+
+def _retry_after(times: list[float], window_s: int, limit: int, now: float) -> int:
+    start = bisect.bisect_right(times, now - window_s)
+    over = len(times) - start - limit
+    if over < 0:
+        return 0
+    return max(1, math.ceil(times[start + over] + window_s - now))

@@ -8,6 +8,9 @@ from typing import Final, Literal, get_args
 __all__ = ["REASONS", "RETRYABLE", "Reason", "Refusal"]
 
 Reason = Literal[
+    "wrong_transport",
+    "identity_mismatch",
+    "bound_elsewhere",
     "not_on_allow_list",
     "no_work_order",
     "work_order_exhausted",
@@ -16,13 +19,14 @@ Reason = Literal[
     "untrusted_device_key",
     "quota_hour",
     "quota_day",
+    "quota_sender",
     "rate_limited_device",
     "rate_limited_transport",
 ]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 # Time alone lifts these; every other reason needs a person (a work order, a key, a profile).
 RETRYABLE: Final[frozenset[Reason]] = frozenset(
-    {"quota_hour", "quota_day", "rate_limited_device", "rate_limited_transport"}
+    {"bound_elsewhere", "quota_hour", "quota_day", "quota_sender", "rate_limited_device", "rate_limited_transport"}
 )
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-__all__ = ["IDENTITY_MODES", "SIGNATURE_MODES", "Identity", "Rules", "SignatureMode"]
+__all__ = ["IDENTITY_MODES", "SIGNATURE_MODES", "IdentityMode", "Rules", "SignatureMode"]
 
 SignatureMode = Literal["none", "work_order", "factory_ca"]
 SIGNATURE_MODES: Final[tuple[SignatureMode, ...]] = get_args(SignatureMode)
-# Over MQTT, "topic": a device id is admitted only on its own topic id (or one a work order maps it
-# to); "claimed": any id on any topic (the old behaviour, an explicit opt-in).
-Identity = Literal["topic", "claimed"]
-IDENTITY_MODES: Final[tuple[Identity, ...]] = get_args(Identity)
+# Who an MQTT register may speak for: "topic", only the device whose id is its topic id (the broker
+# login on a secured broker) or that a work order maps to it; "claimed", any id it claims.
+IdentityMode = Literal["topic", "claimed"]
+IDENTITY_MODES: Final[tuple[IdentityMode, ...]] = get_args(IdentityMode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,8 @@ class Rules:
     ca_keys: tuple[bytes, ...] = ()  # factory CA public keys, raw Ed25519 (32 bytes each)
     per_hour: int = 0  # keys this model may get in any rolling hour on this gateway; 0: no profile limit
     per_day: int = 0  # ... in any rolling 24 hours
-    identity: Identity = "topic"  # who may claim a device id over MQTT (see Identity)
+    identity: IdentityMode = "topic"
+    line_share: int = 1  # this model's weight in the line's quota: that part is reserved for it (0: none)
 
     @property
     def allow_list(self) -> bool:

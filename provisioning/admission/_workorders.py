@@ -6,8 +6,9 @@ header naming its columns, in any order:
     order,model,device_id,device_key,ceiling
 
 ``order``, ``model`` and ``device_id`` are required; ``device_key`` (the device's Ed25519
-public key, base64) and ``ceiling`` (keys the order may use; default: one per device listed)
-are optional; other columns are ignored. Every row carries the same order, model and ceiling.
+public key, base64), ``ceiling`` (keys the order may use; default: one per device listed) and
+``topic_id`` (the MQTT topic id, i.e. broker login, the device registers from when it is not
+its device_id) are optional; other columns are ignored. Every row carries the same order, model and ceiling.
 Parsing is strict: the first problem is a :class:`WorkOrderError` naming the file and line.
 """
 
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
 from provisioning.admission._signature import decode_public_key
+from provisioning.protocol import is_valid_tid
 
 __all__ = ["MAX_DEVICES", "MAX_FILE_BYTES", "WorkOrder", "WorkOrderBook", "WorkOrderError", "parse_work_order"]
 
@@ -46,6 +48,11 @@ class WorkOrder:
     ceiling: int
     devices: Mapping[str, bytes]  # device_id -> its Ed25519 public key (b"" when the order gives none)
     source: str  # the file it came from
+    topic_ids: Mapping[str, str] = field(default_factory=dict)  # device_id -> the login it registers from
+
+    def topic_id_of(self, device_id: str) -> str:
+        """The topic id (broker login) the order binds a device to: its own device_id unless mapped."""
+        return self.topic_ids.get(device_id, device_id)
 
 
 def parse_work_order(text: str, source: str) -> WorkOrder:
@@ -63,6 +70,7 @@ def parse_work_order(text: str, source: str) -> WorkOrder:
         raise WorkOrderError(source, header_line, f"header lacks column(s) {', '.join(missing)} (got {header})")
     order_id = model = ceiling_text = None
     devices: dict[str, bytes] = {}
+    topic_ids: dict[str, str] = {}
     for line, row in rows:
         cell = _Cells(source, line, row, columns)
         order_id = cell.same("order", order_id)
@@ -82,11 +90,16 @@ def parse_work_order(text: str, source: str) -> WorkOrder:
             devices[device_id] = decode_public_key(key_text) if key_text else b""
         except ValueError as exc:
             cell.fail(f"device_key of {device_id!r} {exc}")
+        if topic_id := cell.get("topic_id"):
+            if not is_valid_tid(topic_id):
+                cell.fail(f"topic_id of {device_id!r} is not a valid topic id (1-64 of A-Z a-z 0-9 . _ - : ~ @ $)")
+            topic_ids[device_id] = topic_id
         if len(devices) > MAX_DEVICES:
             cell.fail(f"more than {MAX_DEVICES} devices in one order")
     if order_id is None or model is None:
         raise WorkOrderError(source, header_line, "no device rows after the header")
-    return WorkOrder(order_id, model, int(ceiling_text) if ceiling_text else len(devices), devices, source)
+    ceiling = int(ceiling_text) if ceiling_text else len(devices)
+    return WorkOrder(order_id, model, ceiling, devices, source, topic_ids)
 
 
 class WorkOrderBook:

@@ -1,6 +1,6 @@
 """Which audit entries a journaled state change implies (the journal writes them in the same transaction).
 
-How a key's life maps onto the device record's transitions (provisioning/workflow/_state.py)::
+How a key's life maps onto the device record's transitions (provisioning/workflow/_records.py)::
 
     minted     any -> pushed with a new attempt             (key_minted: journaled before the push)
     consumed   any -> activated                              (the device's result, a read-back, an adoption)
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 from provisioning.audit._chain import DetailValue
 
 if TYPE_CHECKING:  # the workflow's journal imports this module: no import cycle at run time
-    from provisioning.workflow._state import DeviceRecord
+    from provisioning.workflow._records import DeviceRecord
 
 __all__ = ["ACTIVATION_FAILED_PREFIX", "ImpliedEntry", "implied_entries"]
 

@@ -6,7 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from provisioning.workflow._state import DeviceRecord
+from provisioning.workflow._records import DeviceRecord
 
 __all__ = ["REPORT_SCHEMA", "build_report", "idempotency_key"]
 

@@ -64,7 +64,8 @@ class Watcher:
         for topic in topics:
             self._client.subscribe(topic, qos=1)
         self._client.loop_start()
-        time.sleep(0.2)
+        if not self.wait_for(lambda: self.subscribed(len(topics)), timeout=10):
+            raise RuntimeError(f"the broker did not acknowledge the subscriptions to {topics}")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connack = reason
@@ -80,6 +81,11 @@ class Watcher:
             payload = {"raw": message.payload.decode("utf-8", "replace")}
         with self._lock:
             self.messages.append((message.topic, payload))
+
+    def subscribed(self, count: int) -> bool:
+        """The broker acknowledged ``count`` subscriptions (SUBACK), so nothing published after is missed."""
+        with self._lock:
+            return len(self.granted) >= count
 
     def on(self, topic: str) -> list[dict[str, Any]]:
         with self._lock:

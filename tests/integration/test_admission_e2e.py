@@ -180,7 +180,7 @@ def test_signatures_good_and_bad_in_both_modes(line: Line, tmp_path: Path) -> No
 
 
 def test_a_flood_of_registrations_never_exceeds_the_hourly_quota(line: Line, tmp_path: Path) -> None:
-    quota = 10
+    quota = 10  # one profile: the line's quota is all its own (with several, each model has its share)
     line.start_agent(profiles=profiles(tmp_path, ""), admission={"per_hour": quota})
     devices = Devices(line)
     ids = [f"FLOOD-{n:03d}" for n in range(60)]
@@ -211,15 +211,15 @@ def test_quota_use_survives_a_kill_9(line: Line, tmp_path: Path) -> None:
     quota = 5
     port = free_port()
     admission, http = {"per_hour": quota}, {"listen": f"127.0.0.1:{port}"}
-    folder = profiles(tmp_path, "")
-    line.start_agent(profiles=folder, admission=admission, http=http)
+    one_model = profiles(tmp_path, "")
+    line.start_agent(profiles=one_model, admission=admission, http=http)
     devices = Devices(line)
     first = [f"K-{n}" for n in range(quota)]
     for device_id in first:
         devices.register(device_id)
     assert all(a["type"] == "key" for a in devices.wait_answered(first).values())
     line.agents[-1].kill()
-    line.start_agent(profiles=folder, admission=admission, http=http)
+    line.start_agent(profiles=one_model, admission=admission, http=http)
     assert status(port)["admission"]["quota"]["line"]["hour"] == {"used": quota, "limit": quota}
     later = [f"L-{n}" for n in range(5)]
     for device_id in later:

@@ -556,20 +556,3 @@ async def test_a_silent_broker_is_dropped_by_keepalive(mqtt_broker: MosquittoBro
         finally:
             os.kill(mqtt_broker.pid, signal.SIGCONT)
         await wait_for_state(agent, ConnectionState.CONNECTED)
-
-
-async def test_round_trip_latency(broker_factory: BrokerFactory) -> None:
-    """Not an assertion: prints the publish -> receive round trip (QoS 1, loopback) for docs/mqtt-transport.md."""
-    broker = broker_factory(extra_config=["set_tcp_nodelay true"])
-    rounds = 200
-    async with connected(settings_for(broker, "echo"), ("rtt/#", 1)) as connection:
-        messages = connection.messages()
-        samples = []
-        for index in range(rounds):
-            started = time.perf_counter()
-            await connection.publish("rtt/x", b"%d" % index)
-            await anext(messages)
-            samples.append(time.perf_counter() - started)
-    samples.sort()
-    print(f"\nQoS 1 publish->receive round trip: median {samples[rounds // 2] * 1e3:.3f} ms, "
-          f"p95 {samples[int(rounds * 0.95)] * 1e3:.3f} ms over {rounds}")  # fmt: skip

@@ -80,7 +80,14 @@ def reason(result: Refusal | Mint) -> str:
 
 def test_every_reason_has_a_retry_policy_and_its_text_starts_with_the_reason() -> None:
     retryable = {r for r in REASONS if Refusal(r, "x").retry}
-    assert retryable == {"quota_hour", "quota_day", "rate_limited_device", "rate_limited_transport"}
+    assert retryable == {
+        "bound_elsewhere",
+        "quota_hour",
+        "quota_day",
+        "quota_sender",
+        "rate_limited_device",
+        "rate_limited_transport",
+    }
     assert Refusal("quota_hour", "full", 30).text() == "quota_hour: full; retry in 30 s"
     assert Refusal("bad_signature", "no").text() == "bad_signature: no"
 
@@ -91,7 +98,7 @@ def test_every_reason_has_a_retry_policy_and_its_text_starts_with_the_reason() -
 def test_a_profile_without_rules_admits_every_device_and_charges_the_key() -> None:
     admission = Admission(OPEN)
     result = decide(admission, register("anything"), Rules())
-    assert result == Mint("anything", MODEL, "", NOW)
+    assert result == Mint("anything", MODEL, "", NOW, sender="FT-0001")
     assert admission.ledger.used(HOUR_S, NOW) == 1
 
 
@@ -246,54 +253,58 @@ def test_check_decides_without_charging_and_release_gives_the_key_back() -> None
     assert admission.check(request, NOW) is None  # still free: check charges nothing
     mint = admission.admit(request, NOW)
     assert isinstance(mint, Mint)
-    assert isinstance(admission.check(request, NOW), Refusal)
+    assert isinstance(admission.admit(request, NOW), Refusal)  # the line's quota is used up
+    assert admission.check(request, NOW) is None  # a resend of the key already minted needs no new charge
     admission.release(mint)
-    assert admission.check(request, NOW) is None
+    assert isinstance(admission.admit(request, NOW), Mint)
 
 
 def test_quota_use_is_durable_in_the_journal(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "j.sqlite3")
-    first = journal.charge("D1", MODEL, "WO-1", at=NOW - DAY_S - 10)  # older than a day: still counts for WO-1
-    journal.charge("D2", MODEL, "WO-1", at=NOW - 100)
-    given_back = journal.charge("D3", MODEL, "", at=NOW - 50)
+    first = journal.charge(
+        Mint("D1", MODEL, "WO-1", NOW - DAY_S - 10, sender="D1")
+    )  # older than a day: counts for WO-1
+    journal.charge(Mint("D2", MODEL, "WO-1", NOW - 100, sender="D2"))
+    given_back = journal.charge(Mint("D3", MODEL, "", NOW - 50, sender="D3"))
     journal.uncharge(given_back)
     journal.close()
     journal = Journal.open(tmp_path / "j.sqlite3")
     rows = journal.charges_since(NOW - DAY_S)
-    assert [(r[1], r[3]) for r in rows] == [("D2", "WO-1")]
+    assert [(r.device_id, r.work_order, r.sender) for r in rows] == [("D2", "WO-1", "D2")]
     assert journal.charges_per_order() == {"WO-1": 2}
     assert first > 0
-    ledger = Ledger([Mint(r[1], r[2], r[3], r[4], r[0]) for r in rows], journal.charges_per_order())
+    ledger = Ledger(rows, journal.charges_per_order())
     assert ledger.used(HOUR_S, NOW) == 1
+    assert ledger.sender_used(HOUR_S, NOW, "D2") == 1
     assert ledger.order_used("WO-1") == 2
 
 
 # -- rate limits ------------------------------------------------------------------------------
 
 
-def test_rate_limit_per_device_per_minute() -> None:
+def test_rate_limit_per_sender_per_minute() -> None:
     admission = Admission(LineLimits(device_per_minute=3, mqtt_per_second=0, serial_per_second=0))
-    assert [admission.throttle("t", "D1", NOW) for _ in range(3)] == [None] * 3
-    refused = admission.throttle("t", "D1", NOW)
+    assert [admission.throttle("t1", NOW) for _ in range(3)] == [None] * 3
+    refused = admission.throttle("t1", NOW)
     assert refused is not None
     assert (refused.reason, refused.retry, refused.retry_after_s) == ("rate_limited_device", True, 20)
-    assert admission.throttle("t", "D2", NOW) is None  # another device has its own budget
-    assert admission.throttle("t", "D1", NOW + 20) is None  # one register back every 20 s
+    assert admission.throttle("t2", NOW) is None  # another sender has its own budget
+    assert admission.throttle("t1", NOW + 20) is None  # one register back every 20 s
 
 
 def test_rate_limit_per_transport_counts_serial_and_mqtt_apart() -> None:
     admission = Admission(LineLimits(device_per_minute=0, mqtt_per_second=2, serial_per_second=1))
-    assert admission.throttle("dev-a", "A", NOW) is None
-    assert admission.throttle("dev-b", "B", NOW) is None
-    mqtt = admission.throttle("dev-c", "C", NOW)
+    assert admission.throttle("dev-a", NOW) is None
+    assert admission.throttle("dev-b", NOW) is None
+    mqtt = admission.throttle("dev-c", NOW)
     assert mqtt is not None
     assert mqtt.reason == "rate_limited_transport"
     assert "over mqtt" in mqtt.message
-    assert admission.throttle("serial:usb-1", "S1", NOW) is None
-    serial = admission.throttle("serial:usb-2", "S2", NOW)
+    assert admission.throttle("serial:usb-1", NOW) is None
+    serial = admission.throttle("serial:usb-2", NOW)
     assert serial is not None
     assert "over serial" in serial.message
-    assert admission.throttle("dev-c", "C", NOW + 0.5) is None
+    assert admission.throttle("dev-c", NOW + 0.5) is None
 
 
 def test_idle_rate_buckets_are_forgotten() -> None:

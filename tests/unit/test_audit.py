@@ -19,52 +19,29 @@ from provisioning.audit import (
     verify_chain,
 )
 from provisioning.cloudauth import DeviceInfo
-from provisioning.protocol import Register, Result
-from provisioning.secret import Secret
-from provisioning.workflow import (
-    DeviceRecord,
-    Policy,
-    after_reconcile,
-    build_report,
-    decide_register,
-    decide_result,
-    key_minted,
-    result_overdue,
-)
-
-T0 = 1_800_000_000.0
-POLICY = Policy(activate_within_s=120, max_attempts=2)
-KEY = Secret("AUTHKEY-never-in-the-trail-0123456789")
+from provisioning.protocol import Key, Register, Result
+from provisioning.workflow import DeviceRecord, State
+from tests.unit.flowkit import MODEL, T0, Harness, profile
 
 
-def register(device_id: str) -> Register:
-    return Register("r1", device_id, f"hw-{device_id}", "m")
+def register(device_id: str, rid: str = "r1") -> Register:
+    return Register(rid, device_id, f"hw-{device_id}", MODEL)
 
 
-def mint(journal: Journal, device_id: str, now: float, attempt: str) -> DeviceRecord:
-    """What the daemon journals for one key: the intent, then the attempt."""
-    record = journal.get(device_id)
-    decision = decide_register(record, register(device_id), tid="t", policy=POLICY, now=now, key_in_memory=False)
-    if decision.action == "mint":
-        intent = decision.record
-    else:  # an earlier attempt is open: the cloud said unused, so a new key
-        assert record is not None
-        intent = after_reconcile(record, None, policy=POLICY, now=now).record
-    assert intent is not None
-    journal.put(intent)
-    pushed = key_minted(intent, attempt=attempt, fingerprint=KEY.fingerprint(), policy=POLICY, now=now)
-    journal.put(pushed)
-    return pushed
+def mint(line: Harness, device_id: str, rid: str = "r1") -> Key:
+    """A register through the line's flow: the intent, the key, its first push."""
+    keys = [m for m in line.register(device_id, register(device_id, rid)) if isinstance(m, Key)]
+    assert len(keys) == 1
+    return keys[0]
 
 
-def activate(journal: Journal, record: DeviceRecord, now: float) -> DeviceRecord:
-    result = Result("r2", record.device_id, record.attempt, True, f"wd.{record.device_id}", "20261123", "20271122")
-    decision = decide_result(record, result, policy=POLICY, now=now)
-    assert decision.action == "complete"
-    assert decision.record is not None
-    report = build_report(decision.record, gateway_id="gw", biz_type="BIZ", term="1y", now=now)
-    journal.complete(decision.record, report, now=now)
-    return decision.record
+def report(line: Harness, key: Key, *, ok: bool = True, error: str = "sdk_error") -> None:
+    if ok:
+        line.cloud.activate(key.device_id)
+        outcome = Result("r2", key.device_id, key.attempt, True, f"wd.{key.device_id}", "20261123", "20271122")
+    else:
+        outcome = Result("r2", key.device_id, key.attempt, False, error=error)
+    line.result(key.device_id, outcome)
 
 
 def entries(journal: Journal) -> list[dict[str, object]]:
@@ -72,31 +49,35 @@ def entries(journal: Journal) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
-    return Journal.open(tmp_path / "j.sqlite3", gateway_id="gw")
+def line(tmp_path: Path) -> Harness:
+    return Harness(tmp_path, [profile(max_attempts=2)])
 
 
-def test_minted_pushed_consumed_chain_and_verify(journal: Journal) -> None:
-    pushed = mint(journal, "d1", T0, "a" * 16)
-    journal.record_push(pushed, now=T0 + 1, detail={"re": "r1"})
-    journal.record_push(pushed, now=T0 + 2, detail={"re": "r1b"})
-    activate(journal, pushed, T0 + 5)
-    got = entries(journal)
+def test_minted_pushed_consumed_chain_and_verify(line: Harness) -> None:
+    key = mint(line, "d1")
+    line.now += 1
+    again = [m for m in line.register("d1", register("d1", "r1b")) if isinstance(m, Key)]
+    assert again[0].attempt == key.attempt
+    line.now += 4
+    report(line, key)
+    got = entries(line.journal)
     assert [e["detail"]["resend"] for e in got[1:3]] == [False, True]  # type: ignore[index]
     del got[2]
     assert [(e["seq"], e["event"], e["attempt"]) for e in got] == [
-        (1, "minted", "a" * 16), (2, "pushed", "a" * 16), (4, "consumed", "a" * 16)]  # fmt: skip
-    assert all(e["key_fingerprint"] == KEY.fingerprint() and e["gateway_id"] == "gw" for e in got)
+        (1, "minted", key.attempt), (2, "pushed", key.attempt), (4, "consumed", key.attempt)]  # fmt: skip
+    fingerprint = line.record("d1").key_fingerprint
+    assert all(e["key_fingerprint"] == fingerprint and e["gateway_id"] == "gw" for e in got)
     assert got[2]["detail"] == {"sdk_device_id": "wd.d1", "begin_day": "20261123", "expired_day": "20271122",
                                 "reconciled": False, "adopted": False, "biz_type": "BIZ", "term": "1y"}  # fmt: skip
     assert got[0]["at"] == "2027-01-15T08:00:00.000Z"
-    rows, broken = journal.verify_audit()
+    rows, broken = line.journal.verify_audit()
     assert broken is None
     assert rows[0].prev_hash == GENESIS_HASH
     assert rows[1].prev_hash == rows[0].hash
     assert rows[3].hash == chain_hash(rows[2].hash, AuditEntry.from_dict(got[2]))
-    raw = journal.path.read_bytes() + b"".join(p.read_bytes() for p in journal.path.parent.glob("j.sqlite3-*"))
-    assert KEY.reveal().encode() not in raw
+    path = line.journal.path
+    raw = path.read_bytes() + b"".join(p.read_bytes() for p in path.parent.glob(path.name + "-*"))
+    assert line.cloud.keys[0][1].encode() not in raw
 
 
 def test_canonical_bytes_are_sorted_compact_utf8() -> None:
@@ -110,51 +91,46 @@ def test_canonical_bytes_are_sorted_compact_utf8() -> None:
     )
 
 
-def test_abandonments_each_attempt_once_with_its_reason(journal: Journal) -> None:
-    # Attempt 1: the result is overdue (not yet abandoned), then the cloud says unused.
-    first = mint(journal, "d1", T0, "1" * 16)
-    unsure = result_overdue(first, T0 + 200)
-    assert unsure is not None
-    journal.put(unsure)
-    assert [e["event"] for e in entries(journal)] == ["minted"]
-    # Attempt 2 (the last allowed): the device reports failure -> given up with activation_failed.
-    second = mint(journal, "d1", T0 + 300, "2" * 16)
-    failed = decide_result(second, Result("r", "d1", "2" * 16, False, error="sdk_error"), policy=POLICY, now=T0 + 301)
-    assert failed.record is not None
-    journal.put(failed.record)
-    journal.put(failed.record)  # the same state again: nothing new
-    abandoned = [(e["attempt"], e["detail"]) for e in entries(journal) if e["event"] == "abandoned"]
+def test_abandonments_each_attempt_once_with_its_reason(line: Harness) -> None:
+    # Attempt 1: the result is overdue (not yet abandoned), then the cloud says unused and a new key goes out.
+    first = mint(line, "d1")
+    line.now += 200
+    line.drive(line.line.overdue_flow("d1", line.journal.get("d1")))
+    assert [e["event"] for e in entries(line.journal)] == ["minted", "pushed"]
+    second = mint(line, "d1", "r3")
+    # Attempt 2 (the last allowed): the device reports failure, the cloud confirms no licence: given up.
+    report(line, second, ok=False)
+    report(line, second, ok=False)  # the same failure again: nothing new
+    abandoned = [(e["attempt"], e["detail"]) for e in entries(line.journal) if e["event"] == "abandoned"]
     assert [(attempt, d["reason"]) for attempt, d in abandoned] == [  # type: ignore[index]
-        ("1" * 16, "reconciled_unused"), ("2" * 16, "activation_failed")]  # fmt: skip
-    assert journal.verify_audit()[1] is None
+        (first.attempt, "reconciled_unused"), (second.attempt, "activation_failed")]  # fmt: skip
+    assert line.journal.verify_audit()[1] is None
 
 
-def test_a_failed_activation_with_attempts_left_and_given_up(journal: Journal) -> None:
-    lenient = Policy(max_attempts=1)
-    record = mint(journal, "d2", T0, "3" * 16)
-    retry = decide_result(record, Result("r", "d2", "3" * 16, False, error="e"), policy=POLICY, now=T0 + 1)
-    assert retry.action == "retry_later"
-    assert retry.record is not None
-    journal.put(retry.record)  # pushed -> unsure after a failed activation: abandoned now
-    gave_up = after_reconcile(retry.record, None, policy=lenient, now=T0 + 2)  # same attempt: not again
-    assert gave_up.record is not None
-    journal.put(gave_up.record)
-    events = [(e["event"], e["detail"].get("reason")) for e in entries(journal)]  # type: ignore[attr-defined]
-    assert events == [("minted", None), ("abandoned", "activation_failed")]
-    other = mint(journal, "d3", T0, "4" * 16)
-    unsure = result_overdue(other, T0 + 500)
-    assert unsure is not None
-    journal.put(unsure)
-    ended = after_reconcile(unsure, None, policy=lenient, now=T0 + 501).record
-    assert ended is not None
-    journal.put(ended)
-    assert entries(journal)[-1]["detail"]["reason"] == "given_up"  # type: ignore[index]
+def test_a_failed_activation_with_attempts_left_then_given_up(tmp_path: Path) -> None:
+    line = Harness(tmp_path, [profile(max_attempts=1)])
+    other = Harness(tmp_path / "other", [profile(max_attempts=1)])
+    key = mint(line, "d2")
+    line.line.profiles[MODEL] = profile(max_attempts=2)  # attempts left: the failure only makes it unsure
+    report(line, key, ok=False, error="e")
+    line.line.profiles[MODEL] = profile(max_attempts=1)
+    line.register("d2", register("d2", "r5"))  # read back: no licence, none left: failed (same attempt: not again)
+    events = [(e["event"], e["detail"].get("reason")) for e in entries(line.journal)]  # type: ignore[attr-defined]
+    assert events == [("minted", None), ("pushed", None), ("abandoned", "activation_failed")]
+    mint(other, "d3")
+    other.now += 500
+    other.drive(other.line.overdue_flow("d3", other.journal.get("d3")))
+    other.register("d3", register("d3", "r6"))
+    assert entries(other.journal)[-1]["detail"]["reason"] == "given_up"  # type: ignore[index]
 
 
 def test_keys_lost_unpushed_in_a_restart_are_abandoned_once(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "j.sqlite3", gateway_id="gw")
-    lost = mint(journal, "lost", T0, "5" * 16)
-    sent = mint(journal, "sent", T0, "6" * 16)
+    lost = DeviceRecord("lost", "hw", "m", "t", State.PUSHED, attempts=1, attempt="5" * 16, key_fingerprint="f",
+                        minted_at=T0, result_due=T0 + 120, updated_at=T0)  # fmt: skip
+    sent = lost.replace(device_id="sent", attempt="6" * 16)
+    journal.put(lost)
+    journal.put(sent)
     journal.audit("pushed", sent, now=T0, detail={})
     journal.close()
     reopened = Journal.open(tmp_path / "j.sqlite3", gateway_id="gw")
@@ -163,14 +139,11 @@ def test_keys_lost_unpushed_in_a_restart_are_abandoned_once(tmp_path: Path) -> N
     assert reopened.abandon_unpushed(now=T0 + 20) == []
 
 
-def test_a_result_for_a_key_another_agent_issued_is_consumed_as_adopted(journal: Journal) -> None:
-    result = Result("r", "d9", "7" * 16, True, "wd.d9", "20261123", "20271122", hardware_id="hw", model="m")
-    decision = decide_result(None, result, policy=POLICY, now=T0)
-    assert decision.action == "adopt"
-    assert decision.record is not None
-    journal.complete(decision.record, build_report(decision.record, gateway_id="gw", biz_type="B", term="1y",
-                                                   now=T0), now=T0)  # fmt: skip
-    (entry,) = entries(journal)
+def test_a_result_for_a_key_another_agent_issued_is_consumed_as_adopted(line: Harness) -> None:
+    line.cloud.activate("d9")
+    result = Result("r", "d9", "7" * 16, True, "wd.d9", "20261123", "20271122", hardware_id="hw-d9", model=MODEL)
+    line.result("d9", result)
+    (entry,) = entries(line.journal)
     assert entry["event"] == "consumed"
     assert entry["key_fingerprint"] == ""
     assert entry["detail"]["adopted"] is True  # type: ignore[index]
@@ -180,13 +153,13 @@ def test_a_result_for_a_key_another_agent_issued_is_consumed_as_adopted(journal:
 
 
 def trail_of(tmp_path: Path, devices: int = 3) -> Journal:
-    journal = Journal.open(tmp_path / "j.sqlite3", gateway_id="gw")
+    line = Harness(tmp_path)
     for number in range(devices):
-        record = mint(journal, f"d{number}", T0 + number, f"{number:016x}")
-        journal.record_push(record, now=T0 + number, detail={})
-        activate(journal, record, T0 + number + 1)
-    assert len(journal.audit_rows()) == devices * 3
-    return journal
+        key = mint(line, f"d{number}")
+        line.now += 1
+        report(line, key)
+    assert len(line.journal.audit_rows()) == devices * 3
+    return line.journal
 
 
 def tamper(journal: Journal, *statements: str | tuple[str, tuple[object, ...]]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import tomllib
 from pathlib import Path
 
@@ -147,15 +146,3 @@ def test_warnings_for_explicit_opt_ins(tables: str, expected: list[str]) -> None
     assert len(warnings) == len(expected)
     for warning, fragment in zip(warnings, expected, strict=True):
         assert warning.startswith(f"m1.toml: {fragment}")
-
-
-def test_the_core_reads_no_files() -> None:
-    calls = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "glob", "iterdir", "is_dir", "is_file"}
-    found = []
-    for source in sorted((Path(__file__).parents[2] / "provisioning").rglob("*.py")):
-        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call):
-                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-                if name in calls:
-                    found.append(f"{source.name}:{node.lineno} {name}()")
-    assert found == []

@@ -17,6 +17,12 @@ expiry of an hour on MQTT 5), so paho re-sends unacknowledged QoS 1 messages aft
 the broker keeps the subscription and queues what the agent sends while the device is away.
 A connection lost by accident is re-established with backoff; ``abort`` drops it the way a crashing
 process does (no DISCONNECT), ``aclose`` ends it politely.
+
+Why not the agent's own ``agent.mqtt.MqttConnection``: the simulator is the test oracle of the
+agent's MQTT transport. A device written on the same bridge would share its bugs (a lost PUBACK,
+a session not resumed, a message taken twice) and the tests would pass with the transport broken.
+It stays independent on purpose, as a device maker's firmware is (docs/simulator.md, "Independent
+of the agent").
 """
 
 from __future__ import annotations
