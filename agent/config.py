@@ -37,6 +37,7 @@ __all__ = [
     "CloudConfig",
     "ConfigError",
     "HttpConfig",
+    "JournalConfig",
     "LimitsConfig",
     "MqttConfig",
     "SerialConfig",
@@ -177,11 +178,21 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalConfig:
+    """Where device records, reports, charges and the audit trail are kept (docs/cluster.md for url)."""
+
+    path: Annotated[str, Length(1, 4096)] = "/var/lib/provisioning-agent/journal.sqlite3"  # the embedded SQLite journal
+    # postgresql://...: a ledger shared by the line's gateways instead of the SQLite file (needs the postgres extra).
+    url: Annotated[str, Pattern(r"(postgres(ql)?://\S+)?", "a postgresql:// URL, or empty (SQLite at path)")] = ""
+    lease_s: Annotated[float, Range(3, 600)] = 15.0  # shared ledger: another agent takes a device over this late
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration."""
 
     gateway_id: Annotated[str, Length(1, 128), _NAME]  # names this gateway in topics and reports
-    journal: Annotated[str, Length(1, 4096)] = "/var/lib/provisioning-agent/journal.sqlite3"  # SQLite, on disk
+    journal: JournalConfig = field(default_factory=JournalConfig)  # journal = "<path>" (the old form) is journal.path
     profiles: Annotated[str, Length(1, 4096)] = "/etc/provisioning-agent/hardware-profiles"  # one TOML per model
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # one event a line either way
@@ -224,6 +235,8 @@ def read_config(path: Path, *, environ: Mapping[str, str] | None = None) -> tupl
         return None, [Problem(origin, "", f"cannot read ({exc.strerror})")]
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return None, [Problem(origin, "", f"not valid TOML ({exc})")]
+    if isinstance(data.get("journal"), str):  # the old form: journal = "<path>"
+        data["journal"] = {"path": data["journal"]}
     problems = _apply_environment(data, env)
     config, found = validate_partially(AgentConfig, data, origin=origin)
     problems += found
@@ -238,10 +251,11 @@ def read_config(path: Path, *, environ: Mapping[str, str] | None = None) -> tupl
 
 def environment_variables() -> dict[str, str]:
     """Every ``PROVISIONING_AGENT_*`` variable the agent reads, with the dotted key it overrides."""
-    names: dict[str, str] = {}
-    for key in keys(AgentConfig):
-        names[ENV_PREFIX + key.name.replace(".", "_").upper()] = key.name
-    return names
+    names = {ENV_PREFIX + key.name.replace(".", "_").upper(): key.name for key in keys(AgentConfig)}
+    return names | _ALIASES
+
+
+_ALIASES: Final = {ENV_PREFIX + "JOURNAL": "journal.path"}  # the old form, from before [journal] was a table
 
 
 def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> list[Problem]:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT / "lab", ROOT):  # the lab distribution's package lives in lab/
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 __all__ = [
     "ROOT",

@@ -74,7 +74,13 @@ MISBEHAVING: Final = {  # fraction of the fleet; every one of them must still en
     Behaviour.GARBAGE: 0.01,
 }
 SERIAL_MISBEHAVING: Final = (Behaviour.DUPLICATE, Behaviour.DIE_MID_ACTIVATION, Behaviour.FAIL_ONCE)  # a UART board's
-SNAPSHOT: Final = ("agent", "provisioning", "hardware-profiles", "bench")  # the code a run uses, copied at its start
+SNAPSHOT: Final = (
+    "agent",
+    "provisioning",
+    "lab",
+    "hardware-profiles",
+    "bench",
+)  # the code a run uses, copied at its start
 WAVE_EVERY_S: Final = 5.0  # devices arrive in a wave this often
 KILL_DOWNTIME_S: Final = (0.0, 2.0)  # the agent stays dead this long (uniform) before its restart
 START_ATTEMPTS: Final = 3  # a restart that does not become ready is tried again (the broker may be restarting)
@@ -435,7 +441,9 @@ def _code_source() -> dict[str, Any]:
     """Where the snapshot this run used was taken from (commit, and whether the tree had changes)."""
     source = ROOT / "SOURCE.json"
     recorded: dict[str, Any] = json.loads(source.read_text()) if source.exists() else {}
-    return {"snapshot": str(ROOT), "agent_package": str(Path(sys.modules["agent"].__file__ or "").parent), **recorded}
+    import agent  # the package the agents were started from: the snapshot's, not the working tree's
+
+    return {"snapshot": str(ROOT), "agent_package": str(Path(agent.__file__ or "").parent), **recorded}
 
 
 def _log_levels(log: Path) -> dict[str, int]:

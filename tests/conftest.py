@@ -162,3 +162,8 @@ def signed(emulator: EmulatorProcess) -> Iterator[SignedRequests]:
 from tests.broker import broker_factory_fixture, mqtt_broker_fixture, mqtt_pki_fixture  # noqa: E402
 
 __all__ = ["broker_factory_fixture", "mqtt_broker_fixture", "mqtt_pki_fixture"]
+
+# A real PostgreSQL per session for the shared-ledger tests (tests/postgres.py): postgres_server, ledger_url.
+from tests.postgres import ledger_url_fixture, postgres_server_fixture  # noqa: E402
+
+__all__ += ["ledger_url_fixture", "postgres_server_fixture"]

@@ -16,7 +16,7 @@ from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, print_table, report_error, stderr_console
 from agent.cloud import DEFAULT_ENDPOINT
 from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from agent.journal import Journal, JournalError
+from agent.journal import JournalError, open_url, redact_url
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, reconcile, verify_chain
 from provisioning.cloudauth import CloudauthError, DeviceInfo
 
@@ -31,8 +31,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Register ``audit`` and its actions."""
     source = argparse.ArgumentParser(add_help=False)
     where = source.add_argument_group("which journal")
-    where.add_argument("--journal", type=Path, action="append", help="the agent's journal file (SQLite); "
-                       "reconcile takes it once per gateway")  # fmt: skip
+    where.add_argument("--journal", action="append", help="the agent's journal file (SQLite) or the line's "
+                       "ledger (postgresql://...); reconcile takes it once per gateway")  # fmt: skip
     where.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
                        help="else the journal named in this agent configuration (default %(default)s)")  # fmt: skip
     source.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
@@ -92,7 +92,7 @@ def _verify(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     broken = verify_chain(rows) or (_check_anchor(rows, anchor) if anchor else None)
     head = {"seq": rows[-1].row, "hash": rows[-1].hash} if rows and broken is None else None
-    result: dict[str, Any] = {"journal": str(path), "intact": broken is None, "entries": len(rows), "head": head,
+    result: dict[str, Any] = {"journal": redact_url(path), "intact": broken is None, "entries": len(rows), "head": head,
                               "break": _break(broken)}  # fmt: skip
     if args.json:
         print_json(result)
@@ -161,7 +161,7 @@ def _reconcile(args: argparse.Namespace) -> int:
         trails = {path: _read(path) for path in paths}
     except _Unusable as exc:
         return _unusable(exc)
-    breaks = {str(path): _break(verify_chain(rows)) for path, rows in trails.items()}
+    breaks = {redact_url(path): _break(verify_chain(rows)) for path, rows in trails.items()}
     entries = [entry for rows in trails.values() for entry in _entries(rows)]
     biz_types = set(args.biz_type) or {str(e.detail.get("biz_type")) for e in entries if e.event == "consumed"}
     biz_types.discard("")
@@ -217,27 +217,28 @@ def _print_findings(result: dict[str, Any], biz_types: set[str], broken: dict[st
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _journal_paths(args: argparse.Namespace, *, single: bool) -> list[Path]:
-    paths: list[Path] = args.journal or []
+def _journal_paths(args: argparse.Namespace, *, single: bool) -> list[str]:
+    paths: list[str] = args.journal or []
     if single and len(paths) > 1:
         raise _Unusable("give --journal once for this action")
     if paths:
         return paths
     try:
-        return [Path(load_config(args.config).journal)]
+        journal = load_config(args.config).journal
     except ConfigError as exc:
         raise _Unusable("\n".join(f"configuration error: {message}" for message in exc.messages)) from None
+    return [journal.url or journal.path]
 
 
-def _read(path: Path) -> list[StoredEntry]:
+def _read(path: str) -> list[StoredEntry]:
     try:
-        journal = Journal.open_readonly(path)
+        journal = open_url(path, readonly=True)
     except JournalError as exc:
         raise _Unusable(str(exc)) from None
     try:
         return journal.audit_rows()
     except Exception as exc:  # noqa: BLE001 - sqlite3 errors of a damaged file: say so, do not trace back
-        raise _Unusable(f"journal {path}: {exc}") from None
+        raise _Unusable(f"journal {journal.where}: {exc}") from None
     finally:
         journal.close()
 

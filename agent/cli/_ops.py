@@ -15,7 +15,7 @@ import httpx
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, print_table
 from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from agent.journal import Journal, JournalError
+from agent.journal import JournalError, open_readonly
 from provisioning.workflow import State
 
 __all__ = ["add_parsers"]
@@ -128,7 +128,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG if isinstance(exc, ConfigError) else ExitCode.USAGE
     try:
-        journal = Journal.open_readonly(Path(config.journal))
+        journal = open_readonly(config.journal)
     except JournalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AdmissionConfig
-from agent.journal import JournalWorker
+from agent.journal import JournalError, JournalWorker
 from provisioning.admission import (
     DAY_S,
     MAX_FILE_BYTES,
@@ -70,11 +70,24 @@ class LineAdmission:
         await self.refresh()
 
     async def poll(self) -> None:
-        """Look at the work-order folder every ``poll_interval_s`` (runs for the agent's life)."""
+        """Look at the work-order folder every ``poll_interval_s`` (runs for the agent's life); on a shared
+        ledger, also read every agent's charges back, so this agent's quick check sees the line's use."""
         while True:
             await asyncio.sleep(self.config.poll_interval_s)
             await self.refresh()
+            if self._journal.shared:
+                await self._reload_charges()
             self.core.ledger.prune(self._clock())
+
+    async def _reload_charges(self) -> None:
+        journal = self._journal.journal
+        try:
+            recent = await self._journal.run_bookkeeping(journal.charges_since, self._clock() - DAY_S)
+            per_order = await self._journal.run_bookkeeping(journal.charges_per_order)
+        except JournalError as exc:
+            log.warning("admission: the line's charges not read back (%s); the ledger still checks each key", exc)
+            return
+        self.core.ledger = Ledger(recent, per_order)
 
     async def refresh(self) -> None:
         """Take in new, changed and removed work orders now."""

@@ -11,6 +11,12 @@ are done:
   in process, and a device beyond that is told to come back (``Turn(granted=False)``);
 - a journal command's outcome is sent back only once it is durable; a key is pushed only by
   ``PushKey``, which the core yields after journaling its attempt.
+
+On a ledger several agents share (``_leases``), each flow also writes under a lease with a
+fencing token: a flow whose lease moved stops at once (the device is told to wait), a register
+for a device whose key another live agent holds is answered ``in_progress``, a charge is
+checked against the global limits as it is written, and the first push of a key is preceded by
+a fenced write of its ``pushed`` entry and a look at the lease's deadline.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Final, assert_never
 
 from agent.cloud import CloudauthClient
-from agent.journal import JournalWorker
+from agent.daemon._leases import Leases
+from agent.journal import Fence, Fenced, JournalWorker, LedgerUnavailable, LimitReached
 from agent.metrics import Metrics
+from provisioning.admission import ChargeLimit, Mint
 from provisioning.cloudauth import (
     AmbiguousRequestError,
     CloudauthError,
@@ -36,8 +44,9 @@ from provisioning.cloudauth import (
     RetryableError,
     ThrottledError,
 )
-from provisioning.protocol import AgentMessage, ErrorReply, ProtocolError, Register, decode_device_message
+from provisioning.protocol import AgentMessage, ErrorReply, ProtocolError, Register, Wait, decode_device_message
 from provisioning.workflow import (
+    ChargeRefused,
     CloudFailure,
     Command,
     Complete,
@@ -59,16 +68,20 @@ from provisioning.workflow import (
     SaveBookkeeping,
     Saved,
     Send,
+    State,
     TakeCloudTurn,
     Turn,
     Uncharge,
 )
+from provisioning.workflow._records import DeviceRecord
 
 __all__ = ["DeviceService", "LineStatus", "Reply"]
 
 log = logging.getLogger("agent.devices")
 
 LAST_ERRORS_KEPT: Final = 20  # recent problems shown by `provisioning-agent status`
+LEDGER_RETRY_AFTER_S: Final = 15  # told to devices while the shared ledger cannot be reached
+FENCED_RETRY_AFTER_S: Final = 2  # told to a device whose flow lost its lease: another agent is serving it
 _REFUSAL_PREFIX: Final = "not_admitted_"  # the core's event for an admission refusal, then its reason
 # CreateAuthKey failures after which a key may exist at the cloud: its quota charge is kept.
 _MAYBE_PROCESSED: Final = (AmbiguousRequestError, RequestTimeout, ResponseError)
@@ -110,6 +123,7 @@ class DeviceService:
         on_report: Callable[[], None],
         max_in_flight: int,
         max_queued: int,
+        lease_s: float = 15.0,
     ) -> None:
         self.line = line
         self.status = LineStatus()
@@ -120,6 +134,7 @@ class DeviceService:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._max_queued = max_queued
         self._locks = _DeviceLocks()
+        self.leases = Leases(journal, lease_s=lease_s, custody=lambda: list(line.held))
 
     async def resume(self) -> None:
         """Pick up unfinished devices from the journal after a start or a crash."""
@@ -146,17 +161,40 @@ class DeviceService:
             return
         try:
             async with self._locks.hold(message.device_id):
-                record = self._journal.get(message.device_id)
+                record = await self._journal.fetch(message.device_id)
                 if isinstance(message, Register):
-                    await self._drive(self.line.register(tid, message, record))
+                    if await self._held_elsewhere(record):
+                        await self._drive(self.line.busy(tid, message, 0))
+                        return
+                    flow = self.line.register(tid, message, record)
                 else:
-                    await self._drive(self.line.result(tid, message, record))
+                    flow = self.line.result(tid, message, record)
+                await self._drive(flow, self.leases.open(message.device_id, record))
         except asyncio.CancelledError:
             raise
+        except Fenced as exc:
+            log.info("%s; another agent serves the device", exc)
+            self.status.count("fenced")
+            wait = max(FENCED_RETRY_AFTER_S, int(exc.retry_after_s + 0.999))
+            await self._send(tid, Wait(message.id, message.device_id, "in_progress", wait))
+        except LedgerUnavailable as exc:
+            log.warning("device %r waits: %s", message.device_id, exc)
+            self.status.count("ledger_unavailable")
+            self.status.error(str(exc))
+            await self._send(tid, Wait(message.id, message.device_id, "ledger_unavailable", LEDGER_RETRY_AFTER_S))
         except Exception:
             log.exception("device %r: unexpected failure", message.device_id)
             self.status.count("internal_errors")
             await self._send(tid, _internal_error(message.id, message.device_id))
+
+    async def _held_elsewhere(self, record: DeviceRecord | None) -> bool:
+        """The key of the device's open attempt is held by another live agent (only it can resend it)."""
+        if not self._journal.shared or record is None or record.state is not State.PUSHED:
+            return False
+        if record.device_id in self.line.held or self.line.clock() >= record.result_due:
+            return False
+        holder, _ = await self._journal.aside(lambda reader: reader.key_custodian(record.device_id, record.attempt))
+        return bool(holder)
 
     async def sweep(self) -> None:
         """Expire what time has run out on: held keys past their push deadline, results past due."""
@@ -167,13 +205,25 @@ class DeviceService:
         for device_id in self.line.overdue(now):
             if not self._locks.busy(device_id):
                 async with self._locks.hold(device_id):
-                    await self._drive(self.line.overdue_flow(device_id, self._journal.get(device_id)))
+                    try:
+                        record = await self._journal.fetch(device_id)
+                        await self._drive(
+                            self.line.overdue_flow(device_id, record), self.leases.open(device_id, record)
+                        )
+                    except (Fenced, LedgerUnavailable) as exc:
+                        log.info("device %r: overdue result left for later: %s", device_id, exc)
 
     # -- the executor ----------------------------------------------------------------------------
 
-    async def _drive(self, flow: Flow) -> None:
-        """Run a flow to its end, performing each command; a cloud slot it still holds is given back."""
+    async def _drive(self, flow: Flow, fence: Fence | None = None) -> None:
+        """Run a flow to its end, performing each command; a cloud slot it still holds is given back.
+
+        ``fence``: the flow writes under a lease (a shared ledger); :class:`Fenced` or
+        :class:`LedgerUnavailable` from a write ends the flow there, and a key minted in it that
+        never left is dropped (and said abandoned in the trail).
+        """
         turn = _TurnHolder(self)
+        step = _Step(fence)
         try:
             outcome: Outcome = None
             while True:
@@ -181,30 +231,77 @@ class DeviceService:
                     command = flow.send(outcome)
                 except StopIteration:
                     return
-                outcome = await self._perform(command, turn)
+                outcome = await self._perform(command, turn, step)
+        except (Fenced, LedgerUnavailable):
+            await self._drop_unpushed(step)
+            raise
         finally:
             turn.release()
             flow.close()
+            await self.leases.close(fence)
 
-    async def _perform(self, command: Command, turn: _TurnHolder) -> Outcome:
+    async def _drop_unpushed(self, step: _Step) -> None:
+        """A flow stopped between minting a key and pushing it: the key can never be pushed; say so."""
+        record = step.unpushed
+        if record is None:
+            return
+        held = self.line.held.get(record.device_id)
+        if held is not None and held.attempt == record.attempt:
+            del self.line.held[record.device_id]
+        self.status.count("keys_fenced_unpushed")
+        log.warning("device %r: key %s dropped unpushed (the flow lost its lease or the ledger)",
+                    record.device_id, record.attempt)  # fmt: skip
         journal = self._journal.journal
+
+        def abandon(reader: object) -> None:
+            if not journal.attempt_closed(record.device_id, record.attempt):
+                detail: dict[str, str | int | bool] = {"reason": "fenced", "was_pushed": False,
+                                                       "error": "the flow lost its lease before the push"}  # fmt: skip
+                journal.audit("abandoned", record, now=self.line.clock(), detail=detail)
+
+        try:
+            await self._journal.run(abandon, None)
+        except Exception as exc:  # noqa: BLE001 - best effort: the other agent's takeover closes the attempt too
+            log.info("device %r: abandonment of key %s not written (%s)", record.device_id, record.attempt, exc)
+
+    async def _perform(self, command: Command, turn: _TurnHolder, step: _Step) -> Outcome:
+        journal = self._journal.journal
+        fence = step.fence
         match command:
             case Send(tid, message):
                 await self._send(tid, message)
                 return None
             case PushKey(tid, message, expiry_s):
+                if step.unpushed is not None:  # a shared ledger: the push's fenced write, then the deadline
+                    record, detail = step.unpushed, step.push_detail
+                    await self._journal.run(journal.record_push, record, now=self.line.clock(), detail=detail,
+                                            fence=fence)  # fmt: skip
+                    step.unpushed = None
+                    Leases.check_before_push(fence, record.device_id)
                 return Delivery(await self._send(tid, message, expiry_s=expiry_s, confirm=True))
             case Save(record, charge, pushed):
-                return Saved(await self._journal.run(journal.put, record, charge=charge, pushed=pushed))
+                limits = self._limits(charge) if charge is not None and fence is not None else ()
+                deferred = pushed if fence is not None else None  # shared: written right before the push
+                try:
+                    row_id = await self._journal.run(journal.put, record, charge=charge,
+                                                     pushed=None if deferred is not None else pushed, fence=fence,
+                                                     limits=limits)  # fmt: skip
+                except LimitReached as exc:
+                    return ChargeRefused(exc.limit.reason, exc.limit.message, exc.retry_after_s)  # type: ignore[arg-type]
+                if deferred is not None:
+                    step.unpushed, step.push_detail = record, deferred
+                return Saved(row_id)
             case SaveBookkeeping(record):
-                await self._journal.run_bookkeeping(journal.put, record)
+                await self._journal.run_bookkeeping(journal.put, record, fence=fence)
                 return None
             case RecordPush(record, detail):
-                await self._journal.run(journal.record_push, record, now=self.line.clock(), detail=detail)
+                await self._journal.run(journal.record_push, record, now=self.line.clock(), detail=detail, fence=fence)
+                if fence is not None:
+                    Leases.check_before_push(fence, record.device_id)
                 return None
             case Complete(record, report):
                 now = self.line.clock()
-                await self._journal.run(journal.complete, record, report, now=now)
+                await self._journal.run(journal.complete, record, report, now=now, fence=fence)
                 self._on_report()
                 if (metrics := self.status.metrics) is not None:
                     metrics.activated.labels(record.model).inc()
@@ -212,7 +309,7 @@ class DeviceService:
                         metrics.steps.labels("activation").observe(max(0.0, now - record.minted_at))
                 return None
             case Forget(device_id):
-                await self._journal.run(journal.delete, device_id)
+                await self._journal.run(journal.delete, device_id, fence=fence)
                 return None
             case Uncharge(charge):
                 if charge.row_id:
@@ -241,6 +338,11 @@ class DeviceService:
             case _:
                 assert_never(command)
 
+    def _limits(self, charge: Mint) -> tuple[ChargeLimit, ...]:
+        """The global limits a shared ledger checks the charge against as it writes it."""
+        profile = self.line.profiles.get(charge.model)
+        return self.line.admission.limits_for(charge, profile.admission if profile is not None else None)
+
     async def _minted(self, device_id: str, term: LicenceTerm, biz_type: str) -> Minted:
         key = await self._cloud.create_auth_key(term=term, user_device_id=device_id, biz_type=biz_type)
         return Minted(key.key)
@@ -267,6 +369,15 @@ class DeviceService:
         except Exception as exc:  # noqa: BLE001 - any transport failure: the device asks again, we carry on
             log.warning("tid %s: answer %s not delivered: %s", tid, type(message).__name__, exc)
             return False
+
+
+@dataclass(slots=True)
+class _Step:
+    """What the executor keeps about one flow: its fence, and a first push not yet written (shared ledger)."""
+
+    fence: Fence | None
+    unpushed: DeviceRecord | None = None  # the attempt journaled by Save(pushed=...) whose push is next
+    push_detail: dict[str, str | int | bool] = field(default_factory=dict)
 
 
 class _TurnHolder:

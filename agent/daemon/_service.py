@@ -24,7 +24,7 @@ from agent.daemon._admission import LineAdmission
 from agent.daemon._devices import DeviceService
 from agent.daemon._http import StatusServer
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
-from agent.journal import Journal, JournalWorker
+from agent.journal import JournalWorker, open_journal
 from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
@@ -104,7 +104,7 @@ class ProvisioningAgent:
         # A device served alone has its journal writes made on the loop (no thread hand-offs);
         # with others in flight they go to the journal thread and share its group commits.
         self.journal = JournalWorker(
-            Journal.open(Path(config.journal), gateway_id=config.gateway_id), alone=lambda: len(self._handlers) <= 1
+            open_journal(config.journal, gateway_id=config.gateway_id), alone=lambda: len(self._handlers) <= 1
         )
         self.mqtt: MqttConnection | None = None
         if config.mqtt.enabled:
@@ -141,6 +141,7 @@ class ProvisioningAgent:
             on_report=self.drainer.kick,
             max_in_flight=config.limits.max_in_flight,
             max_queued=config.limits.max_queued,
+            lease_s=config.journal.lease_s,
         )
         self.devices.status.metrics = self.metrics
         self._http: StatusServer | None = None
@@ -177,6 +178,7 @@ class ProvisioningAgent:
                     group.create_task(self._status_loop(), name="status"),
                     group.create_task(self._announce_after_reconnects(), name="status-on-reconnect"),
                     group.create_task(self._watchdog(), name="watchdog"),
+                    group.create_task(self.devices.leases.keep(), name="leases"),
                 ]
                 log.info(
                     "serving gateway %s: %d profile(s), devices on %s, cloud %s",

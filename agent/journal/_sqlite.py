@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
 
 from agent.journal import _audit_store as audit_store
-from provisioning.admission import Mint
+from agent.journal._protocol import Fence, JournalError, OutboxRow
+from provisioning.admission import ChargeLimit, Mint
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, implied_entries, verify_chain
 from provisioning.audit._chain import DetailValue
 from provisioning.workflow import DeviceRecord, State
@@ -75,29 +76,21 @@ _UNFINISHED: Final = (State.MINTING.value, State.PUSHED.value, State.UNSURE.valu
 _SELECT_RECORDS: Final = f"SELECT {', '.join(_COLUMNS)} FROM devices"  # noqa: S608
 
 
-class JournalError(Exception):
-    """The journal cannot be opened or written (disk full, corrupt file, newer schema)."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One report waiting for delivery."""
-
-    id: int
-    device_id: str
-    idempotency_key: str
-    payload: dict[str, Any]
-    attempts: int
-
-
 class Journal:
-    """Durable device records and outbox; open with :meth:`open`."""
+    """Durable device records and outbox; open with :meth:`open`.
+
+    A local journal (``shared`` False): this agent is its only writer, so the fences, limits and
+    custody of :class:`~agent.journal.JournalStore` are kept in memory by the daemon and ignored here.
+    """
+
+    shared = False
 
     def __init__(self, connection: sqlite3.Connection, path: Path, gateway_id: str = "") -> None:
         self._db = connection
         self._lock = threading.RLock()  # re-entered by the methods run inside batch()
         self._in_batch = False
         self.path = path
+        self.where = str(path)
         self.gateway_id = gateway_id  # written into every audit entry
 
     @classmethod
@@ -139,6 +132,10 @@ class Journal:
         with self._lock:
             self._db.close()
 
+    def reader(self) -> Journal:
+        """A read-only twin on a connection of its own (reads never wait for the writer in WAL mode)."""
+        return Journal.open_readonly(self.path)
+
     # -- devices ----------------------------------------------------------------------------
 
     def get(self, device_id: str) -> DeviceRecord | None:
@@ -153,6 +150,8 @@ class Journal:
         *,
         charge: Mint | None = None,
         pushed: dict[str, DetailValue] | None = None,
+        fence: Fence | None = None,  # one writer: no lease to check
+        limits: Sequence[ChargeLimit] = (),  # the in-memory admission is authoritative here
     ) -> int:
         """Insert or replace a record, durably; in the same transaction (one fsync, not two or three) also
         count a key against the quotas (``charge``; returns the charge's row id) and record the first
@@ -164,12 +163,12 @@ class Journal:
                 self._append_push(db, record, record.updated_at, pushed)
             return 0 if charge is None else _insert_charge(db, charge)
 
-    def delete(self, device_id: str) -> None:
+    def delete(self, device_id: str, *, fence: Fence | None = None) -> None:
         """Forget a device that never received a key."""
         with self._transaction() as db:
             db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
 
-    def complete(self, record: DeviceRecord, report: dict[str, Any], *, now: float) -> None:
+    def complete(self, record: DeviceRecord, report: dict[str, Any], *, now: float, fence: Fence | None = None) -> None:
         """Store an activated record and queue its report, in one transaction."""
         with self._transaction() as db:
             consumed: dict[str, DetailValue] = {"biz_type": str(report.get("biz_type", "")),
@@ -275,7 +274,14 @@ class Journal:
         with self._transaction() as db:
             return self._append(db, event, record, record.attempt, record.key_fingerprint, now, detail)
 
-    def record_push(self, record: DeviceRecord, *, now: float, detail: dict[str, DetailValue]) -> AuditEntry:
+    def record_push(
+        self,
+        record: DeviceRecord,
+        *,
+        now: float,
+        detail: dict[str, DetailValue],
+        fence: Fence | None = None,
+    ) -> AuditEntry:
         """Append ``pushed`` for the record's attempt (``resend`` says whether it was pushed before)."""
         with self._transaction() as db:
             return self._append_push(db, record, now, detail)
@@ -351,6 +357,19 @@ class Journal:
             db, at=format_at(now), event=event, device_id=record.device_id, model=record.model, attempt=attempt,
             key_fingerprint=fingerprint, gateway_id=self.gateway_id, detail=detail,
         )  # fmt: skip
+
+    # -- leases and custody: one agent, nothing shared ---------------------------------------
+
+    def renew(self, fences: Sequence[Fence], custody: Sequence[str]) -> set[str]:
+        """Every lease is this agent's own: none is lost."""
+        return set()
+
+    def key_custodian(self, device_id: str, attempt: str) -> tuple[str, float]:
+        """No other agent holds keys."""
+        return "", 0.0
+
+    def release(self, fence: Fence) -> None:
+        """Nothing to release."""
 
     # -- internals --------------------------------------------------------------------------
 

@@ -5,10 +5,12 @@ at once and runs them in one transaction (``Journal.batch``: each call in its ow
 so thirty-two devices that register together cost one fsync, not thirty-two in a row. No
 caller hears back before the COMMIT is durable, so "journaled before the side effect" holds.
 
-Reading one device's record is the exception: :meth:`JournalWorker.get` reads on the caller's
-thread through a second, read-only connection. In WAL mode a reader never waits for the writer,
-a primary-key lookup takes tens of microseconds, and a hand-off to the thread costs ten times
-that in CPU. It sees every write whose ``run`` has returned (those are committed).
+Reading one device's record is the exception: :meth:`JournalWorker.fetch` reads through a
+second connection. On SQLite it reads on the caller's thread: in WAL mode a reader never waits
+for the writer, a primary-key lookup takes tens of microseconds, and a hand-off to the thread
+costs ten times that in CPU. On a shared ledger (PostgreSQL) a read is a network round trip
+that may hang while the network does, so it runs in a worker thread instead, as do lease
+renewals (:meth:`aside`). Either way it sees every write whose ``run`` has returned.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
-from agent.journal._sqlite import Journal
+from agent.journal._protocol import JournalStore
 from provisioning.workflow import DeviceRecord
 
 __all__ = ["JournalWorker"]
@@ -44,11 +46,12 @@ class _Call:
 class JournalWorker:
     """Runs journal methods on a dedicated thread, grouping the calls that queue up into one commit."""
 
-    def __init__(self, journal: Journal, *, alone: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, journal: JournalStore, *, alone: Callable[[], bool] = lambda: False) -> None:
         self.journal = journal
+        self.shared = journal.shared
         self._alone = alone  # True while the caller is the only device in flight (see run)
         self._outstanding = 0  # calls handed to the thread and not yet settled
-        self._reader = Journal.open_readonly(journal.path)
+        self._reader = journal.reader()
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="journal", daemon=True)
         self._thread.start()
@@ -62,7 +65,7 @@ class JournalWorker:
         here and now instead: there is no commit to share, and the two hand-offs between threads
         cost more latency (~150 us on a small gateway) than the write itself apart from its fsync.
         """
-        if self._outstanding == 0 and self._alone():
+        if self._outstanding == 0 and not self.shared and self._alone():
             with self.journal.batch():
                 result = function(*args, **kwargs)
             self.batches += 1
@@ -97,8 +100,20 @@ class JournalWorker:
             call.future.set_exception(value)
 
     def get(self, device_id: str) -> DeviceRecord | None:
-        """A device's committed record, read here and now (see the module docstring)."""
+        """A device's committed record, read here and now (a local journal only: see :meth:`fetch`)."""
         return self._reader.get(device_id)
+
+    async def fetch(self, device_id: str) -> DeviceRecord | None:
+        """A device's committed record: read here (SQLite), or in a thread (a shared ledger's round trip)."""
+        if not self.shared:
+            return self._reader.get(device_id)
+        return await asyncio.to_thread(self._reader.get, device_id)
+
+    async def aside(self, function: Callable[[JournalStore], T]) -> T:
+        """``function(reader)`` on the reading connection, off the loop on a shared ledger (renewals, custody)."""
+        if not self.shared:
+            return function(self._reader)
+        return await asyncio.to_thread(function, self._reader)
 
     def close(self) -> None:
         """Finish queued calls, then close the journal."""

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import collections
-import os
 import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self
 
-from provisioning_lab._children import kill, terminate
+from provisioning_lab._children import child_env, kill, terminate
 
 __all__ = ["AgentProcess", "AgentStartError", "write_config"]
 
@@ -51,20 +50,21 @@ def write_config(path: Path, values: Mapping[str, Any]) -> Path:
 class AgentProcess:
     """``python -m agent run --config FILE`` as a child process; ``start`` returns once it serves."""
 
-    def __init__(self, config_file: Path, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config_file: Path, *, env: Mapping[str, str] | None = None, launcher: Sequence[str] = ("-m", "agent")
+    ) -> None:
         self.config_file = config_file
         self._env = env
+        self._launcher = tuple(launcher)  # the interpreter's arguments before "run" (a wrapper for chaos tests)
         self._process: subprocess.Popen[str] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
 
     def start(self) -> Self:
         """Start and wait for ``ready``; :class:`AgentStartError` with its log otherwise."""
-        environment = dict(os.environ if self._env is None else self._env)
-        root = str(Path(__file__).resolve().parents[2])
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH", "")]))
+        environment = child_env(self._env)
         self._log.clear()
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config_file)],
+            [sys.executable, *self._launcher, "run", "--config", str(self.config_file)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

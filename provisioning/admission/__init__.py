@@ -7,7 +7,7 @@ quotas). The runtime feeds it the work orders it reads from the MES's folder
 """
 
 from provisioning.admission._admission import Admission, LineLimits, Request
-from provisioning.admission._quota import DAY_S, HOUR_S, Ledger, Mint
+from provisioning.admission._quota import DAY_S, HOUR_S, ChargeLimit, Ledger, Mint
 from provisioning.admission._refusal import REASONS, RETRYABLE, Reason, Refusal
 from provisioning.admission._rules import IDENTITY_MODES, SIGNATURE_MODES, IdentityMode, Rules, SignatureMode
 from provisioning.admission._signature import decode_public_key, parse_public_keys, verify
@@ -28,6 +28,7 @@ __all__ = [
     "RETRYABLE",
     "SIGNATURE_MODES",
     "Admission",
+    "ChargeLimit",
     "IdentityMode",
     "Ledger",
     "LineLimits",

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from provisioning.admission._quota import DAY_S, HOUR_S, Ledger, Mint
+from provisioning.admission._quota import DAY_S, HOUR_S, ChargeLimit, Ledger, Mint
 from provisioning.admission._ratelimit import TokenBuckets
 from provisioning.admission._refusal import Reason, Refusal
 from provisioning.admission._rules import Rules
@@ -139,6 +139,36 @@ class Admission:
         if isinstance(decision, Mint):
             self.ledger.add(decision)
         return decision
+
+    def limits_for(self, mint: Mint, rules: Rules | None) -> tuple[ChargeLimit, ...]:
+        """The hard limits ``mint`` must stay under, for a ledger several agents share to check atomically.
+
+        The sender's quota, the line's and the model's hourly and daily quotas, and the work
+        order's ceiling. (The fair share between models stays a check of each agent's view.)
+        """
+        serial = transport_of(mint.sender) == "serial"
+        sender_limit = self.limits.per_port_hour if serial else self.limits.per_login_hour
+        who = f"jig port {mint.sender!r}" if serial else f"topic id {mint.sender!r}"
+        model = f"model {mint.model!r}"
+        rules = rules or Rules()
+        candidates = (
+            ChargeLimit("quota_sender", "sender", mint.sender, HOUR_S, sender_limit,
+                        f"{who} has been issued its {sender_limit} key(s) of the last hour"),
+            ChargeLimit("quota_hour", "line", "", HOUR_S, self.limits.per_hour,
+                        f"this line has used its {self.limits.per_hour} key(s) of the last hour"),
+            ChargeLimit("quota_day", "line", "", DAY_S, self.limits.per_day,
+                        f"this line has used its {self.limits.per_day} key(s) of the last 24 hours"),
+            ChargeLimit("quota_hour", "model", mint.model, HOUR_S, rules.per_hour,
+                        f"{model} has used its {rules.per_hour} key(s) of the last hour"),
+            ChargeLimit("quota_day", "model", mint.model, DAY_S, rules.per_day,
+                        f"{model} has used its {rules.per_day} key(s) of the last 24 hours"),
+        )  # fmt: skip
+        limits = [limit for limit in candidates if limit.limit > 0 and (limit.scope != "sender" or mint.sender)]
+        order = self.book.orders.get(mint.work_order) if mint.work_order else None
+        if order is not None:
+            spent = f"work order {order.order_id} ({order.ceiling}) has used all its keys"
+            limits.append(ChargeLimit("work_order_exhausted", "order", order.order_id, 0, order.ceiling, spent))
+        return tuple(limits)
 
     def release(self, mint: Mint) -> None:
         """No key came of an admission (the cloud call failed, the queue was full): give the charge back."""

@@ -6,9 +6,11 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
-__all__ = ["DAY_S", "HOUR_S", "Ledger", "Mint"]
+from provisioning.admission._refusal import Reason
+
+__all__ = ["DAY_S", "HOUR_S", "ChargeLimit", "Ledger", "Mint"]
 
 HOUR_S: Final = 3600
 DAY_S: Final = 24 * HOUR_S  # quotas are rolling windows: "per day" is any 24 hours, not a calendar day
@@ -24,6 +26,22 @@ class Mint:
     at: float
     row_id: int = 0  # the journal's row, once written
     sender: str = ""  # the topic id (broker login or jig port) the key is issued to
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeLimit:
+    """One limit a charge must stay under, for a ledger that counts every agent's charges itself.
+
+    ``scope`` says which charges count: ``line`` (all), ``model``, ``sender`` or ``order`` (the
+    work order ``key``, ever: ``window_s`` 0); the others count those at most ``window_s`` old.
+    """
+
+    reason: Reason
+    scope: Literal["line", "model", "sender", "order"]
+    key: str  # the model, sender or work order ("" for the line)
+    window_s: int
+    limit: int
+    message: str  # said to the device when the limit is reached
 
 
 class Ledger:

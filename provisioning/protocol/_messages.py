@@ -69,7 +69,7 @@ ErrorCode = Literal[
     "cloud_rejected",
     "internal",
 ]
-WaitReason = Literal["queued", "throttled", "cloud_unavailable", "in_progress"]
+WaitReason = Literal["queued", "throttled", "cloud_unavailable", "in_progress", "ledger_unavailable"]
 
 _TID = re.compile(r"[A-Za-z0-9._:~@-][A-Za-z0-9._:~@$-]{0,63}")
 _ATTEMPT = re.compile(r"[0-9a-f]{16}")

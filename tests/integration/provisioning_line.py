@@ -134,14 +134,20 @@ class Line:
             "http": {"listen": ""},  # several agents at once: no fixed port (tests that need it set one)
         }
         for section, table in sections.items():
-            values[section] = {**values.get(section, {}), **table}
+            base = values.get(section, {})
+            values[section] = {**(base if isinstance(base, dict) else {"path": base}), **table}
         return write_config(self.tmp_path / f"{name}.toml", values)
 
     def start_agent(
-        self, name: str = "gw1", env: dict[str, str] | None = None, profiles: str = PROFILES, **sections: dict[str, Any]
+        self,
+        name: str = "gw1",
+        env: dict[str, str] | None = None,
+        profiles: str = PROFILES,
+        launcher: tuple[str, ...] = ("-m", "agent"),
+        **sections: dict[str, Any],
     ) -> AgentProcess:
         config = self.config(name, profiles, **sections)
-        agent = AgentProcess(config, env={**self.env, **(env or {})}).start()
+        agent = AgentProcess(config, env={**self.env, **(env or {})}, launcher=launcher).start()
         self.agents.append(agent)
         return agent
 

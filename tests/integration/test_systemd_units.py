@@ -175,7 +175,7 @@ def test_example_configuration_loads_and_matches_the_unit(service: dict[str, lis
     config = load_config(EXAMPLE, environ={})
     state = f"/var/lib/{service['StateDirectory'][0]}/"
     configuration = f"/etc/{service['ConfigurationDirectory'][0]}/"
-    assert config.journal.startswith(state), "the journal must live in the unit's StateDirectory"
+    assert config.journal.path.startswith(state), "the journal must live in the unit's StateDirectory"
     assert config.profiles.startswith(configuration)
     assert config.cloud.credentials_file == "", "under systemd the AccessKey comes from LoadCredential="
     assert config.http.listen == "127.0.0.1:9464"

@@ -167,4 +167,18 @@ def test_environment_variable_names_cover_every_key() -> None:
     names = environment_variables()
     assert names["PROVISIONING_AGENT_GATEWAY_ID"] == "gateway_id"
     assert names["PROVISIONING_AGENT_ADMISSION_KEYS_PER_PORT_HOUR"] == "admission.keys_per_port_hour"
-    assert sorted(names.values()) == sorted(key.name for key in keys(AgentConfig))
+    assert set(names.values()) == {key.name for key in keys(AgentConfig)}
+    assert names["PROVISIONING_AGENT_JOURNAL"] == "journal.path"  # the old form of the key, still read
+
+
+def test_the_old_journal_form_is_still_read(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + 'journal = "/srv/j.sqlite3"\n')
+    assert load_config(path, environ={}).journal.path == "/srv/j.sqlite3"
+    env = {"PROVISIONING_AGENT_JOURNAL": "/srv/env.sqlite3", "PROVISIONING_AGENT_JOURNAL_LEASE_S": "30"}
+    config = load_config(path, environ=env)
+    assert (config.journal.path, config.journal.lease_s) == ("/srv/env.sqlite3", 30.0)
+    bad = write(tmp_path, MINIMAL + '[journal]\nurl = "mysql://x"\nlease_s = 1\n')
+    assert [message.split(": key ")[1] for message in problems_of(bad)] == [
+        "journal.url: must be a postgresql:// URL, or empty (SQLite at path), got 'mysql://x'",
+        "journal.lease_s: must be a number from 3 to 600, got 1",
+    ]

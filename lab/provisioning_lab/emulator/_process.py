@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import queue
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import IO, Any, Self
 
 import httpx
 
-from provisioning_lab._children import kill, terminate
+from provisioning_lab._children import child_env, kill, terminate
 
 __all__ = ["ActivationError", "EmulatorProcess", "EmulatorStartError"]
 
@@ -95,7 +94,7 @@ class EmulatorProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_child_env(self._env),
+            env=child_env(self._env),
         )
         self._process = process
         if process.stdout is None or process.stderr is None:  # pragma: no cover - PIPE was asked for
@@ -236,12 +235,3 @@ def _drain(stream: IO[str], sink: Callable[[str | None], None], name: str) -> th
     thread = threading.Thread(target=pump, name=name, daemon=True)
     thread.start()
     return thread
-
-
-def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    """``env`` (default: ours) with the directory holding this ``agent`` package first on PYTHONPATH,
-    so ``-m agent`` runs this very code whatever the working directory."""
-    child = dict(os.environ if env is None else env)
-    root = os.fspath(Path(__file__).resolve().parents[2])
-    child["PYTHONPATH"] = os.pathsep.join(filter(None, [root, child.get("PYTHONPATH")]))
-    return child
