@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
+from agent.http._proxy import ProxySettingError, proxy_for
 from agent.secretfile import SecretFileError, check_private_file
-from provisioning.reportsig import ReportSigner, SignatureError, load_signer
+from provisioning.reportsig import ReportSignatureError, ReportSigner, load_signer
 from provisioning.schema import (
     NOT_A_KEY,
     Check,
@@ -32,6 +33,7 @@ from provisioning.schema import (
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_STATUS_SOCKET",
     "AdmissionConfig",
     "AgentConfig",
     "CloudConfig",
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/provisioning-agent/agent.toml")
+DEFAULT_STATUS_SOCKET: Final = "/run/provisioning-agent/status.sock"  # the unit's RuntimeDirectory=
 ENV_PREFIX: Final = "PROVISIONING_AGENT_"
 
 
@@ -97,6 +100,8 @@ class CloudConfig:
     credentials_file: Annotated[str, _PATH] = ""  # TOML with access_key_id / access_key_secret (mode 600)
     # An AuthKey's life at the service (30 minutes); shorter only against an emulator run with --key-ttl.
     key_lifetime_s: Annotated[int, Range(10, 1800)] = 1800
+    # http://[user:password@]host:port, "direct" for none; "" = HTTPS_PROXY/NO_PROXY as curl reads them.
+    proxy: Annotated[str, _PATH] = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +130,8 @@ class UpstreamConfig:
     mqtt_topic: Annotated[str, _TOPIC_OR_EMPTY] = "prov/v1/reports"  # on the devices' broker; "" disables
     webhook_url: Annotated[str, _URL_OR_EMPTY] = ""  # the MES's endpoint for reports; "" disables
     webhook_timeout_s: Annotated[float, _TIMEOUT] = 10.0  # one delivery, connecting included
-    webhook_secret_file: Annotated[str, _PATH] = ""  # optional bearer token for the webhook, alone in a file
+    webhook_secret_file: Annotated[str, _PATH] = ""  # optional bearer token for the webhook, alone in a file (https://)
+    webhook_ca_file: Annotated[str, _PATH] = ""  # PEM CA bundle that verifies the webhook's certificate; "" = system's
     sign: Literal["none", "hmac-sha256", "ed25519"] = "none"  # report signatures (docs/upstream.md)
     sign_key_file: Annotated[str, _PATH] = ""  # the HMAC secret or the Ed25519 private key (PEM), mode 600
     sign_key_id: Annotated[str, Length(0, 128)] = ""  # names the key in each signature (default: gateway_id)
@@ -142,9 +148,15 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """The local HTTP endpoint: /metrics (Prometheus), /health, /status."""
+    """The local HTTP endpoint: /metrics (Prometheus) and /health for anyone, /status for the operators."""
 
     listen: Annotated[str, _LISTEN] = "127.0.0.1:9464"  # host:port; "" disables it
+    socket: Annotated[str, _PATH] = (
+        DEFAULT_STATUS_SOCKET  # every page, no token, mode 0660 for the operators; "" = none
+    )
+    # Bearer token for /status over TCP, made if missing; "" = status.token beside the journal.
+    token_file: Annotated[str, _PATH] = ""
+    max_connections: Annotated[int, Range(1, 10_000)] = 64  # TCP clients at once; then the least recently active goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +254,10 @@ def read_config(path: Path, *, environ: Mapping[str, str] | None = None) -> tupl
     problems += found
     if config is not None:
         config = replace(config, source=origin)
-        problems += _Checks(config, _variables(data)).run()
+        problems += _Checks(config, _variables(data), env).run()
+        if not config.http.token_file:  # the state folder: /var/lib/provisioning-agent/status.token on a gateway
+            token_file = str(Path(config.journal.path).parent / "status.token")
+            config = replace(config, http=replace(config.http, token_file=token_file))
     return config, problems
 
 
@@ -299,8 +314,8 @@ def _variables(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class _Checks:
     """The checks a schema cannot say, each problem named with the key's origin (file or variable)."""
 
-    def __init__(self, config: AgentConfig, variables: Mapping[str, str]) -> None:
-        self.config, self.variables = config, variables
+    def __init__(self, config: AgentConfig, variables: Mapping[str, str], environ: Mapping[str, str]) -> None:
+        self.config, self.variables, self.environ = config, variables, environ
         self.problems: list[Problem] = []
 
     def fail(self, key: str, reason: str) -> None:
@@ -329,7 +344,31 @@ class _Checks:
             _report_signer(config)  # a signing key that cannot be used stops the start, naming file and key
         except _KeyProblem as exc:
             self.fail(exc.key, exc.reason)
-        return self.problems
+        self._readable("upstream.webhook_ca_file")
+        if config.upstream.webhook_secret_file and config.upstream.webhook_url.startswith("http://"):
+            self.fail(
+                "upstream.webhook_secret_file",
+                f"a bearer token is never sent over plain http:// (webhook_url = {config.upstream.webhook_url!r}); "
+                "use an https:// URL (and webhook_ca_file for a private CA)",
+            )
+        self._proxies()
+        return list(dict.fromkeys(self.problems))  # one bad proxy variable concerns both the cloud and the webhook
+
+    def _proxies(self) -> None:
+        """The proxy the cloud calls and the webhook will use: the key, else HTTPS_PROXY/NO_PROXY."""
+        cloud, upstream = self.config.cloud, self.config.upstream
+        for url, setting in ((cloud.endpoint, cloud.proxy), (upstream.webhook_url, "")):
+            if not url.startswith(("http://", "https://")):
+                continue
+            try:
+                proxy_for(url, setting=setting, setting_name="cloud.proxy", environ=self.environ)
+            except ProxySettingError as exc:
+                source, _, reason = str(exc).partition(": ")
+                if source == "cloud.proxy":
+                    self.fail("cloud.proxy", reason)
+                else:  # a proxy variable of the environment; the key would override it
+                    variable = source.removeprefix("environment variable ")
+                    self.problems.append(Problem(variable, "cloud.proxy", reason, variable=True))
 
     def _value(self, key: str) -> str:
         section, name = key.split(".")
@@ -391,6 +430,6 @@ def _report_signer(config: AgentConfig) -> ReportSigner | None:
         raise _KeyProblem(key, f"file {key_file} cannot be read ({exc.strerror or exc})") from None
     try:
         return load_signer(upstream.sign, upstream.sign_key_id or config.gateway_id, material)
-    except SignatureError as exc:
+    except ReportSignatureError as exc:
         key = "upstream.sign_key_id" if "key id" in str(exc) else key
         raise _KeyProblem(key, f"{key_file}: {exc}") from None

@@ -20,6 +20,10 @@ The clients:
 - ``official SDK``: ``alibabacloud_cloudauth20190307.client.Client`` (tea, V3 signing by
   default) over plain HTTP, used synchronously: concurrency 1 in the main thread, concurrency
   32 in 32 threads sharing one client (its requests session pools 40 connections per host).
+- ``ours V1 (worker)`` / ``baseline V1 (worker)``, with ``--baseline DIR``: our client from this
+  checkout and from DIR (an older checkout, e.g. ``git worktree add /tmp/old <commit>``), each in
+  a process of its own (``bench/_client_worker.py``) driven phase by phase, so an old and a new
+  client are measured side by side in one run on equal terms.
 - floors, with no client library logic: the request our V1 client sends (``POST /`` with the
   signed parameters as a form body), signed before the clock starts and sent over a raw asyncio
   socket (``raw pre-signed``) or with a bare ``httpx.AsyncClient`` (``httpx pre-signed``); and
@@ -38,6 +42,7 @@ import itertools
 import json
 import os
 import pstats
+import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -202,6 +207,49 @@ class OfficialClient(Subject):
             auth_years=1, test=False, user_device_id="SN-BENCH", biz_type=BIZ_TYPE
         )
         return self._client.create_auth_key(request)
+
+
+class WorkerClient(Subject):
+    """Our client from ``tree`` in a process of its own (bench/_client_worker.py), driven phase by phase."""
+
+    def __init__(self, name: str, tree: Path, emulator: EmulatorProcess, signature: SignatureVersion) -> None:
+        self.name = name
+        self._process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "_client_worker.py"), str(tree), emulator.url,
+             emulator.access_key_id, emulator.access_key_secret, signature, str(emulator.pid)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def measure(self, phase: Phase) -> Sample:
+        answer = self._ask({"action": phase.action, "concurrency": phase.concurrency, "calls": phase.calls})
+        return Sample(
+            calls=answer["calls"],
+            concurrency=answer["concurrency"],
+            wall_s=answer["wall_s"],
+            cpu_s=answer["cpu_s"],
+            peer_cpu_s=answer["peer_cpu_s"],
+            latencies_ns=tuple(answer["latencies_ns"]),
+        )
+
+    def check(self) -> int:
+        return int(self._ask({"check": True})["devices"])
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.write(json.dumps({"quit": True}) + "\n")
+            self._process.stdin.close()
+        self._process.wait(30)
+
+    def _ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.write(json.dumps(command) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name}: the worker ended (exit {self._process.poll()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
 
 class Floor(Subject):
@@ -461,11 +509,20 @@ def run_rounds(plan: Plan, runner: asyncio.Runner, emulator: EmulatorProcess, su
     return results
 
 
-def build_subjects(runner: asyncio.Runner, meter: Meter, emulator: EmulatorProcess) -> list[Subject]:
-    """Ours first, then the official SDK, then the floors (the tables keep this order)."""
+def build_subjects(
+    runner: asyncio.Runner, meter: Meter, emulator: EmulatorProcess, baseline: Path | None = None
+) -> list[Subject]:
+    """Ours first (and, with a baseline, ours and the baseline in workers), then the official SDK, then the floors."""
+    workers: list[Subject] = []
+    if baseline is not None:
+        workers = [
+            WorkerClient("ours V1 (worker)", ROOT, emulator, "v1"),
+            WorkerClient("baseline V1 (worker)", baseline, emulator, "v1"),
+        ]
     return [
         OurClient(runner, meter, emulator, "v1"),
         OurClient(runner, meter, emulator, "v3"),
+        *workers,
         OfficialClient(meter, emulator),
         RawPreSigned(runner, meter, emulator),
         HttpxPreSigned(runner, meter, emulator),
@@ -620,6 +677,17 @@ def render(plan: Plan, summary: Mapping[str, Mapping[str, Mapping[str, float]]],
             f"client CPU {mine[c1]['cpu_per_call_ms'] / floor[c1]['cpu_per_call_ms']:.1f}x the floor's at c=1, "
             f"{mine[c32]['cpu_per_call_ms'] / floor[c32]['cpu_per_call_ms']:.1f}x at c={HIGH_CONCURRENCY}"
         )
+    if "baseline V1 (worker)" in summary:
+        new, old = summary["ours V1 (worker)"], summary["baseline V1 (worker)"]
+        out += ["", "### This checkout against the baseline (V1, each in a worker process)", ""]
+        for phase in plan.phases:
+            mine, theirs = new[phase.key], old[phase.key]
+            out.append(
+                f"- {phase.key}: CPU {mine['cpu_per_call_ms']:.3f} ms/call against {theirs['cpu_per_call_ms']:.3f}"
+                f" ({mine['cpu_per_call_ms'] / theirs['cpu_per_call_ms']:.2f}x), p50 {mine['p50_ms']:.3f} ms"
+                f" against {theirs['p50_ms']:.3f}; vs official {mine.get('cpu_vs_official', 0):.2f}x"
+                f" against {theirs.get('cpu_vs_official', 0):.2f}x"
+            )
     out += ["", f"### Is the emulator the bottleneck at concurrency {HIGH_CONCURRENCY}?", ""]
     capacity = floor[c32]["calls_per_s"] / max(floor[c32]["emulator_busy"], 1e-9)
     out.append(
@@ -661,6 +729,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--json-out", type=Path, metavar="FILE", help="also write every figure as JSON")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure our client from another checkout (DIR), and this one, each in a worker process",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         choices=(1, HIGH_CONCURRENCY),
@@ -681,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meter = Meter(emulator.pid)
         if args.profile is not None:
             return profile(runner, meter, emulator, plan, args.profile)
-        subjects = build_subjects(runner, meter, emulator)
+        subjects = build_subjects(runner, meter, emulator, args.baseline)
         try:
             results = run_rounds(plan, runner, emulator, subjects)
         finally:

@@ -170,7 +170,10 @@ class Line:
             "log_level": "info",
             "cloud": {"endpoint": self.emulator.url, **cloud},
             "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_root": topic_root},
-            "http": {"listen": f"127.0.0.1:{free_port()}"},  # /metrics on, as by default; one port per agent
+            "http": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "socket": "",
+            },  # /metrics on, as by default; one port per agent
         }
         if limits:
             values["limits"] = limits

@@ -173,7 +173,7 @@ def main() -> int:
                 "cloud": {"endpoint": emulator.url, "qps": 1000.0, "burst": 100},
                 "mqtt": {"enabled": False},
                 "upstream": {"mqtt_topic": ""},
-                "http": {"listen": ""},
+                "http": {"listen": "", "socket": ""},
                 "serial": {"ports": [str(jig.directory / "port-*")], "usb": False, "baudrate": BAUDRATE},
             },
         )

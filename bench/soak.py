@@ -389,7 +389,7 @@ def _agent_config(
         "cloud": {"endpoint": emulator.url, "qps": AGENT_QPS, "burst": 4},
         "mqtt": {"host": broker.host, "port": broker.port},
         "upstream": {"mqtt_topic": "", "webhook_url": webhook.url, "webhook_timeout_s": 5.0},
-        "http": {"listen": ""},
+        "http": {"listen": "", "socket": ""},
         "serial": {"ports": [str(jig.directory / "port-*")], "usb": False, "scan_interval_s": 0.5},
     }
     return write_config(workdir / "agent.toml", values)

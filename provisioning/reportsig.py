@@ -30,8 +30,8 @@ __all__ = [
     "HEADER",
     "MIN_HMAC_SECRET_BYTES",
     "SIGNATURE_MEMBER",
+    "ReportSignatureError",
     "ReportSigner",
-    "SignatureError",
     "canonical_report_bytes",
     "header_value",
     "load_signer",
@@ -48,7 +48,7 @@ MIN_HMAC_SECRET_BYTES: Final = 32  # RFC 2104: a key shorter than the hash outpu
 KEY_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fits the header without quoting
 
 
-class SignatureError(ValueError):
+class ReportSignatureError(ValueError):
     """A key cannot be used, or a report's signature is missing, malformed or wrong."""
 
 
@@ -59,11 +59,11 @@ class ReportSigner:
 
     def __init__(self, alg: Algorithm, key_id: str, *, secret: bytes = b"", private: Ed25519PrivateKey | None = None):
         if not KEY_ID_PATTERN.fullmatch(key_id):
-            raise SignatureError(f"key id {key_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
+            raise ReportSignatureError(f"key id {key_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
         if alg == "hmac-sha256" and len(secret) < MIN_HMAC_SECRET_BYTES:
-            raise SignatureError(f"an HMAC-SHA256 secret needs at least {MIN_HMAC_SECRET_BYTES} bytes")
+            raise ReportSignatureError(f"an HMAC-SHA256 secret needs at least {MIN_HMAC_SECRET_BYTES} bytes")
         if alg == "ed25519" and private is None:
-            raise SignatureError("an Ed25519 signer needs a private key")
+            raise ReportSignatureError("an Ed25519 signer needs a private key")
         self.alg, self.key_id, self._hmac, self._private = alg, key_id, secret, private
 
     def signature(self, report: Mapping[str, Any]) -> dict[str, str]:
@@ -105,9 +105,9 @@ def load_signer(alg: Algorithm, key_id: str, material: bytes) -> ReportSigner:
     try:
         private = serialization.load_pem_private_key(material, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise SignatureError(f"not an unencrypted PEM private key ({type(exc).__name__})") from None
+        raise ReportSignatureError(f"not an unencrypted PEM private key ({type(exc).__name__})") from None
     if not isinstance(private, Ed25519PrivateKey):
-        raise SignatureError(f"not an Ed25519 private key (found {type(private).__name__})")
+        raise ReportSignatureError(f"not an Ed25519 private key (found {type(private).__name__})")
     return ReportSigner(alg, key_id, private=private)
 
 
@@ -117,10 +117,10 @@ def header_value(signature: Mapping[str, str]) -> str:
 
 
 def parse_header(value: str) -> dict[str, str]:
-    """The ``signature`` member a :func:`header_value` carries; :class:`SignatureError` when malformed."""
+    """The ``signature`` member a :func:`header_value` carries; :class:`ReportSignatureError` when malformed."""
     parts = dict(part.strip().partition("=")[::2] for part in value.split(";"))
     if set(parts) != {"alg", "key_id", "sig"}:
-        raise SignatureError(f"{HEADER} must be 'alg=...; key_id=...; sig=...'")
+        raise ReportSignatureError(f"{HEADER} must be 'alg=...; key_id=...; sig=...'")
     return {"alg": parts["alg"], "key_id": parts["key_id"], "value": parts["sig"]}
 
 
@@ -131,23 +131,25 @@ def verify_report(report: Mapping[str, Any], *, key: bytes | Ed25519PublicKey) -
 
     signature = report.get(SIGNATURE_MEMBER)
     if not isinstance(signature, dict) or not all(isinstance(signature.get(n), str) for n in ("alg", "value")):
-        raise SignatureError("the report has no signature member {alg, key_id, value}")
+        raise ReportSignatureError("the report has no signature member {alg, key_id, value}")
     try:
         raw = base64.b64decode(signature["value"], validate=True)
     except binascii.Error:
-        raise SignatureError("the signature value is not base64") from None
+        raise ReportSignatureError("the signature value is not base64") from None
     message = canonical_report_bytes(report)
     if signature["alg"] == "hmac-sha256" and isinstance(key, bytes):
         if not hmac.compare_digest(raw, hmac.new(key.strip(), message, hashlib.sha256).digest()):
-            raise SignatureError("HMAC-SHA256 signature does not match: the report was changed or the key differs")
+            raise ReportSignatureError(
+                "HMAC-SHA256 signature does not match: the report was changed or the key differs"
+            )
     elif signature["alg"] == "ed25519" and isinstance(key, Ed25519PublicKey):
         try:
             key.verify(raw, message)
         except InvalidSignature:
             reason = "Ed25519 signature does not match: the report was changed or the key differs"
-            raise SignatureError(reason) from None
+            raise ReportSignatureError(reason) from None
     else:
-        raise SignatureError(f"signature alg {signature['alg']!r} does not fit the key given")
+        raise ReportSignatureError(f"signature alg {signature['alg']!r} does not fit the key given")
     return dict(signature)
 
 

@@ -38,6 +38,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     group.add_argument("--api-version", default="2019-03-07", help="API Version parameter (default %(default)s)")
     group.add_argument("--qps", type=float, default=5.0, help="calls per second at most (default %(default)s)")
     group.add_argument("--timeout", type=float, default=10.0, help="read timeout per call, seconds")
+    group.add_argument(
+        "--proxy",
+        default="",
+        help='an HTTP proxy URL, or "direct" (default: HTTPS_PROXY, NO_PROXY... as curl reads them)',
+    )
     group.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
 
     cloud = commands.add_parser(
@@ -130,6 +135,7 @@ def client_from_args(args: argparse.Namespace) -> CloudauthClient:
         signature=args.signature,
         timeouts=Timeouts(read=args.timeout),
         retry=RetryPolicy(),
+        proxy=getattr(args, "proxy", ""),  # commands without the connection flags (audit) read the environment
     )
 
 

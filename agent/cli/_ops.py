@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -14,13 +15,16 @@ import httpx
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, print_table
-from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from agent.config import DEFAULT_CONFIG_PATH, DEFAULT_STATUS_SOCKET, ConfigError, load_config
 from agent.journal import JournalError, open_readonly
 from provisioning.workflow import State
 
 __all__ = ["add_parsers"]
 
 DEFAULT_STATUS_URL: Final = "http://127.0.0.1:9464"
+DEFAULT_SOCKET: Final = Path(DEFAULT_STATUS_SOCKET)
+DEFAULT_TOKEN_FILE: Final = Path("/var/lib/provisioning-agent/status.token")  # beside the default journal
+STATUS_TIMEOUT_S: Final = 5.0
 EXPORT_COLUMNS: Final = (
     "device_id", "sdk_device_id", "begin_day", "expired_day", "model", "hardware_id", "attempts", "reconciled",
     "activated_at",
@@ -31,10 +35,19 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """Register ``status`` and ``export``."""
     status = commands.add_parser(
         "status", help="show a running agent's state", description="Counts, devices in flight, outbox depth, "
-        "cloud and broker state and the last errors of a running agent (its local HTTP endpoint).",
+        "cloud and broker state and the last errors of a running agent. Asked on the agent's Unix socket "
+        "(for the provisioning-operators group) when it can be, else over HTTP with the agent's status token.",
     )  # fmt: skip
-    status.add_argument("--url", help=f"the agent's HTTP endpoint (default: from --config, else {DEFAULT_STATUS_URL})")
-    status.add_argument("--config", type=Path, help="read http.listen from this agent configuration")
+    status.add_argument("--url", help=f"ask over HTTP here (default: from --config, else {DEFAULT_STATUS_URL})")
+    status.add_argument(
+        "--socket", type=Path, help=f"the agent's Unix socket (default: from --config, else {DEFAULT_SOCKET})"
+    )
+    status.add_argument(
+        "--token-file", type=Path, help=f"the status token for HTTP (default: from --config, else {DEFAULT_TOKEN_FILE})"
+    )
+    status.add_argument(
+        "--config", type=Path, help="read [http] listen, socket and token_file from this agent configuration"
+    )
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
     status.set_defaults(handler=_status)
 
@@ -51,24 +64,35 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _status(args: argparse.Namespace) -> int:
-    url = args.url
-    if url is None and args.config is not None:
+    url, socket_path, token_file = args.url, args.socket, args.token_file
+    if args.config is not None:
         try:
-            listen = load_config(args.config).http.listen
+            http = load_config(args.config).http
         except ConfigError as exc:
             for message in exc.messages:
                 print(f"configuration error: {message}", file=sys.stderr)
             return ExitCode.CONFIG
-        url = f"http://{listen}" if listen else None
-        if url is None:
-            print(f"{args.config}: key http.listen is empty: the agent serves no status endpoint", file=sys.stderr)
+        if url is None and http.listen:
+            url = f"http://{http.listen}"
+        socket_path = socket_path or (Path(http.socket) if http.socket else None)
+        token_file = token_file or Path(http.token_file)
+        if url is None and socket_path is None:
+            print(
+                f"{args.config}: keys http.listen and http.socket are empty: the agent serves no status",
+                file=sys.stderr,
+            )
             return ExitCode.CONFIG
-    url = (url or DEFAULT_STATUS_URL).rstrip("/")
-    try:
-        document: dict[str, Any] = httpx.get(f"{url}/status", timeout=5.0).json()
-    except httpx.HTTPError as exc:
-        print(f"agent not running (no answer on {url}: {type(exc).__name__})", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
+    elif args.url is None and socket_path is None:
+        socket_path = DEFAULT_SOCKET
+    document = None
+    if args.url is None and socket_path is not None and socket_path.exists():
+        document, why = _ask_socket(socket_path)
+        if document is None:
+            print(f"note: {why}; trying HTTP", file=sys.stderr)
+    if document is None:
+        code, document = _ask_http((url or DEFAULT_STATUS_URL).rstrip("/"), token_file or DEFAULT_TOKEN_FILE)
+        if document is None:
+            return code
     if args.json:
         print_json(document)
         return ExitCode.OK
@@ -95,6 +119,46 @@ def _status(args: argparse.Namespace) -> int:
     if document.get("last_errors"):
         print_table([{"error": e} for e in document["last_errors"]], ("error",), title="last errors")
     return ExitCode.OK
+
+
+def _ask_socket(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """/status on the Unix socket (no token: its file mode lets the operators' group in)."""
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), trust_env=False) as client:
+            answer = client.get("http://agent/status", timeout=STATUS_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, PermissionError) else exc
+        if isinstance(cause, PermissionError):
+            return None, f"{path}: permission denied (not a member of provisioning-operators?)"
+        return None, f"no answer on {path} ({type(exc).__name__})"
+    if answer.status_code != 200:
+        return None, f"{path} answered HTTP {answer.status_code}"
+    document: dict[str, Any] = answer.json()
+    return document, ""
+
+
+def _ask_http(url: str, token_file: Path) -> tuple[ExitCode, dict[str, Any] | None]:
+    """/status over HTTP with the token (the agent answers 401 without it)."""
+    headers = {}
+    with contextlib.suppress(OSError, UnicodeDecodeError):  # asked without: the answer says what is missing
+        headers["Authorization"] = "Bearer " + token_file.read_text(encoding="ascii").strip()
+    try:  # never through a proxy: the agent is on this machine
+        answer = httpx.get(f"{url}/status", headers=headers, timeout=STATUS_TIMEOUT_S, trust_env=False)
+    except httpx.HTTPError as exc:
+        print(f"agent not running (no answer on {url}: {type(exc).__name__})", file=sys.stderr)
+        return ExitCode.UNAVAILABLE, None
+    if answer.status_code == httpx.codes.UNAUTHORIZED:
+        print(
+            f"not allowed: {url}/status needs the agent's status token, which {token_file} does not give"
+            " (be a member of provisioning-operators, or give --token-file / --config)",
+            file=sys.stderr,
+        )
+        return ExitCode.CONFIG, None
+    if answer.status_code != httpx.codes.OK:
+        print(f"{url}/status answered HTTP {answer.status_code}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE, None
+    document: dict[str, Any] = answer.json()
+    return ExitCode.OK, document
 
 
 def _print_admission(admission: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, stderr_console
-from provisioning.reportsig import SignatureError, load_signer, parse_header, public_key_pem, verify_report
+from provisioning.reportsig import ReportSignatureError, load_signer, parse_header, public_key_pem, verify_report
 
 __all__ = ["add_parser"]
 
@@ -44,17 +44,17 @@ def _verify(args: argparse.Namespace) -> int:
         text = args.file.read_text(encoding="utf-8") if args.file else sys.stdin.read()
         report = json.loads(text)
         if not isinstance(report, dict):
-            raise SignatureError("the report must be a JSON object")
+            raise ReportSignatureError("the report must be a JSON object")
         if args.header:
             report["signature"] = parse_header(args.header)
         material = args.key.read_bytes()
-    except (OSError, ValueError) as exc:  # unreadable file, not JSON, malformed header (SignatureError)
+    except (OSError, ValueError) as exc:  # unreadable file, not JSON, malformed header (ReportSignatureError)
         stderr_console.print(f"error: {exc}", markup=False)
         return ExitCode.USAGE
     try:
         alg = report.get("signature", {}).get("alg") if isinstance(report.get("signature"), dict) else None
         signature = verify_report(report, key=_key(material) if alg == "ed25519" else material)
-    except SignatureError as exc:
+    except ReportSignatureError as exc:
         if args.json:
             print_json({"valid": False, "reason": str(exc)})
         else:
@@ -70,7 +70,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _public_key(args: argparse.Namespace) -> int:
     try:
         key = _key(args.key.read_bytes())
-    except (OSError, SignatureError) as exc:
+    except (OSError, ReportSignatureError) as exc:
         stderr_console.print(f"error: {args.key}: {exc}", markup=False)
         return ExitCode.CONFIG
     sys.stdout.write(public_key_pem(key))
@@ -82,12 +82,12 @@ def _key(material: bytes) -> Ed25519PublicKey:
     if b"PRIVATE KEY" in material:  # the gateway's own key file: read as the agent reads it
         public_key = load_signer("ed25519", "", material).public_key()
         if public_key is None:  # pragma: no cover - an Ed25519 signer always has one
-            raise SignatureError("not an Ed25519 key")
+            raise ReportSignatureError("not an Ed25519 key")
         return public_key
     try:
         public = serialization.load_pem_public_key(material)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise SignatureError(f"not a PEM key ({type(exc).__name__})") from None
+        raise ReportSignatureError(f"not a PEM key ({type(exc).__name__})") from None
     if not isinstance(public, Ed25519PublicKey):
-        raise SignatureError("not an Ed25519 key")
+        raise ReportSignatureError("not an Ed25519 key")
     return public

@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     config, profiles = checked.config, checked.profiles
     setup_logging(config.log_level, config.log_format)  # the daemon logs the warnings (explicit opt-ins) itself
     from agent.daemon import ProvisioningAgent  # the daemon's imports are heavy: only for `run`
-    from agent.daemon._http import HttpListenError
+    from agent.http import HttpListenError
 
     try:
         agent = ProvisioningAgent(config, profiles)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 import time
 from pathlib import Path, PurePosixPath
@@ -16,12 +17,20 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, stderr_console
 from agent.cloud import CloudauthClient
-from provisioning.cloudauth import NetworkError, RequestError, ServiceError
+from provisioning.cloudauth import (
+    AmbiguousRequestError,
+    CloudauthError,
+    ConnectError,
+    RequestError,
+    RequestTimeout,
+    ServiceError,
+)
+from provisioning.pacing import Backoff
 
 __all__ = ["run_sdk"]
 
-FIRST_POLL = 1.0  # builds "usually finish within a minute": look early, then back off
-MAX_POLL = 15.0  # never wait longer than this between two looks
+# Builds "usually finish within a minute": look after 1 s, then back off, never more than 15 s apart.
+POLLS = Backoff(first=1.0, cap=15.0)
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)  # SDK archives are tens of MB
 
 
@@ -33,12 +42,12 @@ async def run_sdk(client: CloudauthClient, args: argparse.Namespace) -> int:
     if not args.json:
         stderr_console.print(f"build task {task_id}; waiting up to {args.wait:.0f} s", markup=False)
     deadline = time.monotonic() + args.wait
-    delay = FIRST_POLL
     with stderr_console.status("waiting for the SDK build") if not args.json else contextlib.nullcontext():
-        while True:
+        for looks in itertools.count():
             status = await client.describe_verify_sdk(task_id)
             if status.ready:
                 break
+            delay = POLLS.delay(looks, 0.0)
             if time.monotonic() + delay > deadline:
                 raise ServiceError(
                     f"the SDK build {task_id} did not finish within {args.wait:.0f} s; "
@@ -47,7 +56,6 @@ async def run_sdk(client: CloudauthClient, args: argparse.Namespace) -> int:
                     request_id=status.request_id,
                 )
             await asyncio.sleep(delay)
-            delay = min(MAX_POLL, delay * 2)
     path, digest, size = await _download(status.sdk_url, args.output, task_id, quiet=args.json)
     result = {"TaskId": task_id, "SdkUrl": status.sdk_url, "Path": str(path), "Sha256": digest, "Bytes": size}
     if args.json:
@@ -84,8 +92,13 @@ async def _download(url: str, directory: Path, task_id: str, *, quiet: bool) -> 
                     progress.advance(task, len(chunk))
                 handle.flush()
                 os.fsync(handle.fileno())
-    except httpx.TransportError as exc:
+    except httpx.TransportError as exc:  # translated as agent.cloud does: how far the download got
         partial.unlink(missing_ok=True)
-        raise NetworkError(f"SDK download failed: {type(exc).__name__}", code="SdkDownloadFailed") from exc
+        error: type[CloudauthError] = AmbiguousRequestError
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError):
+            error = ConnectError
+        elif isinstance(exc, httpx.TimeoutException):
+            error = RequestTimeout
+        raise error(f"SDK download failed: {type(exc).__name__}", code="SdkDownloadFailed") from exc
     partial.replace(target)
     return target, digest.hexdigest(), size

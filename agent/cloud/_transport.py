@@ -1,28 +1,51 @@
-"""One HTTP POST to the Cloudauth endpoint, over :mod:`provisioning.httpclient`'s kept-alive connections.
+"""One HTTP POST to the Cloudauth endpoint, over ``agent.http``'s kept-alive connections.
 
-This module is the only place in the client that knows the HTTP layer: it maps its errors onto
-our error tree (nothing sent: :class:`NetworkError`; sent but unanswered: ambiguous or timeout).
-Why our own small client rather than httpx or aiohttp: measured side by side in
-docs/performance.md (httpx cost 1.4-1.8x the official SDK's CPU per call, aiohttp was the
-largest single item of the daemon's CPU per device and 13 MB of its memory).
+This module is the only place in the client that knows the HTTP layer: it translates its errors
+into the Cloudauth tree and chains them (``from exc``), as httpx's ``map_httpcore_exceptions``
+does: not sent -> :class:`ConnectError`, sent and the answer lost -> :class:`AmbiguousRequestError`,
+no answer in time -> :class:`RequestTimeout`, the proxy said no -> :class:`ProxyError`, an answer
+that is not HTTP -> :class:`ResponseError`. Why our own small client rather than httpx or aiohttp:
+measured side by side in docs/performance.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agent.http import AnswerLost, AnswerUnreadable, ConnectFailed, HttpClient, HttpResponse
-from provisioning.cloudauth._errors import AmbiguousRequestError, NetworkError, RequestTimeout, ResponseError
+from agent.http import (
+    AnswerLost,
+    AnswerTimeout,
+    AnswerUnreadable,
+    ConnectFailed,
+    HttpClient,
+    HttpResponse,
+    Proxy,
+    ProxyRefused,
+)
+from provisioning.cloudauth._errors import (
+    AmbiguousRequestError,
+    ConnectError,
+    ProxyError,
+    RequestTimeout,
+    ResponseError,
+)
 from provisioning.cloudauth._parse import MAX_RESPONSE_BYTES
 
 __all__ = ["HttpTransport"]
 
 
 class HttpTransport:
-    """A keep-alive connection pool to the endpoint's origin."""
+    """A keep-alive connection pool to the endpoint's origin (through ``proxy`` when given)."""
 
     def __init__(
-        self, endpoint: str, *, connect_timeout: float, read_timeout: float, max_connections: int, user_agent: str
+        self,
+        endpoint: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+        user_agent: str,
+        proxy: Proxy | None,
     ) -> None:
         self._http = HttpClient(
             endpoint,
@@ -31,6 +54,7 @@ class HttpTransport:
             max_connections=max_connections,
             max_body=MAX_RESPONSE_BYTES,
             user_agent=user_agent,
+            proxy=proxy,
         )
 
     async def post(self, target: str, *, body: bytes, headers: Mapping[str, str], action: str) -> HttpResponse:
@@ -38,13 +62,15 @@ class HttpTransport:
         try:
             return await self._http.request("POST", target, body=body, headers=headers)
         except ConnectFailed as exc:
-            raise NetworkError(f"{action}: {exc}") from None
+            raise ConnectError(f"{action}: {exc}") from exc
         except AnswerLost as exc:
-            if exc.timeout:
-                raise RequestTimeout(f"{action}: no answer within the read timeout") from None
-            raise AmbiguousRequestError(f"{action}: connection lost before the answer ({exc})") from None
+            raise AmbiguousRequestError(f"{action}: sent, but {exc}") from exc
+        except AnswerTimeout as exc:
+            raise RequestTimeout(f"{action}: sent, but {exc}") from exc
+        except ProxyRefused as exc:
+            raise ProxyError(f"{action}: {exc}", http_status=exc.status) from exc
         except AnswerUnreadable as exc:
-            raise ResponseError(f"{action}: {exc}") from None
+            raise ResponseError(f"{action}: {exc}") from exc
 
     async def aclose(self) -> None:
         """Close pooled connections."""

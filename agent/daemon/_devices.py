@@ -38,10 +38,13 @@ from provisioning.admission import ChargeLimit, Mint
 from provisioning.cloudauth import (
     AmbiguousRequestError,
     CloudauthError,
+    ConnectError,
     LicenceTerm,
+    ProxyError,
     RequestTimeout,
     ResponseError,
     RetryableError,
+    ServiceError,
     ThrottledError,
 )
 from provisioning.protocol import AgentMessage, ErrorReply, ProtocolError, Register, Wait, decode_device_message
@@ -84,7 +87,7 @@ LEDGER_RETRY_AFTER_S: Final = 15  # told to devices while the shared ledger cann
 FENCED_RETRY_AFTER_S: Final = 2  # told to a device whose flow lost its lease: another agent is serving it
 _REFUSAL_PREFIX: Final = "not_admitted_"  # the core's event for an admission refusal, then its reason
 # CreateAuthKey failures after which a key may exist at the cloud: its quota charge is kept.
-_MAYBE_PROCESSED: Final = (AmbiguousRequestError, RequestTimeout, ResponseError)
+_MAYBE_PROCESSED: Final = (AmbiguousRequestError, RequestTimeout, ServiceError, ResponseError)
 
 # Answer a device: (tid, message, expiry_s, confirm) -> whether the message surely left the agent.
 Reply = Callable[[str, AgentMessage, int | None, bool], Awaitable[bool]]
@@ -225,6 +228,8 @@ class DeviceService:
         turn = _TurnHolder(self)
         step = _Step(fence)
         try:
+            if fence is not None:  # a shared ledger: one flow per device across the agents, as the lock here
+                await self._journal.run(self._journal.journal.claim, fence)
             outcome: Outcome = None
             while True:
                 try:
@@ -437,12 +442,14 @@ class _DeviceLocks:
 
 def _cloud_failure(exc: CloudauthError) -> CloudFailure:
     """The core's words for a failed cloud call: may it have taken effect, and who can fix it."""
-    code, text = getattr(exc, "code", "") or type(exc).__name__, str(exc)
+    code, text = exc.code or type(exc).__name__, str(exc)
     if isinstance(exc, ThrottledError):
         return CloudFailure("throttled", code, text, exc.retry_after)
     if isinstance(exc, _MAYBE_PROCESSED):
         return CloudFailure("maybe_processed", code, text)
-    if isinstance(exc, RetryableError):
+    if isinstance(exc, ConnectError):
+        return CloudFailure("not_sent", code, text)
+    if isinstance(exc, RetryableError | ProxyError):  # a proxy refusing us is our uplink down, not a verdict
         return CloudFailure("unavailable", code, text)
     return CloudFailure("rejected", code, text)
 

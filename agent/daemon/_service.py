@@ -19,18 +19,18 @@ from typing import Any, Final
 
 from agent.brokerauth import broker_credentials
 from agent.cloud import CloudauthClient, RateLimiter, resolve_credentials
-from agent.config import AgentConfig, report_signer
+from agent.config import AgentConfig, ConfigError, report_signer
 from agent.daemon._admission import LineAdmission
 from agent.daemon._devices import DeviceService
-from agent.daemon._http import StatusServer
+from agent.daemon._pages import StatusPages, StatusTokenError, load_status_token
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
+from agent.http import StatusServer
 from agent.journal import JournalWorker, open_journal
 from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
     MqttConnection,
     MqttError,
-    MqttRetryableError,
     MqttSettings,
     Will,
 )
@@ -47,8 +47,6 @@ __all__ = ["ProvisioningAgent", "Topics"]
 log = logging.getLogger("agent")
 
 SWEEP_INTERVAL_S: Final = 1.0  # how late an overdue result or an expired key is noticed at most
-BROKER_RETRY_MIN_S: Final = 1.0  # first wait when the broker is not up yet at start
-BROKER_RETRY_MAX_S: Final = 30.0  # the longest wait between two start-up connection attempts
 STATUS_INTERVAL_S: Final = 10.0  # the retained status is refreshed at least this often when something changed
 # On SIGTERM devices in flight get this long; what is cut off resumes from the journal. systemd's
 # TimeoutStopSec must exceed it.
@@ -100,6 +98,7 @@ class ProvisioningAgent:
             rate_limiter=RateLimiter(qps=config.cloud.qps, burst=config.cloud.burst),
             max_connections=max(2, min(config.limits.max_in_flight, 16)),
             observer=self.metrics.cloud_call,
+            proxy=config.cloud.proxy,
         )
         # A device served alone has its journal writes made on the loop (no thread hand-offs);
         # with others in flight they go to the journal thread and share its group commits.
@@ -121,6 +120,7 @@ class ProvisioningAgent:
                 config.upstream.webhook_url,
                 timeout_s=config.upstream.webhook_timeout_s,
                 token_file=config.upstream.webhook_secret_file,
+                ca_file=config.upstream.webhook_ca_file,
             )
             sinks.append(self._webhook)
         self.drainer = UpstreamDrainer(self.journal, sinks, clock=clock, signer=report_signer(config))
@@ -144,13 +144,28 @@ class ProvisioningAgent:
             lease_s=config.journal.lease_s,
         )
         self.devices.status.metrics = self.metrics
-        self._http: StatusServer | None = None
-        if config.http.listen:
-            self._http = StatusServer(config.http.listen, self.metrics, self.detailed_status, self.health)
+        self._http = self._status_server()
         self._status_dirty = asyncio.Event()
         self._status_forced = False
         self._handlers: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
+
+    def _status_server(self) -> StatusServer | None:
+        """/metrics and /health for anyone; /status with the token over TCP, or on the operators' Unix socket."""
+        http = self.config.http
+        if not http.listen and not http.socket:
+            return None
+        token = None
+        if http.listen:
+            try:
+                token = load_status_token(Path(http.token_file))
+            except StatusTokenError as exc:
+                raise ConfigError(f"{self.config.source}: key http.token_file: {exc}") from None
+        server = StatusServer(
+            listen=http.listen, socket_path=http.socket, token=token, max_connections=http.max_connections
+        )
+        StatusPages(self.metrics, self.detailed_status, self.health).mount(server)
+        return server
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until ``stop`` is set; then say offline and release everything."""
@@ -207,30 +222,35 @@ class ProvisioningAgent:
             await self._shutdown()
 
     async def _connect(self, stop: asyncio.Event) -> bool:
-        """Connect to the broker, waiting out an unreachable one (it may boot after us); False if stopped."""
-        if self.mqtt is None:
+        """Connect to the broker, waiting out an unreachable one (it may boot after us); False if stopped.
+
+        The connection retries by itself (``wait_for_broker``); this only races it against ``stop``.
+        """
+        mqtt = self.mqtt
+        if mqtt is None:
             return not stop.is_set()
-        delay = BROKER_RETRY_MIN_S
-        while not stop.is_set():
-            try:
-                await self.mqtt.connect()
-            except MqttRetryableError as exc:
-                log.warning(
-                    "broker %s:%d unreachable (%s); retrying in %.0f s",
-                    self.config.mqtt.host,
-                    self.config.mqtt.port,
-                    exc,
-                    delay,
-                )
-                broker = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
-                self.notifier.status(f"waiting for the MQTT broker {broker}")  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):  # not wait_for: 3.11 can swallow a cancel
-                        await stop.wait()
-                delay = min(BROKER_RETRY_MAX_S, delay * 2)
-            else:
-                return True
-        return False
+        connecting = asyncio.create_task(mqtt.connect(wait_for_broker=True), name="mqtt-connect")
+        stopping = asyncio.create_task(stop.wait(), name="stop-while-connecting")
+        telling = asyncio.create_task(self._tell_while_waiting(mqtt), name="broker-wait-status")
+        try:
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopping, telling):
+                task.cancel()
+            if not connecting.done():
+                connecting.cancel()
+            await asyncio.wait({connecting, stopping, telling})
+        if connecting.cancelled():
+            return False
+        connecting.result()  # a refusal a person must fix (MqttConfigError) stops the start here
+        return True
+
+    async def _tell_while_waiting(self, mqtt: MqttConnection) -> None:
+        """systemd's status line says why the start takes long (the connection logs each attempt)."""
+        broker = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
+        async for state in mqtt.state_changes():
+            if state is ConnectionState.DISCONNECTED:
+                self.notifier.status(f"waiting for the MQTT broker {broker}")
 
     def reload(self) -> bool:
         """SIGHUP: load the hardware profiles again; a broken set is refused and the old one kept."""

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
-from agent.http import HttpClient
+from agent.http import HttpClient, proxy_for
 from agent.journal import JournalWorker
+from provisioning.pacing import Backoff
 from provisioning.reportsig import HEADER, SIGNATURE_MEMBER, ReportSigner, header_value
 from provisioning.secret import Secret
 
@@ -35,6 +38,8 @@ log = logging.getLogger("agent.upstream")
 BATCH: Final = 50  # reports read from the outbox per round
 IDLE_POLL_S: Final = 5.0  # look again at least this often even without a kick
 MAX_BACKOFF_S: Final = 300.0  # a down upstream is retried at least every five minutes
+# A report's n-th retry waits 2**n s (half to all of it, so reports that failed together spread out).
+RETRY_BACKOFF: Final = Backoff(first=1.0, cap=MAX_BACKOFF_S, jitter=0.5)
 
 
 class ReportSink(Protocol):
@@ -65,15 +70,30 @@ class MqttSink:
 
 
 class WebhookSink:
-    """POSTs each report as JSON with an ``Idempotency-Key`` header, over kept-alive connections."""
+    """POSTs each report as JSON with an ``Idempotency-Key`` header, over kept-alive connections.
 
-    def __init__(self, url: str, *, timeout_s: float, token_file: str = "") -> None:
+    Delivered means a whole 2xx (or 409) answer and nothing after it: bytes after an answer (a
+    "500 then 200" in one packet) make it unreadable, so the report stays and is sent again.
+    A bearer token goes only over https://; ``ca_file`` verifies a MES with a private CA.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float, token_file: str = "", ca_file: str = "") -> None:
         parts = urlsplit(url)
+        if token_file and parts.scheme != "https":
+            raise ValueError(f"the webhook's bearer token is never sent over {parts.scheme}:// ({parts.hostname})")
         self.name = f"webhook:{parts.hostname}"
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._token = Secret(Path(token_file).read_text(encoding="utf-8").strip()) if token_file else None
         self._timeout_s = timeout_s
-        self._http = HttpClient(url, connect_timeout=timeout_s, read_timeout=timeout_s, max_connections=2)
+        context = ssl.create_default_context(cafile=ca_file) if ca_file and parts.scheme == "https" else None
+        self._http = HttpClient(
+            url,
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            max_connections=2,
+            ssl_context=context,
+            proxy=proxy_for(url, environ=os.environ),
+        )
 
     async def deliver(self, key: str, report: dict[str, Any]) -> None:
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
@@ -146,7 +166,7 @@ class UpstreamDrainer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any sink failure: keep the report, try again later
-            delay = min(MAX_BACKOFF_S, 2.0**attempts) * random.uniform(0.5, 1.0)
+            delay = RETRY_BACKOFF.delay(attempts, random.random())
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("report %s not delivered (%s); retry in %.1f s", key, self.last_error, delay)
             await self._journal.run_bookkeeping(

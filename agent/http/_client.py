@@ -1,17 +1,26 @@
-"""A small HTTP/1.1 client for one origin: kept-alive connections on asyncio, parsed by httptools.
+"""A small HTTP/1.1 client for one origin: kept-alive connections on asyncio, framed by h11.
 
 Why not a general HTTP library: the daemon makes one or two small POSTs per device to one
 endpoint (and reports to one webhook). Measured side by side (docs/performance.md), aiohttp's
 client machinery was the largest single item of the agent's CPU per device and 13 MB of its
-resident memory. This client is an ``asyncio.Protocol`` per connection; answers are parsed by
-httptools (llhttp, the parser of Node.js and uvicorn), requests are four lines we format. h11
-was tried first: its pure-Python framing cost about 50 us of CPU per exchange, httptools 3 us.
-No redirects, cookies, proxies or compression: nothing here asks for them.
+resident memory, and httpx cost 1.4-1.8x the official SDK's CPU per call. This client is an
+``asyncio.Protocol`` per connection; h11 (sans-I/O, the framing httpx itself uses) turns
+requests into bytes and bytes into answers, so every framing rule (chunked in any case, bodies
+delimited by the close, 1xx answers, Connection and Keep-Alive) is h11's, not ours.
 
-Errors say whether the request could have reached the server, which is what a caller needs to
-decide on a retry: :class:`ConnectFailed` (nothing was sent), :class:`AnswerLost` (sent, no whole
-answer: the connection ended or the read timed out), :class:`AnswerUnreadable` (the answer broke
-HTTP, or was larger than allowed).
+How one exchange goes
+---------------------
+A request takes a pooled connection (or opens one: directly, through an HTTP proxy with
+absolute-form targets for ``http://``, or through a ``CONNECT`` tunnel for ``https://``), writes
+the request, then reads events until h11 says the answer ended. The answer must end where h11
+says: bytes after it (a second answer to one request, the webhook's "500 then 200" in one
+packet) make the answer unreadable, since no one can tell which answer is the server's. The
+connection goes back to the pool only when both sides are done, keep-alive holds, and nothing
+arrived unasked since; it is not reused once idle past the server's ``Keep-Alive: timeout``
+(less a margin) or after its ``max`` requests. No redirects, cookies or compression.
+
+Errors (``agent.http._errors``) say how far the request got: not sent, sent and maybe
+processed, timed out, or an unreadable answer.
 """
 
 from __future__ import annotations
@@ -21,53 +30,33 @@ import contextlib
 import re
 import ssl
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Final, cast
 from urllib.parse import urlsplit
 
-import httptools
+import h11
 
-__all__ = ["AnswerLost", "AnswerUnreadable", "ConnectFailed", "HttpClient", "HttpClientError", "HttpResponse"]
+from agent.http._errors import AnswerLost, AnswerTimeout, AnswerUnreadable, ConnectFailed, HttpError, ProxyRefused
+from agent.http._models import Headers, HttpResponse
+from agent.http._proxy import Proxy
+
+__all__ = ["KEEPALIVE_MARGIN_S", "KEEPALIVE_S", "HttpClient"]
 
 KEEPALIVE_S: Final = 15.0  # an idle connection older than this is closed, not reused (servers drop them)
+# A server's Keep-Alive timeout is shortened by this much: a request sent just before the server's
+# timer fires would meet a closing connection and its answer would be lost.
+KEEPALIVE_MARGIN_S: Final = 0.5
 _MAX_HEAD_BYTES: Final = 64 * 1024  # status line and headers of an answer
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class HttpClientError(Exception):
-    """Base of this module's errors."""
-
-
-class ConnectFailed(HttpClientError):
-    """No connection (refused, unreachable, TLS failure, connect timeout): the request was not sent."""
-
-
-class AnswerLost(HttpClientError):
-    """The request may have reached the server, but no whole answer came back."""
-
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.timeout = timeout
-
-
-class AnswerUnreadable(HttpClientError):
-    """The answer is not valid HTTP/1.1, or larger than the caller allows."""
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResponse:
-    """Status, lowercase headers and body of one answer."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
+_KEEP_ALIVE_PARAM: Final = re.compile(r"(timeout|max)\s*=\s*(\d+)", re.IGNORECASE)
+_PROXY_CREDENTIALS_REFUSED: Final = (401, 403, 407)
 
 
 class HttpClient:
     """Requests to one ``http://`` or ``https://`` origin over at most ``max_connections`` kept-alive connections.
 
     Create and use it inside one running event loop; :meth:`aclose` closes the idle connections.
+    ``proxy`` (see ``agent.http.proxy_for``) carries every request when given.
     """
 
     def __init__(
@@ -80,6 +69,8 @@ class HttpClient:
         max_body: int = 4 * 1024 * 1024,
         user_agent: str = "",
         ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -91,14 +82,25 @@ class HttpClient:
         default_port = self._port == (443 if self._tls else 80)
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._host_header = host if default_port else f"{host}:{self._port}"
-        self._user_agent = [f"User-Agent: {user_agent}"] if user_agent else []
+        self._authority = f"{host}:{self._port}"
+        self._proxy = proxy
+        # Through a proxy, an http:// request names the whole URL (absolute form); https:// goes through a tunnel.
+        self._target_prefix = f"http://{self._host_header}" if proxy is not None and not self._tls else ""
+        self._fixed_headers: list[tuple[str, str]] = [("User-Agent", user_agent)] if user_agent else []
+        if proxy is not None and not self._tls and proxy.authorization is not None:
+            self._fixed_headers.append(("Proxy-Authorization", proxy.authorization.reveal()))
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._max_body = max_body
         self._max_connections = max_connections
+        self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pool belongs to (see _pool)
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
         self.connections_opened = 0  # for tests and diagnostics: how often a new connection was needed
+
+    def __repr__(self) -> str:
+        via = f" via {self._proxy}" if self._proxy is not None else ""
+        return f"HttpClient({'https' if self._tls else 'http'}://{self._authority}{via})"
 
     async def request(
         self, method: str, target: str, *, body: bytes = b"", headers: Mapping[str, str] | None = None
@@ -106,18 +108,21 @@ class HttpClient:
         """Send one request for ``target`` (path and query) and read the whole answer.
 
         ``headers`` may set Host (a signature may cover it as the caller wrote it); Content-Length is ours.
+        Raises ``ValueError`` (nothing sent) for a header or target that HTTP cannot carry.
         """
-        request = self._head(method, target, headers or {}, len(body)) + body
+        request = self._build(method, target, headers or {}, len(body))
         self._pool()
         async with self._slots:
             connection = self._reuse() or await self._connect()
             reusable = False
             try:
-                response = await connection.exchange(request, self._read_timeout, self._max_body)
+                response = await connection.exchange(request, body, self._read_timeout, self._max_body)
                 reusable = connection.next_cycle()
+                if response.status == 407 and self._target_prefix:  # forwarded by a proxy that wants credentials
+                    raise ProxyRefused(self._refusal(response.status), status=response.status)
             finally:
                 if reusable:
-                    connection.idle_since = time.monotonic()
+                    connection.idle_since = self._clock()
                     self._idle.append(connection)
                 else:
                     connection.close()
@@ -129,19 +134,25 @@ class HttpClient:
         for connection in idle:
             connection.close()
 
-    def _head(self, method: str, target: str, headers: Mapping[str, str], length: int) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1"]
-        if not any(name.lower() == "host" for name in headers):
-            lines.append(f"Host: {self._host_header}")
-        lines.extend(self._user_agent)
-        lines.extend(f"{name}: {value}" for name, value in headers.items())
-        lines.append(f"Content-Length: {length}")
-        if _CONTROL.search("".join(lines)):  # no line break smuggled in through a value
+    def _refusal(self, status: int) -> str:
+        proxy = self._proxy
+        where = f"the proxy {proxy} ({proxy.source})" if proxy is not None else "the proxy"
+        return f"{where} refused to forward to {self._authority}: HTTP {status} (wrong or missing proxy credentials)"
+
+    def _build(self, method: str, target: str, headers: Mapping[str, str], length: int) -> h11.Request:
+        fields = [] if any(name.lower() == "host" for name in headers) else [("Host", self._host_header)]
+        fields += self._fixed_headers
+        fields += headers.items()
+        fields.append(("Content-Length", str(length)))
+        # h11 would refuse these too, but its message quotes the value, which may be a credential.
+        if _CONTROL.search(method + target) or any(_CONTROL.search(name + value) for name, value in fields):
             raise ValueError(f"cannot send {method}: a header or the target holds a control character")
         try:
-            return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            return h11.Request(method=method, target=self._target_prefix + target, headers=fields)
         except UnicodeEncodeError:
-            raise ValueError(f"cannot send {method}: a header or the target is not Latin-1") from None
+            raise ValueError(f"cannot send {method}: a header or the target is not ASCII") from None
+        except h11.LocalProtocolError:  # not chained: h11's message quotes the offending header value
+            raise ValueError(f"cannot send {method}: a header name or the target is not valid HTTP") from None
 
     def _pool(self) -> None:
         """A pool made in another event loop (a CLI's second ``asyncio.run``) is of no use here: start afresh."""
@@ -157,10 +168,10 @@ class HttpClient:
         self._loop = loop
 
     def _reuse(self) -> _Connection | None:
-        expired = time.monotonic() - KEEPALIVE_S
+        now = self._clock()
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the likeliest still open
-            if connection.open and connection.idle_since > expired:
+            if connection.open and now < connection.idle_since + connection.keepalive_s:
                 return connection
             connection.close()
         return None
@@ -170,48 +181,58 @@ class HttpClient:
         context = None
         if self._tls:
             context = self._ssl_context = self._ssl_context or ssl.create_default_context()
-        where = f"{self._host}:{self._port}"
+        proxy = self._proxy
+        where = self._authority if proxy is None else f"{self._authority} through the proxy {proxy}"
+        host, port = (self._host, self._port) if proxy is None else (proxy.host, proxy.port)
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, connection = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=context, server_hostname=self._host if context else None
+                transport, connection = await loop.create_connection(
+                    _Connection,
+                    host,
+                    port,
+                    ssl=context if proxy is None else None,
+                    server_hostname=self._host if context is not None and proxy is None else None,
                 )
-        except TimeoutError:
-            raise ConnectFailed(f"connect timeout reaching {where}") from None
+                if proxy is not None and context is not None:
+                    try:
+                        await connection.open_tunnel(self._authority, proxy)
+                        tls = await loop.start_tls(transport, connection, context, server_hostname=self._host)
+                    except BaseException:
+                        connection.close()
+                        raise
+                    if tls is None:  # pragma: no cover - only for transports without TLS support
+                        raise ConnectFailed(f"TLS with {where} could not start")
+                    connection.upgraded(tls)
+        except TimeoutError as exc:
+            raise ConnectFailed(f"connect timeout reaching {where}") from exc
         except ssl.SSLError as exc:
-            raise ConnectFailed(f"TLS with {where} failed: {exc.reason or exc}") from None
+            raise ConnectFailed(f"TLS with {where} failed: {exc.reason or exc}") from exc
         except OSError as exc:
-            raise ConnectFailed(f"cannot connect to {where}: {exc.strerror or exc}") from None
+            target = where if proxy is None else f"the proxy {proxy} ({proxy.source})"
+            raise ConnectFailed(f"cannot connect to {target}: {exc.strerror or exc}") from exc
         self.connections_opened += 1
         return connection
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection; the event loop calls the Protocol methods, httptools parses."""
+    """One TCP (or TLS) connection: the event loop calls the Protocol methods, h11 frames."""
 
     def __init__(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._busy = False  # a request is out and its answer not yet whole
-        self._complete = False
-        self._broken: HttpClientError | None = None
-        self._headers: dict[str, str] = {}
-        self._headers_done = False
-        self._keep_alive = False
-        self._head_bytes = 0
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._max_body = 0
+        self._unasked = False  # bytes came while no request was out: the connection is not ours to trust
         self.idle_since = 0.0
+        self.keepalive_s = KEEPALIVE_S  # the longest this connection may sit idle and still be reused
+        self._requests_left: int | None = None  # the server's Keep-Alive max, once it said one
 
     @property
     def open(self) -> bool:
         """Still connected, and nothing arrived unasked."""
-        return (
-            not self._eof and self._broken is None and self._transport is not None and not self._transport.is_closing()
-        )
+        transport = self._transport
+        return not self._eof and not self._unasked and transport is not None and not transport.is_closing()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -220,21 +241,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._busy:
-            self._broken = AnswerUnreadable("the server sent bytes nobody asked for")
+            self._unasked = True
             return
-        if self._broken is not None:
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._broken = AnswerUnreadable("the server switched protocols")
-        except httptools.HttpParserError as exc:  # a callback's own error comes as the context
-            cause = exc.__context__
-            self._broken = (
-                cause
-                if isinstance(cause, HttpClientError)
-                else AnswerUnreadable(f"answer is not valid HTTP/1.1: {exc}")
-            )
+        self._h11.receive_data(data)
         self._wake()
 
     def eof_received(self) -> bool:
@@ -244,75 +253,127 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_of_input()
 
-    # -- httptools callbacks ---------------------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > _MAX_HEAD_BYTES:
-            raise AnswerUnreadable(f"answer headers are larger than {_MAX_HEAD_BYTES} bytes")
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        self._headers_done = True
-        self._keep_alive = self._parser.should_keep_alive()  # llhttp knows it here, not after the body
-        declared = self._headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_body:
-            raise AnswerUnreadable(f"answer of {declared} bytes is larger than {self._max_body}")
-
-    def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self._max_body:
-            raise AnswerUnreadable(f"answer is larger than {self._max_body} bytes")
-        self._parts.append(body)
-
-    def on_message_complete(self) -> None:
-        if self._parser.get_status_code() < 200:  # 1xx: the final answer follows
-            self._headers, self._head_bytes, self._headers_done = {}, 0, False
-            return
-        self._complete = True
-
     # -- one request -----------------------------------------------------------------------
 
-    async def exchange(self, request: bytes, read_timeout: float, max_body: int) -> HttpResponse:
-        """Write the request, then read the answer to its end."""
+    async def open_tunnel(self, authority: str, proxy: Proxy) -> None:
+        """``CONNECT authority`` through ``proxy``; returns once the tunnel is open (raises otherwise)."""
+        headers = [("Host", authority)]
+        if proxy.authorization is not None:
+            headers.append(("Proxy-Authorization", proxy.authorization.reveal()))
+        request = h11.Request(method="CONNECT", target=authority, headers=headers)
+        try:
+            response = await self.exchange(request, b"", None, 64 * 1024)
+        except HttpError as exc:
+            raise ConnectFailed(
+                f"the proxy {proxy} ({proxy.source}) broke off the tunnel to {authority}: {exc}"
+            ) from exc
+        if response.status in _PROXY_CREDENTIALS_REFUSED:
+            raise ProxyRefused(
+                f"the proxy {proxy} ({proxy.source}) refused the tunnel to {authority}: HTTP {response.status}"
+                + (" (wrong or missing proxy credentials)" if response.status == 407 else ""),
+                status=response.status,
+            )
+        if not 200 <= response.status < 300:
+            raise ConnectFailed(
+                f"the proxy {proxy} ({proxy.source}) could not reach {authority}: HTTP {response.status}"
+            )
+
+    def upgraded(self, transport: asyncio.BaseTransport) -> None:
+        """TLS now runs inside the tunnel: a fresh HTTP state on the new transport."""
+        self._transport = cast(asyncio.Transport, transport)
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BYTES)
+        self.keepalive_s, self._requests_left = KEEPALIVE_S, None  # the proxy's terms were for its own part
+
+    async def exchange(
+        self, request: h11.Request, body: bytes, read_timeout: float | None, max_body: int
+    ) -> HttpResponse:
+        """Write the request, then read the answer to its end (the connect timeout bounds a tunnel's)."""
         transport = self._transport
-        if transport is None:
-            raise AnswerLost("the connection is not open")
-        self._headers, self._head_bytes, self._headers_done, self._parts, self._size = {}, 0, False, [], 0
-        self._max_body, self._complete, self._busy = max_body, False, True
-        transport.write(request)
+        if transport is None or not self.open:
+            raise ConnectFailed("the connection closed before the request could be sent")
+        if self._requests_left is not None:
+            self._requests_left -= 1
+        h = self._h11
+        data = h.send(request)
+        if body:
+            data += h.send(h11.Data(data=body))
+        data += h.send(h11.EndOfMessage())
+        self._busy = True
+        transport.write(data)
         try:
             async with asyncio.timeout(read_timeout):
-                while not self._complete:
-                    if self._broken is not None:
-                        raise self._broken
-                    if self._eof:
-                        if self._headers_done and self._delimited_by_close():
-                            break  # no length given: the body ran to the end of the connection
-                        raise AnswerLost(
-                            "the connection ended before the whole answer came"
-                            if self._headers_done
-                            else "the server closed the connection before answering"
-                        )
-                    await self._more()
-        except TimeoutError:
-            raise AnswerLost("no answer within the read timeout", timeout=True) from None
+                answer = await self._read_answer(request.method == b"CONNECT", max_body)
+        except TimeoutError as exc:
+            raise AnswerTimeout("no answer within the read timeout") from exc
         self._busy = False
-        if self._broken is not None:  # a whole answer, then bytes nobody asked for
-            raise self._broken
-        return HttpResponse(self._parser.get_status_code(), self._headers, b"".join(self._parts))
+        return answer
 
-    def _delimited_by_close(self) -> bool:
-        return "content-length" not in self._headers and "chunked" not in self._headers.get("transfer-encoding", "")
+    async def _read_answer(self, tunnel: bool, max_body: int) -> HttpResponse:
+        h = self._h11
+        status, headers, parts, size, eof_given = 0, Headers(), [], 0, False
+        while True:
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError as exc:
+                if eof_given:  # h11 needed more and the connection had ended: a cut answer
+                    raise AnswerLost(_cut_short(status)) from exc
+                raise AnswerUnreadable(f"answer is not valid HTTP/1.1: {exc}") from exc
+            if event is h11.NEED_DATA:
+                if self._eof:
+                    h.receive_data(b"")  # only now: an answer delimited by the close ends here
+                    eof_given = True
+                else:
+                    await self._more()
+            elif isinstance(event, h11.Response):
+                status, headers = event.status_code, Headers.from_raw(event.headers)
+                if tunnel and 200 <= status < 300:
+                    break  # the proxy's part is over; what follows belongs to the tunnel
+                declared = headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_body:
+                    raise AnswerUnreadable(f"answer of {declared} bytes is larger than {max_body}")
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > max_body:
+                    raise AnswerUnreadable(f"answer is larger than {max_body} bytes")
+                parts.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise AnswerLost(_cut_short(status))
+            # InformationalResponse (1xx): the final answer follows
+        unasked = len(h.trailing_data[0])
+        if unasked:
+            raise AnswerUnreadable(
+                f"{unasked} bytes came after the answer (a second answer to one request?): which one counts is unknown"
+            )
+        self._keep_alive_terms(headers)
+        return HttpResponse(status, headers, b"".join(parts))
 
     def next_cycle(self) -> bool:
         """After a whole exchange: True when the connection may carry another request."""
-        return self.open and self._keep_alive
+        h = self._h11
+        if h.our_state is not h11.DONE or h.their_state is not h11.DONE or not self.open:
+            return False
+        if self._requests_left is not None and self._requests_left < 1:
+            return False
+        h.start_next_cycle()
+        return True
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
         if self._transport is not None:
             self._transport.close()
+
+    def _keep_alive_terms(self, headers: Headers) -> None:
+        """``Keep-Alive: timeout=N, max=M``: reuse within N seconds (less a margin), at most M more requests."""
+        terms = headers.get("keep-alive")
+        if not terms:
+            return
+        for name, value in _KEEP_ALIVE_PARAM.findall(terms):
+            if name.lower() == "timeout":
+                self.keepalive_s = min(self.keepalive_s, int(value) - KEEPALIVE_MARGIN_S)
+            else:
+                self._requests_left = int(value)
 
     async def _more(self) -> None:
         waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -330,3 +391,9 @@ class _Connection(asyncio.Protocol):
         if not self._eof:
             self._eof = True
             self._wake()
+
+
+def _cut_short(status: int) -> str:
+    if status:
+        return "the connection ended before the whole answer came"
+    return "the server closed the connection before answering"

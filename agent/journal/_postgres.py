@@ -411,6 +411,15 @@ class PostgresJournal:
             ).fetchone()
         return (str(row[0]), float(row[1])) if row else ("", 0.0)
 
+    def claim(self, fence: Fence) -> None:
+        """Take the device's lease before the flow decides anything: the cluster's one-flow-per-device lock.
+
+        :class:`Fenced` when another live agent holds it (that agent is serving the device now), or
+        when the record changed since the flow read it.
+        """
+        with self._fenced(fence, fence.device_id):
+            pass
+
     def release(self, fence: Fence) -> None:
         """End a flow's lease now (not durable: lost, it lapses on its own)."""
         if not fence.token:

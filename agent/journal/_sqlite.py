@@ -368,6 +368,9 @@ class Journal:
         """No other agent holds keys."""
         return "", 0.0
 
+    def claim(self, fence: Fence) -> None:
+        """Nothing to claim: one agent writes this journal (its per-device lock serves one flow at a time)."""
+
     def release(self, fence: Fence) -> None:
         """Nothing to release."""
 

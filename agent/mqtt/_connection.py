@@ -9,9 +9,15 @@ Lifecycle (``ConnectionState``)::
 
     IDLE --connect()--> CONNECTING --CONNACK + SUBACK--> CONNECTED
     CONNECTING --first attempt fails--> IDLE            (connect() raises; the caller decides)
+    CONNECTING --first attempt cannot reach the broker, connect(wait_for_broker=True)--> DISCONNECTED
     CONNECTED --socket error, keepalive, broker DISCONNECT--> DISCONNECTED
     DISCONNECTED --backoff with jitter--> CONNECTING --fails--> DISCONNECTED (backoff doubles)
     any --aclose()--> CLOSED
+
+This connection is the one owner of reconnecting: its callers never loop on ``connect()``. A
+caller that must wait for a broker that is not up yet (the daemon at boot) says so with
+``wait_for_broker``; the waits follow the same schedule as reconnects
+(``provisioning.pacing.Backoff``).
 
 Every attempt subscribes again, whatever the broker says about the session.
 
@@ -56,11 +62,13 @@ from agent.mqtt._errors import (
     MqttError,
     MqttNotConnected,
     MqttPublishRefused,
+    MqttRetryableError,
     MqttSubscribeRefused,
     MqttUnavailable,
 )
 from agent.mqtt._settings import MAX_UINT32, ConnectionState, InboundMessage, MqttSettings
 from agent.mqtt._topics import is_valid_topic_filter, is_valid_topic_name
+from provisioning.pacing import Backoff
 
 __all__ = [
     "BACKOFF_JITTER",
@@ -91,7 +99,7 @@ DISCONNECT_TIMEOUT_SECONDS: Final = 2.0
 # Each reconnect delay is drawn from [delay * (1 - jitter), delay]: agents restarted by one broker
 # restart must not come back in lockstep.
 BACKOFF_JITTER: Final = 0.5
-_MAX_BACKOFF_DOUBLINGS: Final = 32  # 2**32 x any sane min delay is past any max delay
+_MAX_BACKOFF_DOUBLINGS: Final = 32  # 2**32 x any sane min delay is past any max delay: a refusal waits the longest
 _UNSPECIFIED: Final = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
 
 
@@ -118,6 +126,7 @@ class MqttConnection:
             if qos not in (0, 1):
                 raise ValueError(f"subscription QoS must be 0 or 1, not {qos!r} ({topic_filter!r})")
         self._settings = settings
+        self._backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay, BACKOFF_JITTER)
         self._subscriptions = tuple(subscriptions)
         self._v5 = settings.protocol == "5"
         self._client = _paho.build_paho_client(settings)
@@ -190,12 +199,13 @@ class MqttConnection:
     ) -> None:
         await self.aclose()
 
-    async def connect(self) -> None:
+    async def connect(self, *, wait_for_broker: bool = False) -> None:
         """Connect and subscribe once; from then on reconnect by ourselves until ``aclose()``.
 
         Raises MqttConnectError (credentials, TLS files, client id) or MqttSubscribeRefused when a
-        person must fix something, MqttUnavailable when the broker cannot be reached (retry later:
-        the connection can be connected again).
+        person must fix something. A broker that cannot be reached raises MqttUnavailable (the
+        connection can be connected again), unless ``wait_for_broker``: then attempts go on, on the
+        reconnect schedule, until one succeeds, a person must fix something, or the call is cancelled.
         """
         if self._closed():
             raise MqttClosed("the MQTT connection is closed")
@@ -208,7 +218,14 @@ class MqttConnection:
             self._tls_ready = True
         self._bridge.attach(self._loop)
         try:
-            await self._attempt()
+            try:
+                await self._attempt()
+            except MqttRetryableError as exc:
+                if not wait_for_broker:
+                    raise
+                self.last_error = exc
+                self._note_failed_attempt(str(exc), 0, logging.WARNING)
+                await self._attempt_until_connected(failures=0, refusals_raise=True)
         except BaseException as exc:
             if not self._closed():
                 self._set_state(ConnectionState.IDLE, f"first attempt failed: {exc}")
@@ -377,36 +394,33 @@ class MqttConnection:
         while True:
             await self._lost.wait()
             self._lost.clear()
-            failures = 0
-            while True:
-                await asyncio.sleep(self._backoff(failures))
-                try:
-                    await self._attempt()
-                except MqttError as exc:
-                    self.last_error = exc
-                    # a person must fix a refusal: retrying fast cannot help and floods the broker's log
-                    failures = _MAX_BACKOFF_DOUBLINGS if not exc.retryable else failures + 1
-                    level = logging.WARNING if exc.retryable else logging.ERROR
-                    self._note_failed_attempt(str(exc), failures, level)
-                except Exception as exc:  # a bug must not end reconnecting: log it, retry on the backoff
-                    logger.exception("MQTT %s: connection attempt failed unexpectedly", self._settings.client_id)
-                    failures += 1
-                    self._note_failed_attempt(f"{type(exc).__name__}: {exc}", failures, logging.ERROR)
-                else:
-                    self.reconnects += 1
-                    break
+            await self._attempt_until_connected(failures=0, refusals_raise=False)
+            self.reconnects += 1
+
+    async def _attempt_until_connected(self, *, failures: int, refusals_raise: bool) -> None:
+        """Attempts on the backoff schedule until one succeeds; a refusal raises or slows down to the longest wait."""
+        while True:
+            await asyncio.sleep(self._backoff.delay(failures, random.random()))
+            try:
+                await self._attempt()
+            except MqttError as exc:
+                if refusals_raise and not exc.retryable:
+                    raise
+                self.last_error = exc
+                # a person must fix a refusal: retrying fast cannot help and floods the broker's log
+                failures = _MAX_BACKOFF_DOUBLINGS if not exc.retryable else failures + 1
+                level = logging.WARNING if exc.retryable else logging.ERROR
+                self._note_failed_attempt(str(exc), failures, level)
+            except Exception as exc:  # a bug must not end reconnecting: log it, retry on the backoff
+                logger.exception("MQTT %s: connection attempt failed unexpectedly", self._settings.client_id)
+                failures += 1
+                self._note_failed_attempt(f"{type(exc).__name__}: {exc}", failures, logging.ERROR)
+            else:
+                return
 
     def _note_failed_attempt(self, why: str, failures: int, level: int) -> None:
-        delay = self._backoff_ceiling(failures)
+        delay = self._backoff.ceiling(failures)
         self._set_state(ConnectionState.DISCONNECTED, f"{why}; next attempt within {delay:.1f} s", level)
-
-    def _backoff_ceiling(self, failures: int) -> float:
-        settings = self._settings
-        doubled = settings.reconnect_min_delay * 2.0 ** min(failures, _MAX_BACKOFF_DOUBLINGS)
-        return min(settings.reconnect_max_delay, doubled)
-
-    def _backoff(self, failures: int) -> float:
-        return self._backoff_ceiling(failures) * random.uniform(1.0 - BACKOFF_JITTER, 1.0)
 
     # -- inbound queue and state watchers ----------------------------------------------------
 
@@ -494,7 +508,7 @@ class MqttConnection:
                 future.set_exception(refused)
         if self._state is ConnectionState.CONNECTED:
             self.last_error = lost
-            delay = self._backoff_ceiling(0)
+            delay = self._backoff.ceiling(0)
             self._set_state(ConnectionState.DISCONNECTED, f"{why}; reconnecting within {delay:.1f} s")
             self._lost.set()
 

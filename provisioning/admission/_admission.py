@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from provisioning.admission._quota import DAY_S, HOUR_S, ChargeLimit, Ledger, Mint
-from provisioning.admission._ratelimit import TokenBuckets
 from provisioning.admission._refusal import Reason, Refusal
 from provisioning.admission._rules import Rules
 from provisioning.admission._signature import verify
 from provisioning.admission._workorders import WorkOrder, WorkOrderBook
+from provisioning.pacing import TokenBuckets
 from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes, transport_of
 
 __all__ = ["Admission", "LineLimits", "Request"]

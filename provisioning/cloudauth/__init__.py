@@ -1,15 +1,19 @@
 """Alibaba Cloud's Cloudauth offline-SDK server API, without I/O: signing, requests, answers, errors, retry policy.
 
-The runtime's client (agent.cloud) sends what this package builds and reads what it answers.
+The runtime's client (agent.cloud) sends what this package builds and reads what it answers:
+``_requests`` makes each action's :class:`Call` (parameters checked, a reader for the answer),
+``_wire`` signs one attempt into an HTTP request and reads an HTTP answer, ``_retry`` says when
+to try again.
 """
 
 from provisioning.cloudauth._errors import (
     AmbiguousRequestError,
     CloudauthError,
+    ConnectError,
     CredentialsError,
-    NetworkError,
     PermanentError,
     PermissionDeniedError,
+    ProxyError,
     RequestError,
     RequestTimeout,
     ResponseError,
@@ -32,6 +36,7 @@ from provisioning.cloudauth._models import (
     format_day,
     parse_day,
 )
+from provisioning.cloudauth._requests import Call, Extension
 from provisioning.cloudauth._retry import RetryPolicy, Timeouts
 
 __all__ = [
@@ -39,15 +44,18 @@ __all__ = [
     "PERMANENT_YEARS",
     "AmbiguousRequestError",
     "AuthKey",
+    "Call",
     "CloudauthError",
+    "ConnectError",
     "CredentialsError",
     "DeviceInfo",
     "DeviceInfoPage",
+    "Extension",
     "LicenceTerm",
     "ModifyResult",
-    "NetworkError",
     "PermanentError",
     "PermissionDeniedError",
+    "ProxyError",
     "RequestError",
     "RequestTimeout",
     "ResponseError",

@@ -1,23 +1,28 @@
 """Errors of the Cloudauth client.
 
-The tree splits what a retry can fix from what a person must fix::
+One tree, in httpx's shape: how far a call got ("not sent", "maybe processed", "timed out") are
+siblings, so an ``except`` means one thing; and the root splits what a retry can fix from what
+a person must fix::
 
-    CloudauthError                      root; every error carries request_id (when known)
-    ├── RetryableError                  a later attempt may succeed
-    │   ├── NetworkError                connect refused/reset, DNS
-    │   │   └── AmbiguousRequestError   sent, no answer: the call may or may not have happened
-    │   ├── RequestTimeout              no answer within the read timeout (also ambiguous)
-    │   ├── ThrottledError              Throttling, Throttling.User, Throttling.Api ...
-    │   └── ServiceError                InternalError, ServiceUnavailable, other 5xx
-    └── PermanentError                  retrying the same request cannot help
-        ├── CredentialsError            no credentials, unknown or inactive AccessKey, wrong secret
-        ├── SignatureError              SignatureDoesNotMatch, skewed clock, reused nonce
-        ├── PermissionDeniedError       Forbidden.RAM, NoPermission
-        ├── RequestError                a parameter the service refused (Missing*, Invalid*)
-        └── ResponseError               an answer we cannot read (garbage, wrong shape)
+    CloudauthError                  root; every error carries request_id, code and http_status when known
+    ├── RetryableError              a later attempt may succeed
+    │   ├── ConnectError            not sent: no connection (refused, DNS, TLS, connect timeout, proxy unreachable)
+    │   ├── AmbiguousRequestError   sent, the connection ended before the answer: the call may have happened
+    │   ├── RequestTimeout          sent, no answer within the read timeout: the call may have happened
+    │   ├── ThrottledError          Throttling, Throttling.User, Throttling.Api ...
+    │   └── ServiceError            InternalError, ServiceUnavailable, other 5xx: the call may have happened
+    └── PermanentError              a person must fix something; retrying the same request cannot help
+        ├── CredentialsError        no credentials, unknown or inactive AccessKey, wrong secret
+        ├── SignatureError          SignatureDoesNotMatch, skewed clock, reused nonce
+        ├── PermissionDeniedError   Forbidden.RAM, NoPermission
+        ├── ProxyError              the HTTP proxy refused to carry the call (its credentials, its policy)
+        ├── RequestError            a parameter the service refused (Missing*, Invalid*), or we refused before sending
+        └── ResponseError           an answer we cannot read (garbage, wrong shape, bytes after it)
 
-Messages never hold a secret: the service echoes the AccessKeyId and the string to sign
-in ``SignatureDoesNotMatch``; :func:`redact` removes those before the message is stored.
+The HTTP layer's errors (``agent.http``) are translated into this tree where the client sends
+(``agent.cloud._transport``) and chained with ``from exc``. Messages never hold a secret: the
+service echoes the AccessKeyId and the string to sign in ``SignatureDoesNotMatch``;
+:func:`redact` removes those before the message is stored.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ import re
 __all__ = [
     "AmbiguousRequestError",
     "CloudauthError",
+    "ConnectError",
     "CredentialsError",
-    "NetworkError",
     "PermanentError",
     "PermissionDeniedError",
+    "ProxyError",
     "RequestError",
     "RequestTimeout",
     "ResponseError",
@@ -80,16 +86,16 @@ class RetryableError(CloudauthError):
     retryable = True
 
 
-class NetworkError(RetryableError):
-    """The service could not be reached (the request was certainly not processed)."""
+class ConnectError(RetryableError):
+    """The service could not be reached: the request was not sent, so it was certainly not processed."""
 
 
-class AmbiguousRequestError(NetworkError):
-    """The request left but no answer came: the service may have processed it."""
+class AmbiguousRequestError(RetryableError):
+    """The request left but the connection ended before the answer: the service may have processed it."""
 
 
-class RequestTimeout(AmbiguousRequestError):
-    """No answer within the read timeout."""
+class RequestTimeout(RetryableError):
+    """The request left but no answer came within the read timeout: the service may have processed it."""
 
 
 class ThrottledError(RetryableError):
@@ -109,7 +115,7 @@ class ThrottledError(RetryableError):
 
 
 class ServiceError(RetryableError):
-    """A fault on the service side (InternalError, ServiceUnavailable, 5xx)."""
+    """A fault on the service side (InternalError, ServiceUnavailable, 5xx): the call may have happened."""
 
 
 class PermanentError(CloudauthError):
@@ -126,6 +132,10 @@ class SignatureError(PermanentError):
 
 class PermissionDeniedError(PermanentError):
     """The AccessKey is valid but lacks permission for this action."""
+
+
+class ProxyError(PermanentError):
+    """The HTTP proxy refused to carry the call (wrong proxy credentials, a policy): fix the proxy setting."""
 
 
 class RequestError(PermanentError):

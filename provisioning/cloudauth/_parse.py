@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from typing import Any
 
 from provisioning.cloudauth._errors import ResponseError
@@ -43,7 +44,7 @@ def unwrap(answer: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def device_rows(answer: dict[str, Any]) -> list[dict[str, Any]]:
+def device_rows(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The device list under ``DeviceInfoList.DeviceInfo`` (SDK), a bare list, or ``Devices`` (docs)."""
     container: Any = answer.get("DeviceInfoList", answer.get("Devices"))
     if isinstance(container, dict):

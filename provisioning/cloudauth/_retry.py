@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 from provisioning.cloudauth._errors import CloudauthError, ThrottledError
+from provisioning.pacing import Backoff
 
 __all__ = ["DEFAULT_THROTTLE_PAUSE", "RetryPolicy", "Timeouts"]
 
@@ -37,10 +38,14 @@ class RetryPolicy:
         if self.base_delay < 0 or self.max_delay < 0 or self.total_time < 0:
             raise ValueError("retry delays and budget must not be negative")
 
+    @property
+    def backoff(self) -> Backoff:
+        """The schedule: ``base_delay`` doubling up to ``max_delay``, full jitter."""
+        return Backoff(self.base_delay, self.max_delay, jitter=1.0)
+
     def delay(self, attempt: int, error: CloudauthError, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        wait = rng.uniform(0, ceiling)
+        wait = self.backoff.delay(attempt - 1, rng.random())
         if isinstance(error, ThrottledError):
             hint = error.retry_after if error.retry_after is not None else DEFAULT_THROTTLE_PAUSE
             wait = max(wait, min(hint, self.max_delay))

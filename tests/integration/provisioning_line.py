@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -131,7 +132,8 @@ class Line:
             "log_level": "debug",
             "cloud": {"endpoint": self.emulator.url, "qps": 200.0, "burst": 20},
             "mqtt": {"host": "127.0.0.1", "port": self.broker.port},
-            "http": {"listen": ""},  # several agents at once: no fixed port (tests that need it set one)
+            # several agents at once: no fixed port (tests that need it set one), no shared Unix socket
+            "http": {"listen": "", "socket": ""},
         }
         for section, table in sections.items():
             base = values.get(section, {})
@@ -150,6 +152,16 @@ class Line:
         agent = AgentProcess(config, env={**self.env, **(env or {})}, launcher=launcher).start()
         self.agents.append(agent)
         return agent
+
+    def status(self, port: int) -> dict[str, Any]:
+        """An agent's /status over HTTP, with the token it made beside its journal."""
+        token = (self.tmp_path / "status.token").read_text().strip()
+        answer = httpx.get(
+            f"http://127.0.0.1:{port}/status", headers={"Authorization": f"Bearer {token}"}, timeout=5, trust_env=False
+        )
+        answer.raise_for_status()
+        document: dict[str, Any] = answer.json()
+        return document
 
     def fleet(self, specs: list[Any], deadline_s: float = 60.0, passwords: dict[str, str] | None = None) -> FleetReport:
         return asyncio.run(

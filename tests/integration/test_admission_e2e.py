@@ -91,11 +91,6 @@ def create_auth_key_calls(line: Line) -> int:
     return int(line.emulator.audit()["api_calls"].get("CreateAuthKey", 0))
 
 
-def status(port: int) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
-    return body
-
-
 def test_a_device_not_on_the_allow_list_is_refused_and_nothing_is_minted_for_it(line: Line, tmp_path: Path) -> None:
     port = free_port()
     agent = line.start_agent(profiles=profiles(tmp_path, 'allow = ["FT-*"]'), http={"listen": f"127.0.0.1:{port}"})
@@ -109,7 +104,7 @@ def test_a_device_not_on_the_allow_list_is_refused_and_nothing_is_minted_for_it(
     assert answers["FT-0001"]["type"] == "key"
     assert minted_for(line) == ["FT-0001"]
     assert create_auth_key_calls(line) == 1
-    counters = status(port)["counters"]
+    counters = line.status(port)["counters"]
     assert counters["refused_not_admitted"] == 1
     assert counters["not_admitted_not_on_allow_list"] == 1
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -134,11 +129,11 @@ def test_a_work_order_dropped_while_the_agent_runs_admits_its_devices(line: Line
     (orders / "wo-77.csv.part").write_text("order,model,device_id,ceiling\n" + rows, encoding="utf-8")
     (orders / "wo-77.csv.part").rename(orders / "wo-77.csv")  # as docs/admission.md asks the MES to write
     (orders / "broken.csv").write_text("order,model\n", encoding="utf-8")  # logged and ignored
-    assert devices.watcher.wait_for(lambda: len(status(port)["admission"]["work_orders"]) == 1, timeout=30)
+    assert devices.watcher.wait_for(lambda: len(line.status(port)["admission"]["work_orders"]) == 1, timeout=30)
     report = line.fleet(specs)
     assert {d.device_id for d in report.devices if d.status == "licensed"} == {s.device_id for s in specs}
     assert sorted(minted_for(line)) == sorted(s.device_id for s in specs)
-    admission = status(port)["admission"]
+    admission = line.status(port)["admission"]
     assert [(o["order"], o["used"], o["ceiling"]) for o in admission["work_orders"]] == [("WO-77", 4, 4)]
     assert any("broken.csv:1: header lacks column(s) device_id" in e for e in admission["work_order_errors"])
 
@@ -220,7 +215,7 @@ def test_quota_use_survives_a_kill_9(line: Line, tmp_path: Path) -> None:
     assert all(a["type"] == "key" for a in devices.wait_answered(first).values())
     line.agents[-1].kill()
     line.start_agent(profiles=one_model, admission=admission, http=http)
-    assert status(port)["admission"]["quota"]["line"]["hour"] == {"used": quota, "limit": quota}
+    assert line.status(port)["admission"]["quota"]["line"]["hour"] == {"used": quota, "limit": quota}
     later = [f"L-{n}" for n in range(5)]
     for device_id in later:
         devices.register(device_id)

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from agent.cloud import CloudauthClient, Credentials, RateLimiter
+from agent.http import ConnectFailed
 from provisioning.cloudauth import (
     AmbiguousRequestError,
+    ConnectError,
     CredentialsError,
     LicenceTerm,
-    NetworkError,
     RequestError,
     RequestTimeout,
     RetryPolicy,
@@ -326,14 +327,15 @@ def test_years_outside_the_range_cannot_be_built() -> None:
     assert LicenceTerm.of_years(100).describe() == "permanent"
 
 
-async def test_unreachable_endpoint_is_a_network_error(make_client: ClientFactory) -> None:
+async def test_unreachable_endpoint_is_a_connect_error(make_client: ClientFactory) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     client = make_client(endpoint=f"http://127.0.0.1:{port}", retry=RetryPolicy(max_attempts=2, base_delay=0.01))
-    with pytest.raises(NetworkError) as caught:
+    with pytest.raises(ConnectError) as caught:
         await client.describe_device_info()
-    assert not isinstance(caught.value, AmbiguousRequestError)
+    assert not isinstance(caught.value, AmbiguousRequestError | RequestTimeout)  # "not sent" means only that
+    assert isinstance(caught.value.__cause__, ConnectFailed)  # the HTTP layer's error, chained
 
 
 async def test_read_timeout(make_client: ClientFactory, emulator: EmulatorProcess) -> None:

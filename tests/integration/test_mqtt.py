@@ -366,6 +366,51 @@ async def test_connect_to_nothing_raises_unavailable(mqtt_broker: MosquittoBroke
     await connection.aclose()
 
 
+async def test_waiting_for_a_broker_that_boots_later_is_the_connections_own_job(mqtt_broker: MosquittoBroker) -> None:
+    """``wait_for_broker``: the attempts go on (on the reconnect schedule) until the broker is up."""
+    mqtt_broker.stop()
+    connection = MqttConnection(settings_for(mqtt_broker, "agent"), [("a/#", 1)])
+    states = connection.state_changes()
+    connecting = asyncio.create_task(connection.connect(wait_for_broker=True))
+    async with asyncio.timeout(GUARD_SECONDS):
+        seen = [await anext(states)]
+        while seen.count(ConnectionState.DISCONNECTED) < 2:  # two attempts failed, the call still waits
+            seen.append(await anext(states))
+    assert not connecting.done()
+    assert isinstance(connection.last_error, MqttUnavailable)
+    mqtt_broker.start()
+    async with asyncio.timeout(GUARD_SECONDS):
+        await connecting
+    assert connection.connected
+    assert connection.reconnects == 0  # the first connection, not a reconnect
+    await connection.aclose()
+
+
+async def test_waiting_for_the_broker_stops_at_a_refusal(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory(allow_anonymous=False, passwords={"gw": "right-password"})
+    wrong = settings_for(broker, "gw", username="gw", password=Secret("wrong-password"))
+    connection = MqttConnection(wrong, [])
+    with pytest.raises(MqttConnectError):
+        async with asyncio.timeout(GUARD_SECONDS):
+            await connection.connect(wait_for_broker=True)  # a person must fix it: waiting cannot help
+    assert connection.state is ConnectionState.IDLE
+    await connection.aclose()
+
+
+async def test_waiting_for_the_broker_can_be_cancelled(mqtt_broker: MosquittoBroker) -> None:
+    mqtt_broker.stop()
+    connection = MqttConnection(settings_for(mqtt_broker, "agent"), [])
+    connecting = asyncio.create_task(connection.connect(wait_for_broker=True))
+    await wait_for_state(connection, ConnectionState.DISCONNECTED)
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert connection.state is ConnectionState.IDLE
+    await connection.aclose()
+    assert not mqtt_threads()
+    assert not mqtt_tasks()
+
+
 # -- the will -----------------------------------------------------------------------------------
 
 WILL_CLIENT = """

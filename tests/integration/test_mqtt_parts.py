@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import ssl
 from pathlib import Path
 
@@ -225,12 +226,13 @@ def test_backoff_doubles_caps_and_jitters() -> None:
     connection = MqttConnection(
         MqttSettings(host="b", client_id="gw", reconnect_min_delay=0.5, reconnect_max_delay=30.0), []
     )
-    ceilings = [connection._backoff_ceiling(failures) for failures in range(10)]
+    backoff = connection._backoff  # the one schedule (provisioning.pacing), with this connection's settings
+    ceilings = [backoff.ceiling(failures) for failures in range(10)]
     assert ceilings[:7] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
     assert ceilings[7:] == [30.0] * 3
-    assert connection._backoff_ceiling(10_000) == 30.0
+    assert backoff.ceiling(10_000) == 30.0
     for failures in (0, 3, 50):
-        delays = {connection._backoff(failures) for _ in range(50)}
-        ceiling = connection._backoff_ceiling(failures)
+        delays = {backoff.delay(failures, random.random()) for _ in range(50)}
+        ceiling = backoff.ceiling(failures)
         assert all(ceiling * (1 - BACKOFF_JITTER) <= delay <= ceiling for delay in delays)
         assert len(delays) > 1

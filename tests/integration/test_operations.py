@@ -10,6 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -104,7 +106,10 @@ def test_metrics_health_and_status_endpoints(line: Line) -> None:
     assert 'provisioning_cloud_calls_total{action="CreateAuthKey",outcome="ok"} 4.0' in metrics
     assert 'provisioning_step_seconds_count{step="activation"} 4.0' in metrics
     assert "provisioning_broker_connected 1.0" in metrics
-    status = httpx.get(f"{base}/status").json()
+    refused = httpx.get(f"{base}/status", trust_env=False)
+    assert refused.status_code == 401  # /status is for the token's holders
+    assert "in_flight" not in refused.text
+    status = line.status(port)
     assert status["counters"]["activated"] == 4
     assert status["broker_connected"] is True
     assert status["in_flight"] == []
@@ -124,8 +129,9 @@ def test_status_command_reads_a_running_agent(line: Line) -> None:
     port = free_port()
     line.start_agent(http={"listen": f"127.0.0.1:{port}"})
     line.fleet(fleet_specs(2, model=MODEL))
+    url, token = f"http://127.0.0.1:{port}", str(line.tmp_path / "status.token")
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--url", f"http://127.0.0.1:{port}", "--json"],
+        [sys.executable, "-m", "agent", "status", "--url", url, "--token-file", token, "--json"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -133,12 +139,20 @@ def test_status_command_reads_a_running_agent(line: Line) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["counters"]["activated"] == 2
     table = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--url", f"http://127.0.0.1:{port}"],
+        [sys.executable, "-m", "agent", "status", "--url", url, "--token-file", token],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert "activated" in table.stdout
+    no_token = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--url", url, "--token-file", "/nonexistent", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert no_token.returncode == 3
+    assert "needs the agent's status token" in no_token.stderr
     down = subprocess.run(
         [sys.executable, "-m", "agent", "status", "--url", f"http://127.0.0.1:{free_port()}"],
         capture_output=True,
@@ -147,6 +161,28 @@ def test_status_command_reads_a_running_agent(line: Line) -> None:
     )
     assert down.returncode == 5
     assert "not running" in down.stderr
+
+
+def test_status_command_prefers_the_unix_socket(line: Line) -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:  # AF_UNIX paths are short
+        sock = Path(folder) / "status.sock"
+        port = free_port()
+        line.start_agent(http={"listen": f"127.0.0.1:{port}", "socket": str(sock)})
+        line.fleet(fleet_specs(1, model=MODEL))
+        assert sock.stat().st_mode & 0o777 == 0o660
+        config = line.tmp_path / "gw1.toml"
+        (line.tmp_path / "status.token").unlink()  # the socket alone must do
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "--config", str(config), "--json"],
+            capture_output=True,
+            text=True,
+            env=line.env,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["counters"]["activated"] == 1
+        line.stop()
+        assert not sock.exists()  # removed on a clean stop
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
@@ -190,6 +226,22 @@ def test_sigterm_lets_a_device_in_flight_finish(line: Line) -> None:
     assert "1 in flight get" in agent.log_text()
     keys = [m for _, m in watcher.messages if m.get("type") == "key" and m.get("device_id") == "SN-DRAIN"]
     assert len(keys) == 1  # the device in flight got its key before the agent left
+
+
+def test_the_agent_waits_for_a_broker_that_boots_after_it(line: Line) -> None:
+    """The MQTT connection retries by itself; the agent becomes ready once the broker is up."""
+    line.broker.stop()
+    agent = AgentProcess(line.config(), env=line.env)
+    line.agents.append(agent)
+    starting = threading.Thread(target=agent.start, name="agent-start")
+    starting.start()
+    assert _wait_for_log(agent, "cannot connect to broker", timeout=30)
+    assert not agent.log_text().count("ready")  # still waiting
+    line.broker.start()
+    starting.join(60)
+    assert agent.running()
+    report = line.fleet(fleet_specs(1, model=MODEL))
+    assert [device.status for device in report.devices] == ["licensed"]
 
 
 def test_a_taken_status_port_is_a_clear_configuration_error(line: Line) -> None:

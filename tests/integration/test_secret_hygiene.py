@@ -2,12 +2,13 @@
 
 A real agent at ``log_level = "debug"`` provisions a fleet over MQTT (some devices misbehaving,
 so error paths run too) through a password-protected broker and devices on a serial jig,
-reporting over MQTT and to a webhook with a bearer token, every report signed with an HMAC key.
+reporting over MQTT and to an https:// webhook (a private CA) with a bearer token, every report
+signed with an HMAC key.
 Then every byte the agent produced is searched: its stdout and stderr, every row of every table
 of its journal and the raw ``-wal``/``-shm`` files, every report (MQTT and webhook bodies), the
 retained status, ``/status`` and ``/metrics``. The secrets: the AccessKey secret, every AuthKey
 the emulator minted (read from the emulator's own state file), the MQTT password, the webhook
-token and the report HMAC key, each also searched hex- and base64-encoded.
+token, the report HMAC key and the status token, each also searched hex- and base64-encoded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import secrets
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -37,7 +39,7 @@ from provisioning_lab.emulator import EmulatorProcess
 from provisioning_lab.simulator import Behaviour, SerialDevice, SerialJig, fleet_specs, queue_specs
 from provisioning_lab.simulator._sdk import EmulatorSdk
 from provisioning_lab.simulator._serial import run_port_queue
-from tests.broker import MosquittoBroker
+from tests.broker import MosquittoBroker, make_pki
 from tests.integration.provisioning_line import FAST, MODEL, PROFILES, Line, Watcher
 
 GUARD_S = 60.0  # a guard against hangs, not a timing assertion
@@ -50,7 +52,7 @@ BrokerFactory = Callable[..., MosquittoBroker]
 class WebhookRecorder(http.server.ThreadingHTTPServer):
     """An MES webhook on loopback that keeps every request's headers and body."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         recorder = self
 
@@ -66,12 +68,13 @@ class WebhookRecorder(http.server.ThreadingHTTPServer):
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)
+        self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.thread = threading.Thread(target=self.serve_forever, name="webhook", daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/reports"
+        return f"https://127.0.0.1:{self.server_address[1]}/reports"
 
     def close(self) -> None:
         self.shutdown()
@@ -150,7 +153,10 @@ def test_no_secret_reaches_anything_the_agent_wrote(
     webhook_token = "WHT-" + secrets.token_urlsafe(18)
     hmac_key = "HMK-" + secrets.token_urlsafe(32)
     broker = broker_factory(passwords={AGENT_USER: mqtt_password})  # devices and watchers stay anonymous
-    webhook = WebhookRecorder()
+    pki = make_pki(tmp_path / "mes-pki")
+    mes_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    mes_tls.load_cert_chain(pki.server_cert, pki.server_key)
+    webhook = WebhookRecorder(mes_tls)
     http_port = free_port()
     journal = tmp_path / "gw1.sqlite3"
     config = write_config(
@@ -171,10 +177,11 @@ def test_no_secret_reaches_anything_the_agent_wrote(
                 "mqtt_topic": "prov/v1/reports",
                 "webhook_url": webhook.url,
                 "webhook_secret_file": str(private_file(tmp_path / "webhook-token", webhook_token)),
+                "webhook_ca_file": str(pki.ca_file),
                 "sign": "hmac-sha256",
                 "sign_key_file": str(private_file(tmp_path / "report-hmac", hmac_key)),
             },
-            "http": {"listen": f"127.0.0.1:{http_port}"},
+            "http": {"listen": f"127.0.0.1:{http_port}", "socket": ""},
             "serial": {"ports": [str(jig.directory / "port-*")], "usb": False, "scan_interval_s": 0.2},
         },
     )
@@ -219,8 +226,11 @@ def test_no_secret_reaches_anything_the_agent_wrote(
         retained = Watcher(broker.port, "prov/v1/gw/gw1/status")
         assert retained.wait_for(lambda: bool(retained.on("prov/v1/gw/gw1/status")))
         retained.close()
-        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as client:
-            endpoints = [client.get(path).content for path in ("/status", "/metrics", "/health")]
+        status_token = (tmp_path / "status.token").read_text().strip()  # made by the agent beside its journal
+        authorised = {"Authorization": f"Bearer {status_token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10, trust_env=False) as client:
+            endpoints = [client.get(path, headers=authorised).content for path in ("/status", "/metrics", "/health")]
+            assert b"in_flight" in endpoints[0]  # the token opened /status
         live_files = [path.read_bytes() for path in sorted(tmp_path.glob("gw1.sqlite3*"))]
     finally:
         agent.terminate()
@@ -237,6 +247,7 @@ def test_no_secret_reaches_anything_the_agent_wrote(
         "MQTT password": mqtt_password,
         "webhook token": webhook_token,
         "report HMAC key": hmac_key,
+        "status token": status_token,
     } | {f"AuthKey #{number}": key for number, key in enumerate(auth_keys)}
 
     places: dict[str, bytes] = {

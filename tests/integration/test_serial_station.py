@@ -133,7 +133,7 @@ def start_station(tmp_path: Path, emulator: EmulatorProcess, ports: list[str]) -
             "cloud": {"endpoint": emulator.url, "qps": 100.0, "burst": 10},
             "mqtt": {"enabled": False},
             "upstream": {"mqtt_topic": ""},
-            "http": {"listen": ""},
+            "http": {"listen": "", "socket": ""},
             "serial": {"ports": ports, "usb": False, "scan_interval_s": 0.2},
         },
     )

@@ -94,11 +94,13 @@ def test_directories_and_credentials(service: dict[str, list[str]]) -> None:
     assert credential.startswith("cloudauth:/"), "the agent reads $CREDENTIALS_DIRECTORY/cloudauth"
     assert service["UMask"] == ["0077"]
     assert service["LimitCORE"] == ["0"], "a core dump could hold the AccessKey"
+    assert service["RuntimeDirectory"] == ["provisioning-agent"], "the status socket's folder"
+    assert int(service["LimitNOFILE"][0]) >= 4096, "room for the status server's cap next to everything else"
 
 
 def test_identity_and_serial_access(service: dict[str, list[str]], unit_section: dict[str, list[str]]) -> None:
     assert service["User"] == ["provisioning-agent"]
-    assert service["SupplementaryGroups"] == ["dialout"]
+    assert service["SupplementaryGroups"] == ["dialout provisioning-operators"]
     assert service["DevicePolicy"] == ["closed"]
     assert "char-ttyUSB rw" in service["DeviceAllow"]
     assert "char-ttyACM rw" in service["DeviceAllow"]
@@ -159,7 +161,7 @@ def test_every_directive_is_explained() -> None:
 def test_sysusers_creates_the_service_user() -> None:
     entries = [line.split() for line in SYSUSERS.read_text(encoding="utf-8").splitlines() if line[:1] not in "#\n"]
     entries = [entry for entry in entries if entry]
-    assert [entry[:2] for entry in entries] == [["u", "provisioning-agent"]]
+    assert [entry[:2] for entry in entries] == [["u", "provisioning-agent"], ["g", "provisioning-operators"]]
 
 
 def test_tmpfiles_creates_the_state_directory_for_the_service_user_only() -> None:

@@ -31,7 +31,7 @@ from provisioning.admission import (
     parse_public_keys,
     parse_work_order,
 )
-from provisioning.admission._ratelimit import TokenBuckets
+from provisioning.pacing import TokenBuckets
 from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes
 
 MODEL = "face-terminal-x1"

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.config import ConfigError, load_config, report_signer
 from provisioning.reportsig import (
+    ReportSignatureError,
     ReportSigner,
-    SignatureError,
     canonical_report_bytes,
     header_value,
     load_signer,
@@ -120,11 +120,11 @@ def test_a_changed_report_or_another_key_does_not_verify(alg: str) -> None:
             Ed25519PrivateKey.generate().public_key())  # fmt: skip
     signed = signer.sign(REPORT)
     verify_report(signed, key=key)
-    with pytest.raises(SignatureError, match="does not match"):
+    with pytest.raises(ReportSignatureError, match="does not match"):
         verify_report(signed | {"expired_day": "21261122"}, key=key)
-    with pytest.raises(SignatureError, match="does not match"):
+    with pytest.raises(ReportSignatureError, match="does not match"):
         verify_report(signed, key=other)
-    with pytest.raises(SignatureError, match="no signature"):
+    with pytest.raises(ReportSignatureError, match="no signature"):
         verify_report(REPORT, key=key)
     header = header_value(signed["signature"])
     assert parse_header(header) == signed["signature"]
@@ -132,16 +132,16 @@ def test_a_changed_report_or_another_key_does_not_verify(alg: str) -> None:
 
 
 def test_unusable_keys_are_refused() -> None:
-    with pytest.raises(SignatureError, match="at least 32 bytes"):
+    with pytest.raises(ReportSignatureError, match="at least 32 bytes"):
         load_signer("hmac-sha256", KEY_ID, b"short")
-    with pytest.raises(SignatureError, match="not an unencrypted PEM"):
+    with pytest.raises(ReportSignatureError, match="not an unencrypted PEM"):
         load_signer("ed25519", KEY_ID, b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
     ec = generate_private_key(SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    with pytest.raises(SignatureError, match="not an Ed25519 private key"):
+    with pytest.raises(ReportSignatureError, match="not an Ed25519 private key"):
         load_signer("ed25519", KEY_ID, ec)
-    with pytest.raises(SignatureError, match="key id"):
+    with pytest.raises(ReportSignatureError, match="key id"):
         load_signer("hmac-sha256", "has space", HMAC_SECRET)
 
 

@@ -123,7 +123,7 @@ async def test_reprs_and_errors_never_show_a_secret(tmp_path: Path) -> None:
         "gateway_id": "g",
         "cloud": {"credentials_file": str(credentials)},
         "mqtt": {"username": "gw", "password_file": str(password_file)},
-        "upstream": {"webhook_url": "http://127.0.0.1:9/r", "webhook_secret_file": str(token_file)},
+        "upstream": {"webhook_url": "https://127.0.0.1:9/r", "webhook_secret_file": str(token_file)},
     }
     config = load_config(write_config(tmp_path / "a.toml", values), environ={})
     password, _ = broker_credentials(config)
@@ -131,7 +131,7 @@ async def test_reprs_and_errors_never_show_a_secret(tmp_path: Path) -> None:
     connection = MqttConnection(settings, [])
     access_key = load_credentials_file(credentials)
     cloud = CloudauthClient(access_key, endpoint="http://127.0.0.1:9")
-    sink = WebhookSink("http://127.0.0.1:9/r", timeout_s=1, token_file=str(token_file))
+    sink = WebhookSink("https://127.0.0.1:9/r", timeout_s=1, token_file=str(token_file))
     try:
         failure = await _connect_error(connection)
         shown = [repr(config), str(config), repr(settings), repr(connection), repr(cloud), repr(access_key)]

@@ -145,7 +145,10 @@ async def _line(
             "cloud": {"endpoint": emulator.url, "qps": DEMO_QPS_CAP * 0.8, "burst": 4},
             "mqtt": {"host": broker.host, "port": broker.port},
             "upstream": {"mqtt_topic": REPORTS_TOPIC},
-            "http": {"listen": f"127.0.0.1:{free_port()}"},  # not 9464: a real agent may run on this machine
+            "http": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "socket": "",
+            },  # not 9464 nor its socket: a real agent may run here
             "serial": {"ports": [str(workdir / "jig" / "port-*")], "usb": False, "scan_interval_s": SERIAL_SCAN_S},
         },
     )
