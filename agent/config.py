@@ -81,6 +81,7 @@ _URL_OR_EMPTY = Pattern(r"(https?://\S+)?", "an http:// or https:// URL, or empt
 _TOPIC = Check(_is_topic, "a topic without wildcards (+ #)")
 _TOPIC_OR_EMPTY = Pattern(r"[^+#]*", "a topic without wildcards (+ #), or empty")
 _LISTEN = Check(lambda value: value == "" or _is_host_port(value), "host:port (e.g. 127.0.0.1:9464), or empty")
+_TIME_OF_DAY = Pattern(r"([01][0-9]|2[0-3]):[0-5][0-9]", 'a local time "HH:MM" (e.g. "06:00")')
 _TIMEOUT = Range(0.1, 300)  # seconds; 0 or less would fail every call at once
 _PATH = Length(0, 4096)
 _NAME = Pattern(r"[^/+#]*", "a name without / + #")  # it becomes part of MQTT topics
@@ -148,7 +149,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """The local HTTP endpoint: /metrics (Prometheus) and /health for anyone, /status for the operators."""
+    """The local HTTP endpoint: the station view (/), /metrics and /health for anyone, /status for the operators."""
 
     listen: Annotated[str, _LISTEN] = "127.0.0.1:9464"  # host:port; "" disables it
     socket: Annotated[str, _PATH] = (
@@ -157,6 +158,8 @@ class HttpConfig:
     # Bearer token for /status over TCP, made if missing; "" = status.token beside the journal.
     token_file: Annotated[str, _PATH] = ""
     max_connections: Annotated[int, Range(1, 10_000)] = 64  # TCP clients at once; then the least recently active goes
+    # Local times the station view's shift counts start again ("HH:MM"); empty: counts since the agent started.
+    shift_starts: list[Annotated[str, _TIME_OF_DAY]] = field(default_factory=lambda: ["06:00", "14:00", "22:00"])
 
 
 @dataclass(frozen=True, slots=True)

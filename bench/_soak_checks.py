@@ -1,4 +1,4 @@
-"""The soak's verdict: DESIGN.md's invariants checked from three independent records.
+"""The soak's verdict: the invariants of docs/reliability.md checked from three independent records.
 
 The records are the emulator's audit view (what the cloud minted and licensed), the webhook's
 deliveries (what the MES received) and the simulated devices' own outcomes (what each device
@@ -21,7 +21,8 @@ from provisioning_lab.simulator import DeviceOutcome
 
 __all__ = ["KEY_LIFETIME_S", "Invariant", "check_all", "key_ages"]
 
-KEY_LIFETIME_S: Final = KEY_LIFETIME_SECONDS  # the emulator's rule: an AuthKey lives 30 minutes from mint
+KEY_LIFETIME_S: Final = KEY_LIFETIME_SECONDS  # the service's rule: an AuthKey lives 30 minutes from mint
+FINAL_REFUSAL: Final = "activation_failed"  # the error that ends a device's path until an operator acts
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +46,18 @@ def check_all(
     audit: Mapping[str, Any],
     deliveries: Sequence[Delivery],
     margin_s: Mapping[str, float],
+    max_attempts: Mapping[str, int] | None = None,
 ) -> list[Invariant]:
-    """Every invariant; ``margin_s`` is each device's key safety margin (from its hardware profile)."""
+    """Every invariant; ``margin_s`` and ``max_attempts`` are each device's, from its hardware profile.
+
+    The key lifetime is the emulator's own (its audit's ``key_lifetime_s``: 30 minutes unless
+    ``--key-ttl`` shortened it), and ``margin_s`` must be the margin the agent applies to it.
+    """
     licences = _licences_by_device(audit)
     return [
         devices_lost(outcomes, licences),
+        licensed_not_done(outcomes, licences),
+        failed_with_attempts_left(outcomes, max_attempts or {}),
         doubled_licences(licences),
         keys_after_deadline(outcomes, audit, margin_s),
         keys_bound(outcomes, audit),
@@ -80,6 +88,33 @@ def devices_lost(outcomes: Sequence[DeviceOutcome], licences: Mapping[str, list[
     return _verdict("devices lost", "device not licensed and done", len(outcomes), bad, details)
 
 
+def licensed_not_done(outcomes: Sequence[DeviceOutcome], licences: Mapping[str, list[Mapping[str, Any]]]) -> Invariant:
+    """No device holds a licence at the cloud while the gateway failed it: no terminal failure without the cloud."""
+    bad = sorted(o.device_id for o in outcomes if o.device_id in licences and o.status != "licensed")
+    details = tuple(
+        f"{o.device_id}: {o.status} {o.error_code} {o.detail}".strip() for o in outcomes if o.device_id in bad
+    )
+    return _verdict("licensed, not done", "licence consumed at the cloud, device not done", len(outcomes), bad, details)
+
+
+def failed_with_attempts_left(outcomes: Sequence[DeviceOutcome], max_attempts: Mapping[str, int]) -> Invariant:
+    """A device refused for good received as many keys as its profile allows (an undelivered key is no attempt)."""
+    bad: list[str] = []
+    details: list[str] = []
+    checked = 0
+    for o in outcomes:
+        if o.device_id not in max_attempts or o.status != "error" or o.error_code != FINAL_REFUSAL:
+            continue
+        checked += 1
+        if o.counters.distinct_attempts < max_attempts[o.device_id]:
+            bad.append(o.device_id)
+            details.append(f"{o.device_id}: failed after {o.counters.distinct_attempts} key(s) received, "
+                           f"{max_attempts[o.device_id]} allowed")  # fmt: skip
+    return _verdict(
+        "failed with attempts left", "final refusal before max_attempts keys arrived", checked, bad, details
+    )
+
+
 def doubled_licences(licences: Mapping[str, list[Mapping[str, Any]]]) -> Invariant:
     """At most one licence consumed per UserDeviceId (renewals are extensions, not counted)."""
     consumed = {
@@ -94,7 +129,8 @@ def doubled_licences(licences: Mapping[str, list[Mapping[str, Any]]]) -> Invaria
 def keys_after_deadline(
     outcomes: Sequence[DeviceOutcome], audit: Mapping[str, Any], margin_s: Mapping[str, float]
 ) -> Invariant:
-    """Every key reached its device before mint + 30 min - the profile's safety margin."""
+    """Every key reached its device before mint + the key's lifetime - the profile's safety margin."""
+    lifetime = float(audit.get("key_lifetime_s", KEY_LIFETIME_S))
     minted = {event["fingerprint"]: _posix(event["minted_at"]) for event in audit["key_events"]}
     bad: list[str] = []
     details: list[str] = []
@@ -107,11 +143,12 @@ def keys_after_deadline(
                 bad.append(outcome.device_id)
                 details.append(f"{outcome.device_id}: key {fingerprint} was never minted by the cloud")
                 continue
-            deadline = mint + KEY_LIFETIME_S - margin_s[outcome.device_id]
+            deadline = mint + lifetime - margin_s[outcome.device_id]
             if arrived > deadline:
                 bad.append(outcome.device_id)
                 details.append(f"{outcome.device_id}: key {fingerprint} arrived {arrived - deadline:.1f} s late")
-    return _verdict("keys after deadline", "key received after mint + 30 min - margin", checked, bad, details)
+    meaning = f"key received after mint + {lifetime:g} s - margin"
+    return _verdict("keys after deadline", meaning, checked, bad, details)
 
 
 def keys_bound(outcomes: Sequence[DeviceOutcome], audit: Mapping[str, Any]) -> Invariant:

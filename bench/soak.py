@@ -11,7 +11,14 @@ One command (``make soak``, or ``.venv/bin/python bench/soak.py``) runs, on this
 - a webhook (the MES) that records every report and is taken away for a while;
 - simulated devices arriving over the run: MQTT devices in waves (half MQTT 5, half 3.1.1, a few
   misbehaving), and serial devices on a jig of paced pseudo-terminals, one after another per port
-  as an operator plugs the next board (``--serial-share``; the agent opens the jig's ports).
+  as an operator plugs the next board (``--serial-share``; the agent opens the jig's ports);
+- last-attempt devices (a model with ``max_attempts = 1``) that activate, die before reporting,
+  reboot, get the same key back, see ``AuthKeyUsed`` and report it: each must still end ``done``.
+
+Then the short-TTL phase, a second line whose keys live ``--key-ttl`` seconds (the emulator's
+``--key-ttl`` and the agent's ``[cloud] key_lifetime_s``), so that the chaos reaches their
+deadlines: the agent SIGSTOPped and SIGKILLed for longer than a key's life, the broker gone as
+long (keys pushed meanwhile never leave the agent), with last-attempt, late and failing devices.
 
 Afterwards the invariants are checked from the emulator's audit, the webhook's records and the
 devices' outcomes (``_soak_checks.py``). A table goes to stdout, every figure to a JSON file;
@@ -26,14 +33,16 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,6 +69,15 @@ from provisioning_lab.simulator import (
 PROFILES: Final = ROOT / "hardware-profiles"
 MODEL: Final = "face-terminal-x1"  # the MQTT devices' profile
 SERIAL_MODEL: Final = "gate-controller-g2"  # the serial devices' profile (a jig-rack model)
+LAST_MODEL: Final = "face-terminal-x1-last-try"  # the X1 with max_attempts = 1: its first key is its last
+SERVICE_KEY_LIFETIME_S: Final = 1800  # the profiles' margins are written for the service's 30-minute keys
+TTL_MISBEHAVING: Final = {  # the short-TTL line: devices whose timing meets a key's deadline
+    Behaviour.LATE: 0.1,
+    Behaviour.FAIL_ONCE: 0.1,
+    Behaviour.DUPLICATE: 0.05,
+}
+TTL_LAST_ATTEMPT_SHARE: Final = 0.1  # ... and last-attempt devices that die mid-activation
+TTL_CHAOS_PAST_S: Final = 5.0  # each outage of the short-TTL line outlasts a key's life by this much
 LATENCY_MS: Final = 100.0  # a realistic round trip to the Cloudauth region from a factory
 QPS_CAP: Final = 20.0  # the emulated account's limit
 AGENT_QPS: Final = 16.0  # the agent keeps under the cap (docs/cloudauth-client.md), leaving room for others
@@ -103,6 +121,14 @@ class Plan:
     time_scale: float  # device protocol timeouts x this (1 = the protocol's own)
     deadline_s: float  # a device not done this long after it arrived is lost
     seed: int
+    last_attempt_devices: int = 0  # of the MQTT devices, on LAST_MODEL, dying mid-activation and rebooting
+    phases: tuple[str, ...] = ("main", "ttl")
+    key_ttl_s: float = 30.0  # the short-TTL line's key life
+    ttl_devices: int = 0
+    ttl_arrival_s: float = 90.0
+    ttl_stop_at: float = 0.0  # SIGSTOP of the agent for key_ttl_s + TTL_CHAOS_PAST_S
+    ttl_kill_at: float = 0.0  # SIGKILL, dark as long
+    ttl_broker_down_at: float = 0.0  # broker stopped as long
 
 
 @dataclass(slots=True)
@@ -129,7 +155,7 @@ class Line:
     broker: MosquittoBroker
     agent: AgentProcess
     webhook: WebhookReceiver
-    jig: SerialJig
+    jig: SerialJig | None
     workdir: Path
 
 
@@ -142,9 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="soak-", dir=args.workdir)).resolve()
     out = Path(args.json_out).resolve() if args.json_out else workdir / "soak-result.json"
     os.chdir(workdir)  # `python -m agent` puts its cwd first on sys.path: nothing there but the run's files
-    print(f"soak: {plan.devices} devices, work directory {workdir}", file=sys.stderr)
+    print(f"soak: {plan.devices} + {plan.ttl_devices} devices, work directory {workdir}", file=sys.stderr)
     try:
-        result = asyncio.run(run_soak(plan, workdir))
+        result = asyncio.run(run_phases(plan, workdir))
     except (MosquittoNotFound, AgentStartError) as exc:
         print(f"soak: the line could not be set up: {exc}", file=sys.stderr)
         return 2
@@ -152,6 +178,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(result))
     print(f"\nresult file: {out}")
     return 0 if result["ok"] else 1
+
+
+async def run_phases(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """The main line, then the short-TTL line (each when asked); one result, ok when both hold."""
+    result: dict[str, Any] = {"ok": True, "plan": asdict(plan)}
+    if "main" in plan.phases:
+        result |= await run_soak(plan, workdir)
+    if "ttl" in plan.phases and plan.ttl_devices:
+        ttl = await run_ttl_phase(plan, workdir / "ttl")
+        result["ttl_phase"] = ttl
+        result["ok"] = result["ok"] and ttl["ok"]
+    return result
 
 
 def _run_from_snapshot(argv: list[str], parent: str | None) -> int:
@@ -177,6 +215,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     kills = sorted(rng.uniform(0.03 * arrival, arrival) for _ in range(args.kills))
     restarts = [arrival * (i + 0.5) / args.broker_restarts + rng.uniform(-2, 2) for i in range(args.broker_restarts)]
     serial = round(args.devices * args.serial_share)
+    ttl_arrival = float(args.ttl_arrival_s)
     return Plan(
         devices=args.devices,
         serial_devices=serial,
@@ -190,22 +229,46 @@ def make_plan(args: argparse.Namespace) -> Plan:
         time_scale=args.time_scale,
         deadline_s=args.deadline_s,
         seed=args.seed,
+        last_attempt_devices=round((args.devices - serial) * args.last_attempt_share),
+        phases=("main", "ttl") if args.phase == "all" else (args.phase,),
+        key_ttl_s=args.key_ttl,
+        ttl_devices=args.ttl_devices,
+        ttl_arrival_s=ttl_arrival,
+        ttl_stop_at=round(rng.uniform(0.15, 0.3) * ttl_arrival, 2),
+        ttl_kill_at=round(rng.uniform(0.45, 0.55) * ttl_arrival, 2),
+        ttl_broker_down_at=round(rng.uniform(0.7, 0.8) * ttl_arrival, 2),
     )
 
 
 def mqtt_fleet(plan: Plan) -> list[DeviceSpec]:
     """The MQTT devices: misbehaving ones spread at random through the waves, protocols alternating."""
-    behaviours = _behaviours(plan.devices - plan.serial_devices, MISBEHAVING, random.Random(plan.seed))
+    count = plan.devices - plan.serial_devices
+    return _fleet("SOAK", count, MISBEHAVING, plan.last_attempt_devices, random.Random(plan.seed))
+
+
+def ttl_fleet(plan: Plan) -> list[DeviceSpec]:
+    """The short-TTL line's devices: late, failing once, duplicating, and last-attempt ones that die mid-activation."""
+    last = round(plan.ttl_devices * TTL_LAST_ATTEMPT_SHARE)
+    return _fleet("TTL", plan.ttl_devices, TTL_MISBEHAVING, last, random.Random(plan.seed + 2))
+
+
+def _fleet(
+    prefix: str, count: int, shares: dict[Behaviour, float], last_attempt: int, rng: random.Random
+) -> list[DeviceSpec]:
+    """``count`` MQTT devices; ``last_attempt`` of them on LAST_MODEL, dying after activating and rebooting."""
+    behaviours = [(MODEL, b) for b in _behaviours(count - last_attempt, shares, rng)]
+    behaviours += [(LAST_MODEL, Behaviour.DIE_MID_ACTIVATION)] * last_attempt
+    rng.shuffle(behaviours)
     return [
         DeviceSpec(
-            device_id=f"SOAK-{n:05d}",
-            hardware_id=f"hw-soak-{n:05d}",
-            model=MODEL,
+            device_id=f"{prefix}-{'L-' if model == LAST_MODEL else ''}{n:05d}",
+            hardware_id=f"hw-{prefix.lower()}-{n:05d}",
+            model=model,
             behaviour=behaviour,
             protocol="5" if n % 2 == 0 else "3.1.1",
             comeback=behaviour is Behaviour.DIE_MID_ACTIVATION,
         )
-        for n, behaviour in enumerate(behaviours)
+        for n, (model, behaviour) in enumerate(behaviours)
     ]
 
 
@@ -232,6 +295,19 @@ def _behaviours(count: int, shares: dict[Behaviour, float], rng: random.Random) 
     return behaviours
 
 
+def write_profiles(directory: Path) -> Path:
+    """The shipped profiles and LAST_MODEL (the X1 with max_attempts = 1), in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for profile in PROFILES.glob("*.toml"):
+        shutil.copy(profile, directory / profile.name)
+    x1 = (PROFILES / f"{MODEL}.toml").read_text(encoding="utf-8")
+    last = re.sub(r"(?m)^max_attempts = \d+", "max_attempts = 1", x1.replace(f'"{MODEL}"', f'"{LAST_MODEL}"', 1))
+    if last.count("max_attempts = 1") != 1 or LAST_MODEL not in last:
+        raise RuntimeError(f"{PROFILES / MODEL}.toml changed shape: cannot derive {LAST_MODEL} from it")
+    (directory / f"{LAST_MODEL}.toml").write_text(last, encoding="utf-8")
+    return directory
+
+
 async def run_soak(plan: Plan, workdir: Path) -> dict[str, Any]:
     """Set the line up, run the fleet under chaos, wait for the reports, judge."""
     emulator_args = ["--latency-ms", str(LATENCY_MS), "--qps-cap", str(QPS_CAP), "--seed", str(plan.seed)]
@@ -239,10 +315,11 @@ async def run_soak(plan: Plan, workdir: Path) -> dict[str, Any]:
     broker = MosquittoBroker(workdir / "broker", persistence=True, extra_config=[f"max_queued_messages {BROKER_QUEUE}"])
     specs, serial_specs = mqtt_fleet(plan), serial_fleet(plan)
     jig = SerialJig(workdir / "jig", plan.serial_ports, seed=plan.seed)
+    profiles = write_profiles(workdir / "profiles")
     with EmulatorProcess(emulator_args) as emulator, broker, jig:
         webhook = WebhookReceiver()
         await webhook.start()
-        config = _agent_config(workdir, emulator, broker, webhook, jig)
+        config = _agent_config(workdir, emulator, broker, webhook, jig, profiles)
         agent = AgentProcess(config, env=_agent_env(emulator))
         line = Line(emulator, broker, agent, webhook, jig, workdir)
         timeline = Timeline()
@@ -256,7 +333,7 @@ async def run_soak(plan: Plan, workdir: Path) -> dict[str, Any]:
             await asyncio.to_thread(agent.stop)
             await webhook.stop()
         audit = emulator.audit()
-    return _result(plan, specs + serial_specs, reports, audit, line, timeline)
+    return _result(plan, specs + serial_specs, reports, audit, line, timeline, profiles)
 
 
 async def _run_under_chaos(
@@ -300,7 +377,7 @@ async def _arrive(plan: Plan, line: Line, specs: list[DeviceSpec], timeline: Tim
 
 async def _on_the_jig(plan: Plan, line: Line, specs: list[DeviceSpec], timeline: Timeline) -> FleetReport:
     """Serial devices one after another per port, the swaps spread over the arrival window."""
-    if not specs:
+    if not specs or line.jig is None:
         return FleetReport((), 0.0)
     per_port = -(-len(specs) // len(line.jig.ports))
     queues = queue_specs(line.jig.ports, specs, swap_s=plan.arrival_s / per_port)
@@ -309,6 +386,84 @@ async def _on_the_jig(plan: Plan, line: Line, specs: list[DeviceSpec], timeline:
     )
     timeline.note(f"every serial device finished ({len(specs)} on {len(queues)} ports)")
     return report
+
+
+async def run_ttl_phase(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """The short-TTL line: keys live ``key_ttl_s``; every outage outlasts them; then the same invariants."""
+    profiles = write_profiles(workdir / "profiles")  # creates workdir too
+    emulator_args = ["--latency-ms", str(LATENCY_MS), "--qps-cap", str(QPS_CAP), "--seed", str(plan.seed)]
+    emulator_args += ["--sdk-delay", "0", "--key-ttl", f"{plan.key_ttl_s:g}s"]
+    broker = MosquittoBroker(workdir / "broker", persistence=True, extra_config=[f"max_queued_messages {BROKER_QUEUE}"])
+    specs = ttl_fleet(plan)
+    with EmulatorProcess(emulator_args) as emulator, broker:
+        webhook = WebhookReceiver()
+        await webhook.start()
+        config = _agent_config(workdir, emulator, broker, webhook, None, profiles, plan.key_ttl_s)
+        agent = AgentProcess(config, env=_agent_env(emulator))
+        line = Line(emulator, broker, agent, webhook, None, workdir)
+        timeline = Timeline()
+        try:
+            await asyncio.to_thread(agent.start)
+            timeline.note(f"short-TTL line ready (keys live {plan.key_ttl_s:g} s); devices start arriving")
+            reports = await _ttl_under_chaos(plan, line, specs, timeline)
+            await _await_reports(line, reports, timeline)
+        finally:
+            _save_log(line, "final life")
+            await asyncio.to_thread(agent.stop)
+            await webhook.stop()
+        audit = emulator.audit()
+    outcomes = [o for report in reports for o in report.devices]
+    invariants = _judge(outcomes, specs, audit, line, profiles)
+    return {
+        "ok": all(invariant.ok for invariant in invariants),
+        "key_ttl_s": plan.key_ttl_s,
+        "duration_s": round(timeline.now(), 1),
+        "chaos": _chaos_counts(timeline),
+        "figures": {**_figures(outcomes, audit, line.webhook), "agent_log": _log_levels(workdir / "agent.log")},
+        "invariants": [asdict(invariant) for invariant in invariants],
+        "timeline": timeline.events,
+        "devices": [_device_row(o) for o in outcomes],
+        "workdir": str(workdir),
+    }
+
+
+async def _ttl_under_chaos(plan: Plan, line: Line, specs: list[DeviceSpec], timeline: Timeline) -> list[FleetReport]:
+    """Waves of devices over ttl_arrival_s; a SIGSTOP, a SIGKILL and a broker outage, each longer than a key's life."""
+    async with asyncio.TaskGroup() as group:
+        waves = group.create_task(_arrive(replace(plan, arrival_s=plan.ttl_arrival_s), line, specs, timeline))
+        group.create_task(_ttl_chaos(plan, line, timeline), name="ttl-chaos")
+    return waves.result()
+
+
+async def _ttl_chaos(plan: Plan, line: Line, timeline: Timeline) -> None:
+    """One after another (an instant that passed during the previous outage comes at its end)."""
+    outage = plan.key_ttl_s + TTL_CHAOS_PAST_S
+    await _sleep_until(timeline, plan.ttl_stop_at)
+    await _stop_agent(line, timeline, outage)
+    await _sleep_until(timeline, plan.ttl_kill_at)
+    await _kill_agent(line, timeline, outage)
+    await _sleep_until(timeline, plan.ttl_broker_down_at)
+    await _broker_away(line, timeline, outage)
+
+
+async def _stop_agent(line: Line, timeline: Timeline, seconds: float) -> None:
+    """SIGSTOP: the agent frozen (a VM paused, a debugger, swap), keys in its memory aging; then SIGCONT."""
+    os.kill(line.agent.pid, signal.SIGSTOP)
+    timeline.note(f"agent SIGSTOPped for {seconds:g} s")
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        os.kill(line.agent.pid, signal.SIGCONT)
+        timeline.note("agent SIGCONTinued")
+
+
+async def _broker_away(line: Line, timeline: Timeline, seconds: float) -> None:
+    """The broker stopped (SIGTERM, sessions saved) for longer than a key lives: pushes meanwhile never leave."""
+    await asyncio.to_thread(line.broker.stop)
+    timeline.note(f"broker stopped for {seconds:g} s")
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(line.broker.start)
+    timeline.note("broker back")
 
 
 async def _at_each(instants: Sequence[float], timeline: Timeline, action: Callable[[], Awaitable[None]]) -> None:
@@ -379,18 +534,26 @@ async def _sleep_until(timeline: Timeline, instant: float) -> None:
 
 
 def _agent_config(
-    workdir: Path, emulator: EmulatorProcess, broker: MosquittoBroker, webhook: WebhookReceiver, jig: SerialJig
+    workdir: Path,
+    emulator: EmulatorProcess,
+    broker: MosquittoBroker,
+    webhook: WebhookReceiver,
+    jig: SerialJig | None,
+    profiles: Path,
+    key_lifetime_s: float = SERVICE_KEY_LIFETIME_S,
 ) -> Path:
     values: dict[str, Any] = {
         "gateway_id": "soak",
         "journal": str(workdir / "journal.sqlite3"),
-        "profiles": str(PROFILES),
+        "profiles": str(profiles),
         "log_level": "info",
-        "cloud": {"endpoint": emulator.url, "qps": AGENT_QPS, "burst": 4},
+        "cloud": {"endpoint": emulator.url, "qps": AGENT_QPS, "burst": 4, "key_lifetime_s": int(key_lifetime_s)},
         "mqtt": {"host": broker.host, "port": broker.port},
         "upstream": {"mqtt_topic": "", "webhook_url": webhook.url, "webhook_timeout_s": 5.0},
         "http": {"listen": "", "socket": ""},
-        "serial": {"ports": [str(jig.directory / "port-*")], "usb": False, "scan_interval_s": 0.5},
+        "serial": {"ports": [str(jig.directory / "port-*")], "usb": False, "scan_interval_s": 0.5}
+        if jig is not None
+        else {"usb": False},
     }
     return write_config(workdir / "agent.toml", values)
 
@@ -417,11 +580,10 @@ def _result(
     audit: dict[str, Any],
     line: Line,
     timeline: Timeline,
+    profiles: Path,
 ) -> dict[str, Any]:
     outcomes: list[DeviceOutcome] = [o for report in reports for o in report.devices]
-    margins = {p.model: float(p.policy.key_safety_margin_s) for p in load_profiles(PROFILES).values()}
-    margin_s = {spec.device_id: margins[spec.model] for spec in specs}
-    invariants = check_all(outcomes, audit, line.webhook.deliveries, margin_s)
+    invariants = _judge(outcomes, specs, audit, line, profiles)
     return {
         "ok": all(invariant.ok for invariant in invariants),
         "plan": asdict(plan),
@@ -435,6 +597,17 @@ def _result(
         "machine": machine(["aiohttp", "paho-mqtt", "httpx"]),
         "code": _code_source(),
     }
+
+
+def _judge(
+    outcomes: list[DeviceOutcome], specs: list[DeviceSpec], audit: dict[str, Any], line: Line, profiles: Path
+) -> list[Invariant]:
+    """check_all with each device's margin (scaled to the emulator's key lifetime, as the agent scales it)."""
+    scale = float(audit.get("key_lifetime_s", SERVICE_KEY_LIFETIME_S)) / SERVICE_KEY_LIFETIME_S
+    policies = {p.model: p.policy for p in load_profiles(profiles).values()}
+    margin_s = {spec.device_id: policies[spec.model].key_safety_margin_s * scale for spec in specs}
+    attempts = {spec.device_id: policies[spec.model].max_attempts for spec in specs}
+    return check_all(outcomes, audit, line.webhook.deliveries, margin_s, attempts)
 
 
 def _code_source() -> dict[str, Any]:
@@ -461,6 +634,7 @@ def _chaos_counts(timeline: Timeline) -> dict[str, int]:
     return {
         "agent_kills": words["agent SIGKILLed"],
         "agent_restarts": words["agent restarted"],
+        "agent_stops": words["agent SIGCONTinued"],
         "broker_restarts": words["broker back"],
         "fault_windows": words["cloud faults off"],
         "upstream_outages": words["webhook back"],
@@ -514,13 +688,25 @@ def _device_row(outcome: DeviceOutcome) -> dict[str, Any]:
 
 
 def summary(result: dict[str, Any]) -> str:
-    """The people's view: what was done, then one row per invariant."""
+    """The people's view: per line, what was done, then one row per invariant."""
+    lines: list[str] = []
+    if "figures" in result:
+        lines += ["## main line", "", *_phase_summary(result), ""]
+    if "ttl_phase" in result:
+        ttl = result["ttl_phase"]
+        lines += [f"## short-TTL line (keys live {ttl['key_ttl_s']:g} s)", "", *_phase_summary(ttl), ""]
+    lines.append("ALL INVARIANTS HOLD" if result["ok"] else "INVARIANT FAILED")
+    return "\n".join(lines)
+
+
+def _phase_summary(result: dict[str, Any]) -> list[str]:
     figures, chaos = result["figures"], result["chaos"]
     done = [
         ("devices", f"{figures['devices']} {figures['statuses']}"),
         ("by transport", str(figures["by_transport"])),
         ("duration", f"{result['duration_s']} s"),
         ("agent SIGKILLs / restarts", f"{chaos['agent_kills']} / {chaos['agent_restarts']}"),
+        ("agent SIGSTOPs", str(chaos["agent_stops"])),
         ("broker restarts", str(chaos["broker_restarts"])),
         ("cloud fault windows", str(chaos["fault_windows"])),
         ("webhook outages", str(chaos["upstream_outages"])),
@@ -541,8 +727,7 @@ def summary(result: dict[str, Any]) -> str:
     lines.append(markdown_table(["invariant", "checked", "failures", "devices"], rows))
     for row in result["invariants"]:
         lines += [f"  {row['name']}: {detail}" for detail in row["details"][:20]]
-    lines.append("\nALL INVARIANTS HOLD" if result["ok"] else "\nINVARIANT FAILED")
-    return "\n".join(lines)
+    return lines
 
 
 def _invariant_row(invariant: Invariant) -> list[str]:
@@ -561,6 +746,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-scale", type=float, default=1.0, help="device protocol timeouts x this")
     parser.add_argument("--deadline-s", type=float, default=1200.0, help="a device not done by then is lost")
     parser.add_argument("--seed", type=int, default=1, help="randomness of the plan and the emulator's faults")
+    parser.add_argument(
+        "--last-attempt-share",
+        type=float,
+        default=0.02,
+        help="share of the MQTT devices on a max_attempts = 1 model "
+        "that die after activating and reboot (default %(default)s)",
+    )
+    parser.add_argument("--phase", choices=("all", "main", "ttl"), default="all", help="which lines to run")
+    parser.add_argument("--key-ttl", type=float, default=30.0, help="the short-TTL line's key life, s (default 30)")
+    parser.add_argument("--ttl-devices", type=int, default=150, help="devices on the short-TTL line (0: none)")
+    parser.add_argument("--ttl-arrival-s", type=float, default=150.0, help="they arrive over this long (s)")
     parser.add_argument("--json-out", default="", help="result file (default: soak-result.json in the work dir)")
     parser.add_argument("--workdir", default=None, help="parent of the run's work directories (default: tmp)")
     parser.add_argument("--from-snapshot", action="store_true", help=argparse.SUPPRESS)  # set by the re-exec

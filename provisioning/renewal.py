@@ -14,11 +14,20 @@ The service's own guard (ExpiredDay must match the record within a week) backs t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Literal
 
-from provisioning.cloudauth import GUARD_DAYS, DeviceInfo, RequestError, extended_past_guard, parse_day
+from provisioning.cloudauth import (
+    GUARD_DAYS,
+    PERMANENT_YEARS,
+    DeviceInfo,
+    RequestError,
+    extended_past_guard,
+    format_day,
+    parse_day,
+)
 
-__all__ = ["GUARD_DAYS", "RenewalDecision", "RenewalEntry", "decide"]
+__all__ = ["GUARD_DAYS", "RenewalDecision", "RenewalEntry", "decide", "expected_expiry"]
 
 Outcome = Literal["intent", "extended", "failed"]
 
@@ -55,3 +64,23 @@ def decide(device: DeviceInfo, previous: RenewalEntry | None) -> RenewalDecision
     if extended_past_guard(current, before):
         return RenewalDecision("skip", f"already extended from {previous.from_day} to {device.expired_day}")
     return RenewalDecision("extend")
+
+
+DAYS_PER_YEAR = 365  # ModifyDeviceInfo's documentation: "1 year = 365 days"
+
+
+def expected_expiry(expired_day: str, years: int, *, today: date) -> str:
+    """The expiry an extension by ``years`` should give (``--dry-run``'s "To"), by the documented rule.
+
+    The extension starts at the current expiry, or today when that has passed, and lasts
+    ``365 * years`` days counting the first (the documented example: ExpiredDay 20190401 and
+    Duration 1 give 20200330); 100 years means permanent. '' when the expiry cannot be read.
+    """
+    if years >= PERMANENT_YEARS:
+        return "permanent"
+    try:
+        current = parse_day("ExpiredDay", expired_day)
+    except RequestError:
+        return ""
+    begin = max(current, today)
+    return format_day(begin + timedelta(days=DAYS_PER_YEAR * years - 1))

@@ -5,6 +5,9 @@ it is re-exported here with its helpers so tests import everything broker-relate
 :func:`make_pki` writes a CA, a server certificate for 127.0.0.1/localhost and a client
 certificate for TLS and mTLS tests.
 
+:class:`ShippedBroker` runs the release's own ``systemd/mosquitto/provisioning.conf`` and ``acl`` with only
+their paths and ports moved into a test directory.
+
 ``conftest.py`` brings the fixtures in with ``from tests.broker import *``: ``__all__`` lists only
 the fixture functions, named ``*_fixture`` so that importing one never shadows a test's parameter.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,8 @@ from provisioning_lab.broker import hash_password as hash_password
 from provisioning_lab.broker import write_password_file as write_password_file
 
 __all__ = ["broker_factory_fixture", "mqtt_broker_fixture", "mqtt_pki_fixture"]
+
+SHIPPED_MOSQUITTO = Path(__file__).parents[1] / "systemd" / "mosquitto"  # the release's broker config and ACL
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,36 @@ def make_pki(directory: Path, *, hosts: Sequence[str] = (HOST, "localhost"), cli
     ca_file = directory / "ca.crt"
     ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return Pki(ca_file, *paths["server"], *paths["client"])
+
+
+class ShippedBroker(MosquittoBroker):
+    """Mosquitto running ``systemd/mosquitto/provisioning.conf`` with its paths and ports moved to a test directory.
+
+    The agent's mTLS listener (8883) moves to ``tls_port``, the devices' TLS listener (8884) to ``port``;
+    every other line is the shipped one. ``acl`` defaults to the shipped ACL file's text.
+    """
+
+    def __init__(self, directory: Path, pki: Pki, passwords: dict[str, str], *, acl: str | None = None) -> None:
+        acl_text = (SHIPPED_MOSQUITTO / "acl").read_text() if acl is None else acl
+        super().__init__(directory, passwords=passwords, acl=acl_text, tls=pki.broker_tls())
+        self.pki = pki
+
+    def config_text(self) -> str:
+        text = (SHIPPED_MOSQUITTO / "provisioning.conf").read_text()
+        files = {"ca.crt": self.pki.ca_file, "server.crt": self.pki.server_cert, "server.key": self.pki.server_key}
+        files |= {"passwd": self.directory / "passwords", "acl": self.directory / "acl"}
+        for name, path in files.items():
+            text = text.replace(f"/etc/mosquitto/provisioning/{name}", str(path))
+        (self.directory / "data").mkdir(exist_ok=True)
+        text = text.replace("/var/lib/mosquitto/", f"{self.directory / 'data'}/")
+        text = text.replace("listener 8883\n", f"listener {self.tls_port} 127.0.0.1\n")
+        text = text.replace("listener 8884\n", f"listener {self.port} 127.0.0.1\n")
+        live = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        unmoved = [line for line in live if "/etc/" in line or "/var/" in line]
+        if unmoved:  # a new path in the shipped file: this class must learn to move it
+            raise AssertionError(f"shipped mosquitto config lines not moved to the test directory: {unmoved}")
+        lines = [f"log_dest file {self.log_file}", "log_type all"] + (["user root"] if os.geteuid() == 0 else [])
+        return text + "\n".join(lines) + "\n"
 
 
 # -- fixtures ------------------------------------------------------------------------------------

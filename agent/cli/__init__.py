@@ -9,9 +9,10 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from agent.cli._exit import ExitCode
+from agent.cli._exit import EXIT_MEANINGS, ExitCode
+from agent.cli._help import help_when_bare
 
-__all__ = ["ExitCode", "build_parser", "main", "run_handler"]
+__all__ = ["EXIT_MEANINGS", "ExitCode", "build_parser", "main", "run_handler"]
 
 
 DAEMON_COMMANDS: Final = frozenset({"run", "check-config"})
@@ -25,25 +26,32 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog="provisioning-agent",
-        description="Licenses edge devices on factory lines with Cloudauth offline-SDK AuthKeys.",
+        description="Licenses edge devices on factory lines with Cloudauth offline-SDK AuthKeys. "
+        "`provisioning-agent COMMAND --help` shows a command's options, examples and exit codes.",
+        epilog="first steps on a gateway: provisioning-agent doctor, then systemctl start provisioning-agent, "
+        "then provisioning-agent status --watch (docs/operations.md)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    help_when_bare(parser)
     from agent.cli import _run
 
     _run.add_parsers(commands)
     if command in DAEMON_COMMANDS:
         return parser
-    from agent.cli import _audit, _cloud, _ops, _report
+    from agent.cli import _audit, _cloud, _completion, _doctor, _ops, _report
 
-    _cloud.add_parser(commands)
+    _doctor.add_parser(commands)
     _ops.add_parsers(commands)
+    _cloud.add_parser(commands)
     _audit.add_parser(commands)
     _report.add_parser(commands)
+    _completion.add_parser(commands, build_parser)
     return parser
 
 
-def _version() -> str:
+def version() -> str:
+    """The installed distribution's version."""
     try:
         return importlib.metadata.version("provisioning-agent")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree without installing
@@ -59,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_handler(parser: argparse.ArgumentParser, arguments: list[str]) -> int:
     """Parse ``arguments`` and run the chosen sub-command's handler; the process exit code."""
     args = parser.parse_args(arguments)
+    args.argv = list(arguments)  # for the exact resume commands printed after an interruption
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from agent.cli._cloud import ENV_ENDPOINT, client_from_args
+from agent.cli._cloud import add_connection_arguments, client_from_args
 from agent.cli._exit import ExitCode
-from agent.cli._output import print_json, print_table, report_error, stderr_console
+from agent.cli._help import Commands, add_command, help_when_bare
+from agent.cli._output import fail, print_json, print_table, report_error, snake_keys, stderr_console
 from agent.cloud import DEFAULT_ENDPOINT
-from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from agent.journal import JournalError, open_url, redact_url
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, reconcile, verify_chain
 from provisioning.cloudauth import CloudauthError, DeviceInfo
@@ -27,53 +27,78 @@ class _Unusable(Exception):
     """The journal or configuration cannot be read: exit 3 with this message."""
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+AUDIT_EXITS = (ExitCode.OK, ExitCode.USAGE, ExitCode.CONFIG, ExitCode.BROKEN)
+
+
+def add_parser(commands: Commands) -> None:
     """Register ``audit`` and its actions."""
     source = argparse.ArgumentParser(add_help=False)
     where = source.add_argument_group("which journal")
-    where.add_argument("--journal", action="append", help="the agent's journal file (SQLite) or the line's "
-                       "ledger (postgresql://...); reconcile takes it once per gateway")  # fmt: skip
+    where.add_argument("--journal", action="append", help="the agent's journal file (SQLite) or the line's ledger "
+                       "(postgresql://...); "
+                       "reconcile takes it once per gateway")  # fmt: skip
     where.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
                        help="else the journal named in this agent configuration (default %(default)s)")  # fmt: skip
     source.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
 
-    audit = commands.add_parser(
-        "audit", help="verify, export and reconcile the AuthKey audit trail",
+    audit = add_command(
+        commands, "audit", summary="verify, export and reconcile the AuthKey audit trail",
         description="Every key the agent minted, pushed, saw consumed or abandoned is a hash-chained entry in "
-        "the journal. These commands read the journal (safe while the agent runs).",
+        "the journal. These commands read the journal (safe while the agent runs; root or group "
+        "provisioning-operators).",
+        examples=[("provisioning-agent audit verify", "is the trail of /etc/provisioning-agent/agent.toml's "
+                   "journal intact?")],
+        exits=AUDIT_EXITS,
     )  # fmt: skip
-    actions = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    help_when_bare(audit)
+    actions = audit.add_subparsers(dest="audit_command", metavar="ACTION")
 
-    verify = actions.add_parser("verify", parents=[source], help="check the hash chain (exit 6 when broken)",
-                                description="Recompute the chain; name the first bad entry and how it was "
-                                "damaged (edited, deleted, reordered, inserted).")  # fmt: skip
+    verify = add_command(
+        actions, "verify", parents=[source], summary="check the hash chain (exit 6 when broken)",
+        description="Recompute the chain; name the first bad entry and how it was damaged (edited, deleted, "
+        "reordered, inserted).",
+        examples=[
+            ("provisioning-agent audit verify", "the agent's journal, named in /etc/provisioning-agent/agent.toml"),
+            ("provisioning-agent audit verify --journal journal.sqlite3 --anchor 1042:9f3c...",
+             "a copy, which must still hold a head printed earlier"),
+        ],
+        exits=AUDIT_EXITS,
+    )  # fmt: skip
     verify.add_argument("--anchor", metavar="SEQ:HASH", help="a head recorded earlier (printed by verify): "
                         "the trail must still hold it")  # fmt: skip
     verify.set_defaults(handler=_verify)
 
-    export = actions.add_parser("export", parents=[source], help="print the trail as JSON lines",
-                                description="One entry per line with its prev_hash and hash, oldest first: "
-                                "the chain can be checked again from the export alone.")  # fmt: skip
+    export = add_command(
+        actions, "export", parents=[source], summary="print the trail as JSON lines",
+        description="One entry per line with its prev_hash and hash, oldest first: the chain can be checked again "
+        "from the export alone.",
+        examples=[("provisioning-agent audit export --output trail-2026-11.jsonl", "the whole trail to a file")],
+        exits=(ExitCode.OK, ExitCode.USAGE, ExitCode.CONFIG),
+    )  # fmt: skip
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
     export.set_defaults(handler=_export)
 
-    recon = actions.add_parser(
-        "reconcile", parents=[source], help="compare the trail with the cloud's licences (DescribeDeviceInfo)",
+    recon = add_command(
+        actions, "reconcile", parents=[source],
+        summary="compare the trail with the cloud's licences (DescribeDeviceInfo)",
         description="Report orphaned licences (the cloud has one no consumed entry names), doubled licences "
         "(a device holds more than one) and consumed devices the cloud does not know. Exit 1 on any finding. "
-        "Credentials as for the cloud commands (docs/cli.md).",
+        "The connection ([cloud] endpoint, credentials_file, signature, qps, timeouts) comes from --config; the "
+        "flags below override it. A licence moved to another BizType (`cloud modify --biz-type`) is found by its "
+        "DeviceId, not reported unknown.",
+        examples=[
+            ("provisioning-agent audit reconcile --json", "the agent's journal against the cloud, as the agent "
+             "connects (run as root: it reads the AccessKey)"),
+            ("provisioning-agent audit reconcile --journal gw-a.sqlite3 --journal gw-b.sqlite3 --biz-type LINE_A",
+             "two gateways of one line"),
+        ],
+        exits=(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.CONFIG, ExitCode.REJECTED, ExitCode.UNAVAILABLE,
+               ExitCode.BROKEN),
     )  # fmt: skip
     recon.add_argument("--biz-type", action="append", default=[],
                        help="licences of this BizType (repeatable; default: every BizType in the trail)")  # fmt: skip
     recon.add_argument("--all-biz-types", action="store_true", help="every licence of the account")
-    connection = recon.add_argument_group("connection")
-    connection.add_argument("--endpoint", default=os.environ.get(ENV_ENDPOINT, DEFAULT_ENDPOINT),
-                            help=f"Cloudauth API base URL (env {ENV_ENDPOINT}; default %(default)s)")  # fmt: skip
-    connection.add_argument("--credentials-file", type=Path, help="TOML file with access_key_id / access_key_secret")
-    connection.add_argument("--signature", choices=("v1", "v3"), default="v1", help="signature version")
-    connection.add_argument("--api-version", default="2019-03-07", help="API Version parameter")
-    connection.add_argument("--qps", type=float, default=5.0, help="calls per second at most (default %(default)s)")
-    connection.add_argument("--timeout", type=float, default=10.0, help="read timeout per call, seconds")
+    add_connection_arguments(recon, defaults=False)
     recon.set_defaults(handler=_reconcile)
 
 
@@ -88,14 +113,13 @@ def _verify(args: argparse.Namespace) -> int:
     except _Unusable as exc:
         return _unusable(exc)
     except ValueError as exc:
-        stderr_console.print(f"error: {exc}", markup=False)
-        return ExitCode.USAGE
+        return fail(str(exc), "fix the command line (see --help)", ExitCode.USAGE)
     broken = verify_chain(rows) or (_check_anchor(rows, anchor) if anchor else None)
     head = {"seq": rows[-1].row, "hash": rows[-1].hash} if rows and broken is None else None
     result: dict[str, Any] = {"journal": redact_url(path), "intact": broken is None, "entries": len(rows), "head": head,
                               "break": _break(broken)}  # fmt: skip
     if args.json:
-        print_json(result)
+        print_json(result, schema="audit-verify/1")
     elif broken is None:
         at = f"; head {head['seq']}:{head['hash']}" if head else ""
         print(f"audit trail intact: {len(rows)} entries{at}")
@@ -168,16 +192,20 @@ def _reconcile(args: argparse.Namespace) -> int:
     if args.all_biz_types:
         biz_types = set()
     try:
-        licences = asyncio.run(_licences(args, biz_types))
+        _connection_from_config(args)
+        licences = asyncio.run(_licences(args, biz_types, entries))
+    except _Unusable as exc:
+        return _unusable(exc)
     except CloudauthError as exc:
         return report_error(exc, as_json=args.json)
     except ValueError as exc:
-        stderr_console.print(f"error: {exc}", markup=False)
-        return ExitCode.USAGE
+        return fail(str(exc), "fix the command line or the [cloud] section of the configuration", ExitCode.USAGE)
     findings = reconcile(entries, licences, biz_types=biz_types)
     broken = {path: b for path, b in breaks.items() if b is not None}
     if args.json:
-        print_json(findings.as_dict() | {"biz_types": sorted(biz_types), "chain_breaks": broken})
+        breaks_list = [{"journal": path} | where for path, where in broken.items()]
+        print_json(snake_keys(findings.as_dict()) | {"biz_types": sorted(biz_types), "chain_breaks": breaks_list},
+                   schema="audit-reconcile/1")  # fmt: skip
     else:
         _print_findings(findings.as_dict(), biz_types, broken)
     if broken:
@@ -185,13 +213,41 @@ def _reconcile(args: argparse.Namespace) -> int:
     return ExitCode.OK if findings.clean else ExitCode.FAILED
 
 
-async def _licences(args: argparse.Namespace, biz_types: set[str]) -> list[DeviceInfo]:
+async def _licences(args: argparse.Namespace, biz_types: set[str], entries: list[AuditEntry]) -> list[DeviceInfo]:
+    """The cloud's licences in scope, plus those of consumed devices that moved to a BizType out of scope."""
     found: dict[str, DeviceInfo] = {}
     async with client_from_args(args) as client:
         for biz_type in sorted(biz_types) or [""]:
             async for licence in client.iter_device_info(biz_type=biz_type):
                 found[licence.device_id] = licence
+        if biz_types:  # a licence renamed with `cloud modify --biz-type` is still the one the trail consumed
+            for entry in entries:
+                sdk_device_id = str(entry.detail.get("sdk_device_id", ""))
+                if entry.event == "consumed" and sdk_device_id and sdk_device_id not in found:
+                    page = await client.describe_device_info(device_id=sdk_device_id)
+                    found.update({licence.device_id: licence for licence in page.devices})
     return list(found.values())
+
+
+def _connection_from_config(args: argparse.Namespace) -> None:
+    """Fill the connection flags not given from the agent's [cloud] section (or the defaults without one)."""
+    config: AgentConfig | None = None
+    if args.config.exists() or not args.journal:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            if not args.journal:
+                raise _Unusable(f"configuration error: {exc}") from None
+    cloud = config.cloud if config is not None else None
+    if args.endpoint is None:
+        args.endpoint = cloud.endpoint if cloud is not None else DEFAULT_ENDPOINT
+    if args.credentials_file is None and cloud is not None and cloud.credentials_file:
+        args.credentials_file = Path(cloud.credentials_file)
+    args.signature = args.signature or (cloud.signature if cloud is not None else "v1")
+    args.qps = args.qps or (cloud.qps if cloud is not None else 5.0)
+    args.timeout = args.timeout or (cloud.read_timeout_s if cloud is not None else 10.0)
+    if args.proxy is None:
+        args.proxy = cloud.proxy if cloud is not None else ""
 
 
 def _print_findings(result: dict[str, Any], biz_types: set[str], broken: dict[str, Any]) -> None:
@@ -211,7 +267,8 @@ def _print_findings(result: dict[str, Any], biz_types: set[str], broken: dict[st
     for title, columns, rows in tables:
         if rows():
             print_table(rows(), columns, title=f"{title}: {len(rows())}")
-    print("no orphaned, doubled or unknown licence" if result["clean"] else "findings need a person: see docs/audit.md")
+    print("no orphaned, doubled or unknown licence" if result["clean"]
+          else "what to do: look at each finding as docs/audit.md, 'Reconciliation findings', says")  # fmt: skip
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -254,5 +311,7 @@ def _entries(rows: list[StoredEntry]) -> list[AuditEntry]:
 
 
 def _unusable(exc: _Unusable) -> int:
-    stderr_console.print(f"error: {exc}", markup=False)
-    return ExitCode.CONFIG
+    text = str(exc)
+    hint = ("fix the access as said above" if "provisioning-operators" in text
+            else "give --journal, or --config naming the agent's configuration")  # fmt: skip
+    return fail(text, hint, ExitCode.CONFIG)

@@ -5,100 +5,176 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from agent.cli._exit import ExitCode
-from agent.cli._output import print_json, print_table, report_error, stderr_console
+from agent.cli._help import CLOUD_EXITS, Commands, add_command, help_when_bare
+from agent.cli._output import (
+    day_argument,
+    fail,
+    print_json,
+    print_table,
+    report_error,
+    snake_keys,
+    stderr_console,
+    write_csv,
+)
 from agent.cli._renew import run_renew
 from agent.cli._sdk import run_sdk
 from agent.cloud import DEFAULT_ENDPOINT, CloudauthClient, resolve_credentials, shared_rate_limiter
 from provisioning.cloudauth import CloudauthError, DeviceInfo, LicenceTerm, RequestError, RetryPolicy, Timeouts
 
-__all__ = ["add_parser", "client_from_args"]
+__all__ = ["add_connection_arguments", "add_parser", "client_from_args", "cloud_day"]
 
-ENV_ENDPOINT = "CLOUDAUTH_ENDPOINT"
-AUTH_KEY_LIFETIME = timedelta(minutes=30)  # stated by the API reference
-DEVICE_COLUMNS = ("DeviceId", "UserDeviceId", "BizType", "BeginDay", "ExpiredDay")
+ENV_ENDPOINT: Final = "CLOUDAUTH_ENDPOINT"
+AUTH_KEY_LIFETIME: Final = timedelta(minutes=30)  # stated by the API reference
+DEVICE_COLUMNS: Final = ("DeviceId", "UserDeviceId", "BizType", "BeginDay", "ExpiredDay")  # the cloud's, for people
+DEVICE_FIELDS: Final = ("device_id", "user_device_id", "biz_type", "begin_day", "expired_day")  # JSON and CSV
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``cloud`` and its sub-commands."""
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("connection")
+def add_connection_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """The connection flags of every command that calls the cloud (``defaults=False``: None when not given)."""
+    group = parser.add_argument_group("connection")
+    env_endpoint = os.environ.get(ENV_ENDPOINT)
     group.add_argument(
         "--endpoint",
-        default=os.environ.get(ENV_ENDPOINT, DEFAULT_ENDPOINT),
-        help=f"Cloudauth API base URL (env {ENV_ENDPOINT}; default %(default)s)",
+        default=(env_endpoint or DEFAULT_ENDPOINT) if defaults else env_endpoint,
+        help=f"Cloudauth API base URL (env {ENV_ENDPOINT}; default {DEFAULT_ENDPOINT})",
     )
     group.add_argument("--credentials-file", type=Path, help="TOML file with access_key_id / access_key_secret")
-    group.add_argument("--signature", choices=("v1", "v3"), default="v1", help="signature version (default v1)")
+    group.add_argument("--signature", choices=("v1", "v3"), default="v1" if defaults else None,
+                       help="signature version (default v1)")  # fmt: skip
     group.add_argument("--api-version", default="2019-03-07", help="API Version parameter (default %(default)s)")
-    group.add_argument("--qps", type=float, default=5.0, help="calls per second at most (default %(default)s)")
-    group.add_argument("--timeout", type=float, default=10.0, help="read timeout per call, seconds")
+    group.add_argument("--qps", type=float, default=5.0 if defaults else None,
+                       help="calls per second at most (default 5)")  # fmt: skip
+    group.add_argument("--timeout", type=float, default=10.0 if defaults else None,
+                       help="read timeout per call, seconds (default 10)")  # fmt: skip
     group.add_argument(
         "--proxy",
-        default="",
+        default="" if defaults else None,
         help='an HTTP proxy URL, or "direct" (default: HTTPS_PROXY, NO_PROXY... as curl reads them)',
     )
-    group.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
 
-    cloud = commands.add_parser(
+
+def cloud_day(text: str) -> str:
+    """An argparse type: a day as YYYY-MM-DD (or yyyyMMdd), handed on in the cloud's ``yyyyMMdd`` ('' stays '')."""
+    if not text:
+        return ""
+    try:
+        return day_argument(text).strftime("%Y%m%d")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(commands: Commands) -> None:
+    """Register ``cloud`` and its sub-commands."""
+    common = argparse.ArgumentParser(add_help=False)
+    add_connection_arguments(common)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+
+    cloud = add_command(
+        commands,
         "cloud",
-        help="call the Cloudauth server API (keys, devices, renewals, SDK builds)",
+        summary="call the Cloudauth server API (keys, devices, renewals, SDK builds)",
         description="Operator commands over the Cloudauth offline-SDK server API. Credentials come from "
         "$ALIBABA_CLOUD_ACCESS_KEY_ID/$ALIBABA_CLOUD_ACCESS_KEY_SECRET, --credentials-file, "
         "/etc/provisioning-agent/credentials.toml or systemd's $CREDENTIALS_DIRECTORY/cloudauth.",
-    )
-    actions = cloud.add_subparsers(dest="cloud_command", metavar="ACTION", required=True)
+        examples=[
+            ("provisioning-agent cloud devices --biz-type LINE_A", "every licence of one BizType, as a table"),
+            ("provisioning-agent cloud devices --expired-end-day 2027-01-31 --csv > expiring.csv",
+             "licences expiring by a day, as CSV"),
+            ("provisioning-agent cloud renew --expired-end-day 2027-01-31 --years 1 --dry-run",
+             "what a renewal campaign would extend"),
+        ],
+        exits=CLOUD_EXITS,
+    )  # fmt: skip
+    help_when_bare(cloud)
+    actions = cloud.add_subparsers(dest="cloud_command", metavar="ACTION")
 
-    authkey = actions.add_parser(
+    authkey = add_command(
+        actions,
         "authkey",
         parents=[common],
-        help="mint one AuthKey (CreateAuthKey)",
-        description="Mint a single-use AuthKey, valid 30 minutes, that activates one device.",
-    )
+        summary="mint one AuthKey (CreateAuthKey)",
+        description="Mint a single-use AuthKey, valid 30 minutes, that activates one device. The key alone goes "
+        "to stdout; its validity, term and fingerprint to stderr.",
+        examples=[
+            ("provisioning-agent cloud authkey --years 1 --user-device-id SN-0001 --biz-type LINE_A",
+             "a one-year licence key for device SN-0001"),
+            ("provisioning-agent cloud authkey --test --user-device-id SN-0001 --json",
+             "a 30-day test key, as JSON"),
+        ],
+        exits=CLOUD_EXITS,
+    )  # fmt: skip
     _add_term(authkey, required=True)
     authkey.add_argument("--user-device-id", default="", help="your id of the device (<= 64 chars)")
     authkey.add_argument("--biz-type", default="", help="business remark, e.g. customer or scenario (<= 64 chars)")
     authkey.set_defaults(handler=_handler(_authkey))
 
-    devices = actions.add_parser(
+    devices = add_command(
+        actions,
         "devices",
         parents=[common],
-        help="list licensed devices (DescribeDeviceInfo, all pages)",
-        description="List licensed devices matching every filter given; all pages are fetched.",
-    )
+        summary="list licensed devices (DescribeDeviceInfo, all pages)",
+        description="List licensed devices matching every filter given; all pages are fetched. A table for "
+        "people (TSV when piped), --json or --csv for programs.",
+        examples=[
+            ("provisioning-agent cloud devices --biz-type LINE_A", "every licence of a BizType"),
+            ("provisioning-agent cloud devices --expired-start-day 2027-01-01 --expired-end-day 2027-01-31 --csv",
+             "licences expiring in January 2027, as CSV"),
+            ("provisioning-agent cloud devices --user-device-id SN-0001 --json", "one device's licence, as JSON"),
+        ],
+        exits=CLOUD_EXITS,
+    )  # fmt: skip
     _add_device_filters(devices)
     devices.add_argument("--device-id", default="", help="the service's DeviceId")
     devices.add_argument("--page-size", type=int, default=100, help="rows per API call (default %(default)s)")
+    devices.add_argument("--csv", action="store_true", help="print CSV (a header line, snake_case columns)")
     devices.set_defaults(handler=_handler(_devices))
 
-    modify = actions.add_parser(
+    modify = add_command(
+        actions,
         "modify",
         parents=[common],
-        help="change a device's ids or extend its licence (ModifyDeviceInfo)",
+        summary="change a device's ids or extend its licence (ModifyDeviceInfo)",
         description="Change UserDeviceId/BizType, or extend the licence by --years. An extension needs the "
         "licence's current --expired-day: the service refuses it when it is more than a week off, which "
         "guards against extending twice.",
-    )
+        examples=[
+            ("provisioning-agent cloud modify --device-id wd.6ziU... --biz-type LINE_B", "move a licence to LINE_B"),
+            ("provisioning-agent cloud modify --device-id wd.6ziU... --years 1 --expired-day 2027-03-30",
+             "extend by a year (the current expiry from `cloud devices`)"),
+        ],
+        exits=CLOUD_EXITS,
+    )  # fmt: skip
     modify.add_argument("--device-id", required=True, help="the service's DeviceId")
     modify.add_argument("--user-device-id", default="", help="new UserDeviceId")
     modify.add_argument("--biz-type", default="", help="new BizType")
     modify.add_argument("--years", type=int, help="extend by N years (1..100, 100 = permanent)")
-    modify.add_argument("--expired-day", default="", help="current expiry yyyyMMdd (required with --years)")
+    modify.add_argument("--expired-day", type=cloud_day, default="",
+                        help="current expiry, YYYY-MM-DD (required with --years)")  # fmt: skip
     modify.set_defaults(handler=_handler(_modify))
 
-    renew = actions.add_parser(
+    renew = add_command(
+        actions,
         "renew",
         parents=[common],
-        help="extend every licence expiring in a window",
+        summary="extend every licence expiring in a window",
         description="Find licences expiring between --expired-start-day and --expired-end-day and extend each "
         "by --years. A journal records each step, so a rerun after an interruption skips devices already "
-        "extended; no licence is ever extended twice.",
-    )
+        "extended; no licence is ever extended twice. Ctrl-C says what was done and the command that resumes.",
+        examples=[
+            ("provisioning-agent cloud renew --expired-start-day 2027-01-01 --expired-end-day 2027-01-31 --years 1 "
+             "--dry-run", "what would be extended, and to which day"),
+            ("provisioning-agent cloud renew --expired-start-day 2027-01-01 --expired-end-day 2027-01-31 --years 1",
+             "extend them; run the same command again to resume or to retry failures"),
+        ],
+        exits=(*CLOUD_EXITS[:1], ExitCode.FAILED, *CLOUD_EXITS[1:]),
+    )  # fmt: skip
     _add_device_filters(renew)
     renew.add_argument("--years", type=int, required=True, help="extend each by N years (1..100)")
     renew.add_argument("--dry-run", action="store_true", help="list what would be extended, change nothing")
@@ -106,13 +182,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     renew.add_argument("--concurrency", type=int, default=4, help="extensions in flight at once")
     renew.set_defaults(handler=_handler(run_renew))
 
-    sdk = actions.add_parser(
+    sdk = add_command(
+        actions,
         "sdk",
         parents=[common],
-        help="build the offline SDK for an app and download it",
+        summary="build the offline SDK for an app and download it",
         description="CreateVerifySDK for --app-url, poll DescribeVerifySDK with backoff until --wait runs out, "
-        "then download the SDK and print its path and sha256. --task-id resumes an earlier build.",
-    )
+        "then download the SDK and print its path and sha256. --task-id resumes an earlier build; an interrupted "
+        "or timed-out wait prints the command that resumes it.",
+        examples=[
+            ("provisioning-agent cloud sdk --app-url https://example.com/app.apk --platform android --output ./sdk",
+             "build, wait, download"),
+            ("provisioning-agent cloud sdk --task-id 1KQMcnLd4m37LN2D0F0WCD --output ./sdk",
+             "resume waiting for an earlier build"),
+        ],
+        exits=CLOUD_EXITS,
+    )  # fmt: skip
     source = sdk.add_mutually_exclusive_group(required=True)
     source.add_argument("--app-url", help="URL the service downloads your app from")
     source.add_argument("--task-id", help="poll an existing build instead of starting one")
@@ -135,12 +220,12 @@ def client_from_args(args: argparse.Namespace) -> CloudauthClient:
         signature=args.signature,
         timeouts=Timeouts(read=args.timeout),
         retry=RetryPolicy(),
-        proxy=getattr(args, "proxy", ""),  # commands without the connection flags (audit) read the environment
+        proxy=getattr(args, "proxy", None) or "",  # commands without the connection flags read the environment
     )
 
 
 def device_row(device: DeviceInfo) -> dict[str, str]:
-    """The API's own field names, for tables and JSON alike."""
+    """The API's own field names, for tables (``snake_keys`` turns them into the JSON and CSV names)."""
     return {
         "DeviceId": device.device_id,
         "UserDeviceId": device.user_device_id,
@@ -160,8 +245,7 @@ def _handler(job: Job) -> Callable[[argparse.Namespace], int]:
         except CloudauthError as exc:
             return report_error(exc, as_json=args.json)
         except ValueError as exc:  # a bad endpoint URL and the like, found before any call
-            stderr_console.print(f"error: {exc}", markup=False)
-            return ExitCode.USAGE
+            return fail(str(exc), "fix the command line (see --help)", ExitCode.USAGE)
 
     return handle
 
@@ -180,8 +264,10 @@ def _add_term(parser: argparse.ArgumentParser, *, required: bool) -> None:
 def _add_device_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user-device-id", default="", help="your id of the device")
     parser.add_argument("--biz-type", default="", help="BizType")
-    parser.add_argument("--expired-start-day", default="", help="licences expiring on or after yyyyMMdd")
-    parser.add_argument("--expired-end-day", default="", help="licences expiring on or before yyyyMMdd")
+    parser.add_argument("--expired-start-day", type=cloud_day, default="",
+                        help="licences expiring on or after this day (YYYY-MM-DD)")  # fmt: skip
+    parser.add_argument("--expired-end-day", type=cloud_day, default="",
+                        help="licences expiring on or before this day (YYYY-MM-DD)")  # fmt: skip
 
 
 async def _authkey(client: CloudauthClient, args: argparse.Namespace) -> int:
@@ -189,16 +275,16 @@ async def _authkey(client: CloudauthClient, args: argparse.Namespace) -> int:
     key = await client.create_auth_key(term=term, user_device_id=args.user_device_id, biz_type=args.biz_type)
     expires = (datetime.now(UTC) + AUTH_KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%SZ")
     result: dict[str, Any] = {
-        "AuthKey": key.key.reveal(),
-        "Fingerprint": key.key.fingerprint(),
-        "Term": term.describe(),
-        "UserDeviceId": args.user_device_id,
-        "BizType": args.biz_type,
-        "ValidUntil": expires,
-        "RequestId": key.request_id,
+        "auth_key": key.key.reveal(),
+        "fingerprint": key.key.fingerprint(),
+        "term": term.describe(),
+        "user_device_id": args.user_device_id,
+        "biz_type": args.biz_type,
+        "valid_until": expires,
+        "request_id": key.request_id,
     }
     if args.json:
-        print_json(result)
+        print_json(result, schema="cloud-authkey/1")
     else:
         print(key.key.reveal())
         stderr_console.print(
@@ -222,7 +308,9 @@ async def _devices(client: CloudauthClient, args: argparse.Namespace) -> int:
         )
     ]
     if args.json:
-        print_json(rows)
+        print_json({"count": len(rows), "devices": snake_keys(rows)}, schema="cloud-devices/1")
+    elif args.csv:
+        write_csv(snake_keys(rows), DEVICE_FIELDS, sys.stdout)
     else:
         print_table(rows, DEVICE_COLUMNS, title=f"{len(rows)} device(s)")
     return ExitCode.OK
@@ -248,7 +336,7 @@ async def _modify(client: CloudauthClient, args: argparse.Namespace) -> int:
         "Reconciled": result.reconciled,
     }
     if args.json:
-        print_json(row)
+        print_json(snake_keys(row), schema="cloud-modify/1")
     else:
         print_table([row], (*DEVICE_COLUMNS, "RequestId"))
         if result.reconciled:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from typing import Final
 
-__all__ = ["ExitCode"]
+__all__ = ["EXIT_MEANINGS", "ExitCode"]
 
 
 class ExitCode(enum.IntEnum):
@@ -18,3 +19,16 @@ class ExitCode(enum.IntEnum):
     UNAVAILABLE = 5  # the cloud could not be reached or kept throttling: retry later
     BROKEN = 6  # audit verify/reconcile: the audit trail's hash chain is broken (tampered or damaged)
     INTERRUPTED = 130  # Ctrl-C
+
+
+# One line each, for --help, the manual page and docs/cli.md.
+EXIT_MEANINGS: Final[dict[ExitCode, str]] = {
+    ExitCode.OK: "done",
+    ExitCode.FAILED: "the job ran and some items failed (the output says which); run it again for those",
+    ExitCode.USAGE: "bad command line, or a value refused before anything was sent: fix the command",
+    ExitCode.CONFIG: "configuration, credentials or permissions: the message names the file and key to fix",
+    ExitCode.REJECTED: "the cloud refused the request (parameters, signature, permissions): the message says why",
+    ExitCode.UNAVAILABLE: "the cloud (or the agent) could not be reached, or kept throttling: retry later",
+    ExitCode.BROKEN: "the audit trail's hash chain is broken (docs/audit.md, 'When verify fails')",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C): the message says what was done and how to resume",
+}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from agent.brokerauth import broker_credentials, explain_broker_refusal
 from agent.cli._exit import ExitCode
+from agent.cli._help import Commands, add_command
 from agent.cloud import resolve_credentials
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, read_config
 from agent.journal import JournalError
@@ -31,13 +32,36 @@ __all__ = ["add_parsers"]
 log = logging.getLogger("agent")
 
 
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parsers(commands: Commands) -> None:
     """Register ``run`` and ``check-config``."""
-    for name, handler, text in (
-        ("run", _run, "run the provisioning daemon"),
-        ("check-config", _check, "check the configuration, profiles and credentials, then exit"),
-    ):
-        parser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+    run = add_command(
+        commands,
+        "run",
+        summary="run the provisioning daemon",
+        description="Check everything a person must fix (exit 3 naming file and key), connect to the broker, print "
+        "`ready` and serve until SIGTERM or SIGINT, then let the devices in flight finish and exit 0. systemd "
+        "runs it (provisioning-agent.service); by hand for a test bench.",
+        examples=[
+            ("provisioning-agent run --config /etc/provisioning-agent/agent.toml", "serve, logging to stderr"),
+            ("PROVISIONING_AGENT_LOG_LEVEL=debug provisioning-agent run --config ./agent.toml",
+             "the same with debug lines (any key can be set this way)"),
+        ],
+        exits=(ExitCode.OK, ExitCode.USAGE, ExitCode.CONFIG),
+    )  # fmt: skip
+    check = add_command(
+        commands,
+        "check-config",
+        summary="check the configuration, profiles and credentials, then exit",
+        description="Load the configuration, every hardware profile, the broker's credential files and the "
+        "AccessKey exactly as `run` does, offline, and print every error (file and key), then the warnings "
+        "(settings that weaken a guarantee on purpose). `doctor` checks the same and more, online.",
+        examples=[
+            ("provisioning-agent check-config --config /etc/provisioning-agent/agent.toml",
+             "exit 0 and one line (warnings above it), or exit 3 with every error, each naming the file and key"),
+        ],
+        exits=(ExitCode.OK, ExitCode.USAGE, ExitCode.CONFIG),
+    )  # fmt: skip
+    for parser, handler in ((run, _run), (check, _check)):
         parser.add_argument(
             "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="agent configuration (default %(default)s)"
         )
@@ -107,6 +131,10 @@ def _run(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
     config, profiles = checked.config, checked.profiles
     setup_logging(config.log_level, config.log_format)  # the daemon logs the warnings (explicit opt-ins) itself
+    from agent.cli import version
+
+    log.info("provisioning-agent %s starting: configuration %s, gateway %s", version(), config.source,
+             config.gateway_id)  # fmt: skip
     from agent.daemon import ProvisioningAgent  # the daemon's imports are heavy: only for `run`
     from agent.http import HttpListenError
 

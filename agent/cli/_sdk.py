@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+import shlex
 import time
 from pathlib import Path, PurePosixPath
 
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from agent.cli._exit import ExitCode
 from agent.cli._output import print_json, stderr_console
-from agent.cloud import CloudauthClient
+from agent.cloud import DEFAULT_ENDPOINT, CloudauthClient
 from provisioning.cloudauth import (
     AmbiguousRequestError,
     CloudauthError,
@@ -24,6 +25,7 @@ from provisioning.cloudauth import (
     RequestError,
     RequestTimeout,
     ServiceError,
+    VerifySdkStatus,
 )
 from provisioning.pacing import Backoff
 
@@ -41,28 +43,51 @@ async def run_sdk(client: CloudauthClient, args: argparse.Namespace) -> int:
     task_id = args.task_id or await client.create_verify_sdk(args.app_url, platform=args.platform)
     if not args.json:
         stderr_console.print(f"build task {task_id}; waiting up to {args.wait:.0f} s", markup=False)
+    try:
+        status = await _wait_for_build(client, task_id, args)
+        path, digest, size = await _download(status.sdk_url, args.output, task_id, quiet=args.json)
+    except asyncio.CancelledError:  # Ctrl-C: the build goes on at the cloud; say how to pick it up
+        stderr_console.print(
+            f"interrupted: the SDK build {task_id} was started and goes on at the cloud; nothing was downloaded.\n"
+            f"resume with: {resume_command(task_id, args)}",
+            markup=False,
+        )
+        raise
+    result = {"task_id": task_id, "sdk_url": status.sdk_url, "path": str(path), "sha256": digest, "bytes": size}
+    if args.json:
+        print_json(result, schema="cloud-sdk/1")
+    else:
+        print(f"{path}  sha256 {digest}  ({size} bytes)")
+    return ExitCode.OK
+
+
+def resume_command(task_id: str, args: argparse.Namespace) -> str:
+    """The command that waits for ``task_id`` again, with this run's output directory and connection flags."""
+    command = ["provisioning-agent", "cloud", "sdk", "--task-id", task_id, "--output", str(args.output.resolve())]
+    if args.endpoint != os.environ.get("CLOUDAUTH_ENDPOINT", DEFAULT_ENDPOINT):  # not what a rerun here would use
+        command += ["--endpoint", args.endpoint]
+    if args.credentials_file:
+        command += ["--credentials-file", str(args.credentials_file)]
+    return shlex.join(command)
+
+
+async def _wait_for_build(client: CloudauthClient, task_id: str, args: argparse.Namespace) -> VerifySdkStatus:
     deadline = time.monotonic() + args.wait
     with stderr_console.status("waiting for the SDK build") if not args.json else contextlib.nullcontext():
         for looks in itertools.count():
             status = await client.describe_verify_sdk(task_id)
             if status.ready:
-                break
+                return status
             delay = POLLS.delay(looks, 0.0)
             if time.monotonic() + delay > deadline:
                 raise ServiceError(
                     f"the SDK build {task_id} did not finish within {args.wait:.0f} s; "
-                    f"resume with: provisioning-agent cloud sdk --task-id {task_id}",
+                    f"resume with: {resume_command(task_id, args)}",
                     code="SdkBuildTimeout",
                     request_id=status.request_id,
                 )
             await asyncio.sleep(delay)
-    path, digest, size = await _download(status.sdk_url, args.output, task_id, quiet=args.json)
-    result = {"TaskId": task_id, "SdkUrl": status.sdk_url, "Path": str(path), "Sha256": digest, "Bytes": size}
-    if args.json:
-        print_json(result)
-    else:
-        print(f"{path}  sha256 {digest}  ({size} bytes)")
-    return ExitCode.OK
+    raise AssertionError("unreachable")  # itertools.count() never ends
 
 
 async def _download(url: str, directory: Path, task_id: str, *, quiet: bool) -> tuple[Path, str, int]:

@@ -22,6 +22,7 @@ guard refuses a second extension even when two attempts race.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
 import random
@@ -110,6 +111,10 @@ class CloudauthClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._observer = observer  # sees every attempt: (action, "ok" or the error code, seconds)
+        # The service's clock as its last answer's Date header gave it, and ours then: a skew
+        # check (doctor, start-up) costs no call of its own.
+        self.last_answer_date: datetime | None = None
+        self.last_answer_at: datetime | None = None
         timeouts = timeouts or Timeouts()
         via = proxy_for(self._endpoint, setting=proxy, setting_name="cloud proxy", environ=os.environ)
         if via is not None:
@@ -289,9 +294,20 @@ class CloudauthClient:
             nonce=_signing.new_nonce(),
         )
         response = await self._http.post(request.target, body=request.body, headers=request.headers, action=action)
+        self.last_answer_at = self._utcnow()
+        self.last_answer_date = _http_date(response.headers.get("date") or "")
         return read_answer(action, response.status, response.headers, response.body)
 
 
 def _maybe_processed(exc: CloudauthError) -> bool:
     """The service may have acted on the request even though we got no good answer."""
     return isinstance(exc, AmbiguousRequestError | RequestTimeout | ServiceError)
+
+
+def _http_date(value: str) -> datetime | None:
+    """An HTTP ``Date`` header (RFC 9110 IMF-fixdate) as an aware datetime, or None."""
+    try:
+        moment = email.utils.parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None

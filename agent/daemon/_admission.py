@@ -4,14 +4,17 @@ The core (provisioning.admission, driven by provisioning.workflow.Line) decides;
 feeds it. Work orders come from the folder the MES fills (``[admission] work_orders_dir``),
 looked at every ``poll_interval_s``: a new or changed file is parsed, a broken one is logged
 with its file and line and ignored (the order's previous version stays in force), a removed one
-withdraws its order. Every key is charged to the quotas in the journal before CreateAuthKey, so
-a restart, even after a kill -9, counts every key that may have been minted.
+withdraws its order. Only regular files directly in the folder, owned as expected, are read
+(:class:`WorkOrderFolder`). Every key is charged to the quotas in the journal before
+CreateAuthKey, so a restart, even after a kill -9, counts every key that may have been minted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,13 +111,20 @@ class LineAdmission:
 
 
 class WorkOrderFolder:
-    """The MES's folder of ``*.csv`` work orders, compared with what was seen at the last look."""
+    """The MES's folder of ``*.csv`` work orders, compared with what was seen at the last look.
+
+    Only regular files directly in the folder are read, never through a symbolic link (opened with
+    O_NOFOLLOW, then checked on the open file: regular, owned by root, the agent's user or the
+    folder's owner, not writable by everyone). Whoever can write the folder must not be able to make
+    the agent read another file (its credentials, /proc/self/environ) or load an order kept elsewhere;
+    and a problem is reported by file, line and column, never by quoting the file.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._problems: dict[str, str] = {}  # file (or the folder) -> why it cannot be read or parsed now
         self._duplicates: dict[str, str] = {}  # file -> the earlier file that gives the same order id
-        self._seen: dict[str, tuple[int, int]] = {}  # file -> (mtime_ns, size) last parsed
+        self._seen: dict[str, tuple[int, int, int, int]] = {}  # file -> (inode, mtime_ns, ctime_ns, size) parsed
         self._good: dict[str, WorkOrder] = {}  # file -> its last version that parsed
 
     @property
@@ -125,37 +135,61 @@ class WorkOrderFolder:
     def scan(self) -> tuple[list[WorkOrder], list[tuple[int, str]]]:
         """The orders in force and what changed (log level, text); blocking: run it off the event loop."""
         events: list[tuple[int, str]] = []
+        folder = str(self.directory)
         try:
-            paths = {str(p): p for p in self.directory.glob("*.csv") if p.is_file()}
+            owner = os.stat(self.directory).st_uid
+            entries = self._entries()
         except OSError as exc:
-            problem = f"cannot list {self.directory} ({exc.strerror or exc}); the orders in force stay"
-            if self._problems.get(str(self.directory)) != problem:
-                self._problems[str(self.directory)] = problem
+            problem = f"cannot list {self.directory} ({exc.strerror or type(exc).__name__}); the orders in force stay"
+            if self._problems.get(folder) != problem:
+                self._problems[folder] = problem
                 events.append((logging.ERROR, problem))
             return list(self._good.values()), events
-        self._problems.pop(str(self.directory), None)
-        for name in sorted((set(self._seen) | set(self._problems)) - set(paths) - {str(self.directory)}):
+        self._problems.pop(folder, None)
+        for name in sorted((set(self._seen) | set(self._problems)) - set(entries) - {folder}):
             self._seen.pop(name, None)
             self._problems.pop(name, None)
             if (gone := self._good.pop(name, None)) is not None:
                 events.append((logging.INFO, f"{name}: removed; order {gone.order_id} withdrawn"))
-        for name, path in sorted(paths.items()):
-            events += self._look(name, path)
+        trusted = {0, os.geteuid(), owner}
+        for name, lstat in sorted(entries.items()):
+            events += self._look(name, lstat, trusted)
         return self._in_force(events), events
 
-    def _look(self, name: str, path: Path) -> list[tuple[int, str]]:
+    def _entries(self) -> dict[str, os.stat_result]:
+        """``*.csv`` names directly in the folder (hidden ones and directories left out), not followed."""
+        found = {}
+        with os.scandir(self.directory) as listing:
+            for entry in listing:
+                if entry.name.startswith(".") or not entry.name.endswith(".csv"):
+                    continue
+                lstat = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(lstat.st_mode):
+                    found[entry.path] = lstat
+        return found
+
+    def _look(self, name: str, lstat: os.stat_result, trusted: set[int]) -> list[tuple[int, str]]:
+        if stat.S_ISLNK(lstat.st_mode):
+            return self._broken(
+                name, f"{name}: a symbolic link, not read (work orders are regular files in the folder)"
+            )
+        if self._seen.get(name) == _signature(lstat):
+            return []
         try:
-            stat = path.stat()
-            signature = (stat.st_mtime_ns, stat.st_size)
-            if self._seen.get(name) == signature:
-                return []
-            text = path.read_text(encoding="utf-8") if stat.st_size <= MAX_FILE_BYTES else ""
-        except (OSError, UnicodeDecodeError) as exc:
-            return self._broken(name, f"{name}: cannot read ({exc})")  # not marked seen: read again next time
-        self._seen[name] = signature
+            opened, data = _read_order(name, trusted)
+        except _Refused as exc:
+            return self._broken(name, f"{name}: {exc}, not read")  # not marked seen: looked at again next time
+        except OSError as exc:
+            return self._broken(name, f"{name}: cannot read ({exc.strerror or type(exc).__name__})")
+        self._seen[name] = _signature(opened)
         try:
-            if stat.st_size > MAX_FILE_BYTES:
+            if len(data) > MAX_FILE_BYTES:
                 raise WorkOrderError(name, 1, f"file is larger than {MAX_FILE_BYTES} bytes")  # noqa: TRY301
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = data[: exc.start].count(b"\n") + 1
+                raise WorkOrderError(name, line, "not UTF-8 text") from None
             order = parse_work_order(text, name)
         except WorkOrderError as exc:
             return self._broken(name, str(exc))
@@ -193,3 +227,31 @@ class WorkOrderFolder:
                 events.append((logging.ERROR, duplicates[name]))
         self._duplicates = duplicates
         return list(orders.values())
+
+
+class _Refused(Exception):
+    """A file in the work-order folder the agent will not read (the message says why)."""
+
+
+def _read_order(path: str, trusted: set[int]) -> tuple[os.stat_result, bytes]:
+    """The file's status and at most MAX_FILE_BYTES + 1 of its bytes; _Refused when it is not a file to trust.
+
+    O_NOFOLLOW: a symbolic link put there after the listing is not followed either; O_NONBLOCK: a FIFO
+    does not hang the scan. The checks are made on the opened file itself, so nothing can be swapped in
+    between the check and the read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise _Refused("not a regular file")
+        if status.st_uid not in trusted:
+            raise _Refused(f"owned by uid {status.st_uid}, not by root, the agent's user or the folder's owner")
+        if status.st_mode & stat.S_IWOTH:
+            raise _Refused(f"writable by everyone (mode {stat.S_IMODE(status.st_mode):04o})")
+        return status, file.read(MAX_FILE_BYTES + 1)
+
+
+def _signature(status: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is rewritten, replaced, chmod-ed or chown-ed."""
+    return (status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size)

@@ -1,4 +1,7 @@
-"""The pages of the status server (/metrics, /health, /status) and the token that guards the private ones.
+"""The pages of the status server (/, /metrics, /health, /status) and the token that guards the private ones.
+
+The station view (/) is one static page in the package; it is public because it holds no data:
+it asks /status for it with the token the operator gives it.
 
 /metrics is rendered at most once per ``METRICS_TTL_S``: Prometheus scrapes every 15 s, so a
 cached rendering costs it nothing, and a client asking a thousand times a second costs the
@@ -8,7 +11,9 @@ agent one rendering a second instead of a thousand.
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
+import importlib.resources
 import json
 import os
 import secrets
@@ -54,9 +59,13 @@ class StatusPages:
 
     def mount(self, server: StatusServer) -> None:
         """The routes: one line each (the path, the page, whether it needs the token or the socket)."""
+        server.route("/", self.station)
         server.route("/metrics", self.metrics)
         server.route("/health", self.health)
         server.route("/status", self.status, private=True)
+
+    def station(self, request: Request) -> Page:
+        return Page(200, _station_page(), "text/html; charset=utf-8")
 
     def metrics(self, request: Request) -> Page:
         now = self._clock()
@@ -70,6 +79,12 @@ class StatusPages:
 
     def status(self, request: Request) -> Page:
         return Page(200, json.dumps(self._status(), ensure_ascii=False).encode(), _JSON)
+
+
+@functools.cache
+def _station_page() -> bytes:
+    """The station view's HTML (it fetches /status itself)."""
+    return importlib.resources.files("agent.daemon").joinpath("station.html").read_bytes()
 
 
 def load_status_token(path: Path) -> Secret:

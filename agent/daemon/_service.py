@@ -19,16 +19,21 @@ from typing import Any, Final
 
 from agent.brokerauth import broker_credentials
 from agent.cloud import CloudauthClient, RateLimiter, resolve_credentials
+from agent.cloud._probe import check_access
 from agent.config import AgentConfig, ConfigError, report_signer
+from agent.daemon._access import CloudAccess, broker_light, cloud_light
 from agent.daemon._admission import LineAdmission
 from agent.daemon._devices import DeviceService
 from agent.daemon._pages import StatusPages, StatusTokenError, load_status_token
+from agent.daemon._station import Shift, StationView, in_flight
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
 from agent.http import StatusServer
 from agent.journal import JournalWorker, open_journal
+from agent.logs import flush_suppressed
 from agent.metrics import Metrics
 from agent.mqtt import (
     ConnectionState,
+    MqttConfigError,
     MqttConnection,
     MqttError,
     MqttSettings,
@@ -39,7 +44,7 @@ from agent.sdnotify import Notifier
 from agent.serial import SerialTransport
 from provisioning.cloudauth import Timeouts
 from provisioning.profiles import profile_warnings
-from provisioning.protocol import AgentMessage, encode, is_valid_tid
+from provisioning.protocol import MAX_MESSAGE_BYTES, AgentMessage, encode, is_valid_tid
 from provisioning.workflow import Line
 
 __all__ = ["ProvisioningAgent", "Topics"]
@@ -48,6 +53,13 @@ log = logging.getLogger("agent")
 
 SWEEP_INTERVAL_S: Final = 1.0  # how late an overdue result or an expired key is noticed at most
 STATUS_INTERVAL_S: Final = 10.0  # the retained status is refreshed at least this often when something changed
+# The largest device message the agent still reads to answer it too_large (docs/protocol.md allows
+# 4096 bytes): a firmware that overshoots is told why. It is the shipped broker's message_size_limit;
+# anything larger the broker refuses, and the agent's Maximum Packet Size keeps it from being sent.
+ANSWERED_MESSAGE_BYTES: Final = 4 * MAX_MESSAGE_BYTES
+# Room in an MQTT packet beside the message: fixed header, packet id, the up topic's tid (64
+# characters at most) and the MQTT 5 properties a device may add. The topic root is added to it.
+PACKET_OVERHEAD_BYTES: Final = 1024
 # On SIGTERM devices in flight get this long; what is cut off resumes from the journal. systemd's
 # TimeoutStopSec must exceed it.
 DRAIN_S: Final = 20.0
@@ -90,6 +102,7 @@ class ProvisioningAgent:
         credentials = resolve_credentials(
             credentials_file=Path(config.cloud.credentials_file) if config.cloud.credentials_file else None
         )
+        self.access = CloudAccess()  # the cloud's word on our AccessKey, from every call
         self.cloud = CloudauthClient(
             credentials,
             endpoint=config.cloud.endpoint,
@@ -97,7 +110,7 @@ class ProvisioningAgent:
             timeouts=Timeouts(connect=config.cloud.connect_timeout_s, read=config.cloud.read_timeout_s),
             rate_limiter=RateLimiter(qps=config.cloud.qps, burst=config.cloud.burst),
             max_connections=max(2, min(config.limits.max_in_flight, 16)),
-            observer=self.metrics.cloud_call,
+            observer=self._observe_cloud,
             proxy=config.cloud.proxy,
         )
         # A device served alone has its journal writes made on the loop (no thread hand-offs);
@@ -144,6 +157,11 @@ class ProvisioningAgent:
             lease_s=config.journal.lease_s,
         )
         self.devices.status.metrics = self.metrics
+        self.station = StationView(
+            shift=Shift(config.http.shift_starts, started_at=self._started),
+            recent=self.journal.recent_reports,
+            clock=clock,
+        )
         self._http = self._status_server()
         self._status_dirty = asyncio.Event()
         self._status_forced = False
@@ -174,6 +192,8 @@ class ProvisioningAgent:
             await self.devices.resume()
             if self._http is not None:
                 await self._http.start()
+                log.info("listening on http://%s: / (station view), /status, /health, /metrics",
+                         self.config.http.listen)  # fmt: skip
             if not await self._connect(stop):
                 return
             async with asyncio.TaskGroup() as group:
@@ -187,6 +207,7 @@ class ProvisioningAgent:
                     inbound.append(group.create_task(self.serial.run(), name="serial-ports"))
                 serving = [
                     *inbound,
+                    group.create_task(self._check_access(), name="access-check"),
                     group.create_task(self._sweeper(), name="sweeper"),
                     group.create_task(self.admission.poll(), name="work-orders"),
                     group.create_task(self.drainer.run(), name="upstream-drainer"),
@@ -278,15 +299,20 @@ class ProvisioningAgent:
                 log.warning("configuration warning: %s", warning)
 
     def health(self) -> tuple[bool, str]:
-        """/health: the broker connection is up and the event loop answers (it just did)."""
+        """/health: the cloud takes our AccessKey, the broker connection is up, the event loop answers (it just did)."""
+        if self.access.state == "rejected":
+            return False, f"the cloud rejects the AccessKey ({self.access.reason}): fix the credential and restart"
         if self.mqtt is not None and not self.mqtt.connected:
-            return False, "not connected to the MQTT broker"
+            error = self.mqtt.last_error
+            if isinstance(error, MqttConfigError):
+                return False, f"the MQTT broker refuses the login: {error}"
+            return False, "not connected to the MQTT broker" + (f": {error}" if error else "")
         return True, "serving"
 
     def detailed_status(self) -> dict[str, Any]:
         """/status and ``provisioning-agent status``: counts, in-flight devices, outbox, last errors."""
         line = self.devices.status
-        return self.status() | {
+        document = self.status() | {
             "broker_connected": self.mqtt.connected if self.mqtt is not None else None,
             "serial_ports": self.serial.status() if self.serial is not None else [],
             "in_flight": self._in_flight(),
@@ -297,6 +323,28 @@ class ProvisioningAgent:
             "last_errors": list(line.last_errors),
             "uptime_s": round(self._clock() - self._started, 1),
         }
+        document["station"] = self.station.build(
+            document,
+            broker=broker_light(self.mqtt),
+            cloud=cloud_light(self.access, self.line.cloud, self.line.cloud_detail),
+            in_flight=[in_flight(view) for view in self.line.views()],
+            outcomes=list(self.line.recent),
+        )
+        return document
+
+    def _observe_cloud(self, action: str, outcome: str, seconds: float) -> None:
+        self.metrics.cloud_call(action, outcome, seconds)
+        self.access.observe(action, outcome, seconds)
+
+    async def _check_access(self) -> None:
+        """Once at start-up: one signed read-only call, so a refused AccessKey shows before the first device."""
+        try:
+            probe = await check_access(self.cloud)
+        except Exception:  # a check must never stop the agent: devices will tell the same story
+            log.exception("the start-up check of the AccessKey failed unexpectedly")
+            return
+        self.access.note_probe(probe, self.config.cloud.endpoint)
+        self._status_dirty.set()  # the status line says so at once
 
     def _in_flight(self) -> list[dict[str, Any]]:
         """Devices in flight for /status: stage, address and since when."""
@@ -311,8 +359,10 @@ class ProvisioningAgent:
     def _summary_line(self) -> str:
         counters = self.devices.status.counters
         ports = f", {self.serial.open_ports} serial port(s) open" if self.serial is not None else ""
+        rejected = self.access.state == "rejected"
+        warning = f"CLOUD REJECTS THE ACCESSKEY ({self.access.reason}): fix the credential; " if rejected else ""
         return (
-            f"{counters.get('activated', 0)} licensed, {len(self.line.devices)} in flight, "
+            f"{warning}{counters.get('activated', 0)} licensed, {len(self.line.devices)} in flight, "
             f"cloud {self.line.cloud}, outbox {self.drainer.depth}{ports}"
         )
 
@@ -391,6 +441,7 @@ class ProvisioningAgent:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             await self.devices.sweep()
+            flush_suppressed()  # how many repeated warnings were left out, once their minute is over
 
     async def _status_loop(self) -> None:
         last = ""
@@ -400,6 +451,7 @@ class ProvisioningAgent:
                 async with asyncio.timeout(STATUS_INTERVAL_S):  # not wait_for: 3.11 can swallow a cancel
                     await self._status_dirty.wait()
             self._status_dirty.clear()
+            self.station.shift.tick(self.devices.status.counters, self._clock())
             self.metrics.waiting.set(self.devices.status.waiting)
             self.metrics.outbox_depth.set(self.drainer.depth)
             self.metrics.broker_connected.set(1 if self.mqtt is not None and self.mqtt.connected else 0)
@@ -448,6 +500,7 @@ class ProvisioningAgent:
             await self._webhook.aclose()
         self.journal.close()
         self.notifier.close()
+        flush_suppressed(force=True)
         log.info("stopped")
 
     def _mqtt_settings(self) -> MqttSettings:
@@ -464,6 +517,7 @@ class ProvisioningAgent:
             tls=tls,
             keepalive=mqtt.keepalive_s,
             will=Will(topic=self.topics.status, payload=offline, qos=1, retain=True),
+            max_packet_size=ANSWERED_MESSAGE_BYTES + len(self.topics.root.encode()) + PACKET_OVERHEAD_BYTES,
         )
 
 

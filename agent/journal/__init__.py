@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.journal._permissions import OPERATORS_GROUP, access_hint, operators_gid
 from agent.journal._protocol import (
     DEFAULT_LEASE_S,
     Fence,
@@ -21,6 +22,7 @@ from agent.journal._protocol import (
     LedgerUnavailable,
     LimitReached,
     OutboxRow,
+    RecentReport,
     clock_margin,
     redact_url,
 )
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LEASE_S",
+    "OPERATORS_GROUP",
     "SCHEMA_VERSION",
     "Fence",
     "Fenced",
@@ -42,10 +45,13 @@ __all__ = [
     "LedgerUnavailable",
     "LimitReached",
     "OutboxRow",
+    "RecentReport",
+    "access_hint",
     "clock_margin",
     "open_journal",
     "open_readonly",
     "open_url",
+    "operators_gid",
     "redact_url",
 ]
 

@@ -50,6 +50,7 @@ from agent.journal._protocol import (
     LedgerUnavailable,
     LimitReached,
     OutboxRow,
+    RecentReport,
     clock_margin,
     redact_url,
 )
@@ -242,6 +243,14 @@ class PostgresJournal:
         with self._read() as db:
             rows = db.execute(_SELECT_RECORDS + " ORDER BY updated_at").fetchall()
         return [_record(row) for row in rows]
+
+    def recent_reports(self, limit: int) -> list[RecentReport]:
+        """The newest ``limit`` activation reports of the line, newest first (the station view)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT device_id, payload, created_at, delivered_at FROM outbox ORDER BY id DESC LIMIT %s", (limit,)
+            ).fetchall()
+        return [RecentReport(str(r[0]), json.loads(r[1]), float(r[2]), r[3]) for r in rows]
 
     # -- outbox -----------------------------------------------------------------------------
 

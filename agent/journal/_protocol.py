@@ -39,6 +39,7 @@ __all__ = [
     "LedgerUnavailable",
     "LimitReached",
     "OutboxRow",
+    "RecentReport",
     "clock_margin",
     "redact_url",
 ]
@@ -100,6 +101,16 @@ class Fence:
 
 
 @dataclass(frozen=True, slots=True)
+class RecentReport:
+    """An activation's report as the station view shows it: when, and whether it reached upstream."""
+
+    device_id: str
+    report: dict[str, Any]
+    created_at: float
+    delivered_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxRow:
     """One report waiting for delivery."""
 
@@ -135,6 +146,7 @@ class JournalStore(Protocol):
     def unfinished(self) -> list[DeviceRecord]: ...
     def counts(self) -> dict[str, int]: ...
     def all_records(self) -> list[DeviceRecord]: ...
+    def recent_reports(self, limit: int) -> list[RecentReport]: ...
 
     # -- outbox
     def due_reports(self, *, now: float, limit: int) -> list[OutboxRow]: ...

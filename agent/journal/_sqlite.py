@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.journal import _audit_store as audit_store
-from agent.journal._protocol import Fence, JournalError, OutboxRow
+from agent.journal._permissions import access_hint, share_with_operators
+from agent.journal._protocol import Fence, JournalError, OutboxRow, RecentReport
 from provisioning.admission import ChargeLimit, Mint
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, implied_entries, verify_chain
 from provisioning.audit._chain import DetailValue
 from provisioning.workflow import DeviceRecord, State
 
-__all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow"]
+__all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow", "RecentReport"]
 
 SCHEMA_VERSION: Final = 4
 BUSY_TIMEOUT_MS: Final = 5000  # another process (status/export) may hold a read lock briefly
@@ -97,6 +98,7 @@ class Journal:
     def open(cls, path: Path, *, gateway_id: str = "") -> Journal:
         """Open (creating and migrating) the journal at ``path``; ``gateway_id`` signs its audit entries."""
         try:
+            created = None if path.parent.exists() else path.parent
             path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -108,22 +110,42 @@ class Journal:
             connection.execute("ROLLBACK")
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"journal {path}: {exc}") from exc
+        # -wal and -shm exist now (WAL mode, connection open): operators may read all three
+        share_with_operators(_files_of(path), created_directory=created)
         return journal
 
     @classmethod
     def open_readonly(cls, path: Path) -> Journal:
-        """Open an existing journal for reading only (export, status): safe beside a running agent."""
-        if not path.exists():
-            raise JournalError(f"journal {path} does not exist")
+        """Open an existing journal for reading only (export, status): safe beside a running agent.
+
+        Needs read access to the journal and, while the agent runs, to its ``-wal`` and ``-shm``.
+        With the agent stopped those two are gone and a reader that may not create them (an
+        operator: the directory is the agent's) opens the file as immutable, which is exact when
+        there is no ``-wal`` (everything is in the main file).
+        """
         try:
-            connection = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-            )
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            (version,) = connection.execute("PRAGMA user_version").fetchone()
+            if not path.exists():
+                raise JournalError(f"journal {path} does not exist (check --journal or the config's journal key)")
+            wal_present = Path(f"{path}-wal").exists()
+            with path.open("rb"):
+                pass
+        except PermissionError:
+            raise JournalError(f"journal {path}: permission denied; {access_hint()}") from None
+        except OSError as exc:
+            raise JournalError(f"journal {path}: cannot read ({exc.strerror or exc})") from None
+        try:
+            connection = _connect_readonly(path, immutable=False)
         except sqlite3.Error as exc:
-            raise JournalError(f"journal {path}: {exc}") from exc
+            if wal_present or not _is_readonly_refusal(exc):
+                hint = f"; {access_hint()}" if _is_readonly_refusal(exc) or "unable to open" in str(exc) else ""
+                raise JournalError(f"journal {path}: {exc}{hint}") from exc
+            try:
+                connection = _connect_readonly(path, immutable=True)
+            except sqlite3.Error as again:
+                raise JournalError(f"journal {path}: {again}") from again
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
         if version != SCHEMA_VERSION:
+            connection.close()
             raise JournalError(f"journal {path} has schema {version}; this agent reads schema {SCHEMA_VERSION}")
         return cls(connection, path)
 
@@ -192,6 +214,14 @@ class Journal:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM devices GROUP BY state").fetchall()
         return dict(rows)
+
+    def recent_reports(self, limit: int) -> list[RecentReport]:
+        """The newest ``limit`` activation reports, newest first (by row id: no scan, whatever the size)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device_id, payload, created_at, delivered_at FROM outbox ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [RecentReport(str(r[0]), json.loads(r[1]), float(r[2]), r[3]) for r in rows]
 
     def all_records(self) -> list[DeviceRecord]:
         """Every record, oldest first (export, tests)."""
@@ -443,6 +473,30 @@ class Journal:
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]} PRAGMA user_version = {target}; COMMIT;")
+
+
+def _files_of(path: Path) -> list[Path]:
+    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+
+
+def _connect_readonly(path: Path, *, immutable: bool) -> sqlite3.Connection:
+    """A read-only connection that has read the schema version (so a refusal shows here, not later)."""
+    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+    connection = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        connection.execute("PRAGMA user_version").fetchone()
+        connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # reads a page: WAL set-up happens here
+    except sqlite3.Error:
+        connection.close()
+        raise
+    return connection
+
+
+def _is_readonly_refusal(exc: sqlite3.Error) -> bool:
+    """SQLite could not set up WAL reading because it may not create ``-shm``/``-wal`` here."""
+    text = str(exc)
+    return "readonly database" in text or "unable to open database file" in text
 
 
 def _upsert(db: sqlite3.Connection, record: DeviceRecord) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
-from agent.journal._protocol import JournalStore
+from agent.journal._protocol import JournalStore, RecentReport
 from provisioning.workflow import DeviceRecord
 
 __all__ = ["JournalWorker"]
@@ -114,6 +114,10 @@ class JournalWorker:
         if not self.shared:
             return function(self._reader)
         return await asyncio.to_thread(function, self._reader)
+
+    def recent_reports(self, limit: int) -> list[RecentReport]:
+        """The newest activation reports, read here and now like :meth:`get` (the station view)."""
+        return self._reader.recent_reports(limit)
 
     def close(self) -> None:
         """Finish queued calls, then close the journal."""

@@ -21,7 +21,8 @@ caller that must wait for a broker that is not up yet (the daemon at boot) says 
 
 Every attempt subscribes again, whatever the broker says about the session.
 
-Inbound: a QoS 1 message is acknowledged (PUBACK) when the consumer takes it from the queue,
+Inbound: a message larger than ``max_packet_size`` is dropped unread (MQTT 5 brokers never send
+one: the limit goes out in CONNECT). A QoS 1 message is acknowledged (PUBACK) when the consumer takes it from the queue,
 so a message still queued when the process dies is redelivered by the broker (persistent
 session); when a session resumes, queued copies of what the broker resends are dropped. The
 queue holds ``MESSAGE_QUEUE_SIZE`` messages; MQTT 5 advertises that number as Receive Maximum,
@@ -525,6 +526,14 @@ class MqttConnection:
             self._suback[1].set_result(reasons)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        limit = self._settings.max_packet_size
+        if limit is not None and len(message.payload) > limit:
+            # MQTT 3.1.1 cannot tell the broker our limit: drop it here, before a copy is queued or decoded.
+            logger.warning("MQTT %s: dropped a message of %d bytes: larger than max_packet_size %d",
+                           self._settings.client_id, len(message.payload), limit)  # fmt: skip
+            if message.qos == 1:
+                client.ack(message.mid, 1)
+            return
         try:
             topic = message.topic
         except UnicodeDecodeError:

@@ -117,12 +117,15 @@ def check_tls_files(tls: TlsSettings) -> None:
 
 
 def connect_properties(settings: MqttSettings, receive_maximum: int) -> Properties | None:
-    """MQTT 5 CONNECT properties: session expiry (a persistent session needs one) and receive maximum."""
+    """MQTT 5 CONNECT properties: session expiry (a persistent session needs one), receive maximum and
+    maximum packet size (when the settings cap it)."""
     if settings.protocol != "5":
         return None
     properties = _new_properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = 0 if settings.clean_start else settings.session_expiry
     properties.ReceiveMaximum = receive_maximum
+    if settings.max_packet_size is not None:
+        properties.MaximumPacketSize = settings.max_packet_size
     return properties
 
 

@@ -24,6 +24,7 @@ __all__ = [
 DEFAULT_SESSION_EXPIRY_SECONDS: Final = 7 * 24 * 3600
 MAX_UINT16: Final = 65535  # keepalive and MQTT string lengths are 16-bit
 MAX_UINT32: Final = 4_294_967_295  # MQTT 5 four-byte integers (expiry intervals)
+MAX_PACKET_BYTES: Final = 268_435_460  # the largest packet MQTT can encode (a 4-byte remaining length + header)
 
 
 class ConnectionState(enum.Enum):
@@ -84,6 +85,9 @@ class MqttSettings:
     clean_start: bool = False  # False: a persistent session, so QoS 1 messages queued while away arrive
     session_expiry: int = DEFAULT_SESSION_EXPIRY_SECONDS  # MQTT 5 only (3.1.1 sessions never expire)
     will: Will | None = None
+    # The largest inbound packet we take. MQTT 5 sends it in CONNECT (Maximum Packet Size), so the broker
+    # never sends us a larger one; on both versions a message whose payload is larger is dropped unread.
+    max_packet_size: int | None = None
     reconnect_min_delay: float = 0.5
     reconnect_max_delay: float = 30.0
 
@@ -102,6 +106,8 @@ class MqttSettings:
             raise ValueError(f"MQTT keepalive {self.keepalive} is out of range 0..65535")
         if not 0 <= self.session_expiry <= MAX_UINT32:
             raise ValueError(f"MQTT session_expiry {self.session_expiry} is out of range")
+        if self.max_packet_size is not None and not 0 < self.max_packet_size <= MAX_PACKET_BYTES:
+            raise ValueError(f"MQTT max_packet_size {self.max_packet_size} is out of range 1..{MAX_PACKET_BYTES}")
         if not 0 < self.reconnect_min_delay <= self.reconnect_max_delay:
             raise ValueError("reconnect delays must satisfy 0 < reconnect_min_delay <= reconnect_max_delay")
 

@@ -51,9 +51,15 @@ class AgentProcess:
     """``python -m agent run --config FILE`` as a child process; ``start`` returns once it serves."""
 
     def __init__(
-        self, config_file: Path, *, env: Mapping[str, str] | None = None, launcher: Sequence[str] = ("-m", "agent")
+        self,
+        config_file: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        launcher: Sequence[str] = ("-m", "agent"),
+        log_file: Path | None = None,
     ) -> None:
         self.config_file = config_file
+        self.log_file = log_file  # every line the agent logs is appended here too (the demo keeps it)
         self._env = env
         self._launcher = tuple(launcher)  # the interpreter's arguments before "run" (a wrapper for chaos tests)
         self._process: subprocess.Popen[str] | None = None
@@ -76,7 +82,7 @@ class AgentProcess:
             raise RuntimeError("subprocess pipes missing")
         lines: queue.Queue[str | None] = queue.Queue()
         _drain(process.stdout, lines.put, lambda: lines.put(None))
-        _drain(process.stderr, self._log.append)
+        _drain(process.stderr, self._keep)
         try:
             line = lines.get(timeout=READY_TIMEOUT_S)
         except queue.Empty:
@@ -107,6 +113,12 @@ class AgentProcess:
         process, self._process = self._process, None
         if process is not None:
             kill(process)
+
+    def _keep(self, line: str) -> None:
+        self._log.append(line)
+        if self.log_file is not None:
+            with self.log_file.open("a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
 
     def log_text(self) -> str:
         """The last lines the agent logged."""

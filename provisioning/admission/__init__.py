@@ -1,4 +1,4 @@
-"""Admission: only expected devices get keys (DESIGN.md invariant 5; docs/admission.md).
+"""Admission: only expected devices get keys (invariant 5 of docs/reliability.md; docs/admission.md).
 
 The core is pure: :class:`Admission` takes a registration, its profile's :class:`Rules`
 and the time, and answers a :class:`Refusal` or a :class:`Mint` (a key charged to the

@@ -3,13 +3,15 @@
 A work order is one CSV file (UTF-8, a BOM is allowed, ``#`` starts a comment line) with a
 header naming its columns, in any order:
 
-    order,model,device_id,device_key,ceiling
+    order,model,device_id,device_key,ceiling,topic_id
 
 ``order``, ``model`` and ``device_id`` are required; ``device_key`` (the device's Ed25519
 public key, base64), ``ceiling`` (keys the order may use; default: one per device listed) and
-``topic_id`` (the MQTT topic id, i.e. broker login, the device registers from when it is not
-its device_id) are optional; other columns are ignored. Every row carries the same order, model and ceiling.
-Parsing is strict: the first problem is a :class:`WorkOrderError` naming the file and line.
+``topic_id`` (the MQTT topic id, i.e. broker login, the device registers from when it is not its
+device_id) are optional; other columns are ignored. Every row carries the same order, model and
+ceiling. Parsing is strict: the first problem is a :class:`WorkOrderError` naming the file, the
+line and the column, never quoting the file's text (the folder's writer is not the agent's
+reader: a file linked or copied there may hold anything, and errors reach the log and /status).
 """
 
 from __future__ import annotations
@@ -66,33 +68,37 @@ def parse_work_order(text: str, source: str) -> WorkOrder:
         raise WorkOrderError(source, 1, "file is empty (a header line is required)") from None
     columns = {name.strip().lower(): index for index, name in enumerate(header)}
     missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-    if missing:
-        raise WorkOrderError(source, header_line, f"header lacks column(s) {', '.join(missing)} (got {header})")
+    if missing:  # the header's own text is not quoted: it may be anything but a header
+        raise WorkOrderError(source, header_line, f"header lacks column(s) {', '.join(missing)}")
     order_id = model = ceiling_text = None
     devices: dict[str, bytes] = {}
     topic_ids: dict[str, str] = {}
+    first_seen: dict[str, int] = {}  # device_id -> the line that lists it
     for line, row in rows:
         cell = _Cells(source, line, row, columns)
         order_id = cell.same("order", order_id)
         model = cell.same("model", model)
         ceiling_text = cell.same("ceiling", ceiling_text, required=False)
         if ceiling_text and not (ceiling_text.isdigit() and 1 <= int(ceiling_text) <= MAX_CEILING):
-            cell.fail(f"ceiling must be a whole number from 1 to {MAX_CEILING}, got {ceiling_text!r}")
+            cell.fail(f"column ceiling must be a whole number from 1 to {MAX_CEILING}")
         device_id = cell.get("device_id")
         if not device_id:
-            cell.fail("device_id is empty")
+            cell.fail("column device_id is empty")
         if len(device_id) > MAX_ID_CHARS:
-            cell.fail(f"device_id is {len(device_id)} characters; at most {MAX_ID_CHARS}")
-        if device_id in devices:
-            cell.fail(f"device_id {device_id!r} is listed twice")
+            cell.fail(f"column device_id is {len(device_id)} characters; at most {MAX_ID_CHARS}")
+        if device_id in first_seen:
+            cell.fail(f"column device_id: the device is already listed on line {first_seen[device_id]}")
+        first_seen[device_id] = line
         key_text = cell.get("device_key")
         try:
             devices[device_id] = decode_public_key(key_text) if key_text else b""
         except ValueError as exc:
-            cell.fail(f"device_key of {device_id!r} {exc}")
+            cell.fail(f"column device_key {exc}")
         if topic_id := cell.get("topic_id"):
             if not is_valid_tid(topic_id):
-                cell.fail(f"topic_id of {device_id!r} is not a valid topic id (1-64 of A-Z a-z 0-9 . _ - : ~ @ $)")
+                cell.fail(
+                    "column topic_id is not a topic id (1 to 64 of A-Z a-z 0-9 . _ - : ~ @ $, not starting with $)"
+                )
             topic_ids[device_id] = topic_id
         if len(devices) > MAX_DEVICES:
             cell.fail(f"more than {MAX_DEVICES} devices in one order")
@@ -141,11 +147,11 @@ class _Cells:
     def same(self, name: str, before: str | None, *, required: bool = True) -> str:
         value = self.get(name)
         if required and not value:
-            self.fail(f"{name} is empty")
+            self.fail(f"column {name} is empty")
         if len(value) > MAX_ID_CHARS:
-            self.fail(f"{name} is {len(value)} characters; at most {MAX_ID_CHARS}")
+            self.fail(f"column {name} is {len(value)} characters; at most {MAX_ID_CHARS}")
         if before is not None and value != before:
-            self.fail(f"{name} is {value!r} but an earlier row says {before!r} (one order per file)")
+            self.fail(f"column {name} differs from the rows above (one order, model and ceiling per file)")
         return value
 
 

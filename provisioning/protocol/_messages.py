@@ -5,6 +5,12 @@ member this version uses is type- and length-checked, unknown members are ignore
 refusal is a :class:`ProtocolError` carrying the protocol error code, a message naming the
 field, and whatever ``id``/``device_id`` could still be read so the answer reaches the
 device.
+
+The codes split as docs/protocol.md's error table says: ``malformed`` when the bytes are not
+one JSON object in UTF-8 (nothing in it can be trusted), ``invalid_field`` when the object is
+read but one member is missing, of the wrong JSON type or out of its limits (``"v": "1"``
+included: the message names the member), ``unsupported_version`` only for an integer ``v``
+other than 1.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ _ATTEMPT = re.compile(r"[0-9a-f]{16}")
 _DAY = re.compile(r"[0-9]{8}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+0085 NEL breaks log lines too)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # a lone "\ud800" escape parses but cannot be encoded back to UTF-8
+_BOM: Final = b"\xef\xbb\xbf"  # UTF-8 byte order mark: RFC 8259 forbids sending it; firmware string tools add it
 
 
 class ProtocolError(Exception):
@@ -197,6 +204,8 @@ def decode_device_message(payload: bytes) -> DeviceMessage:
     """Parse and check one device message; :class:`ProtocolError` says exactly what is wrong."""
     if len(payload) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"message is {len(payload)} bytes; at most {MAX_MESSAGE_BYTES} allowed")
+    if payload.startswith(_BOM):
+        raise ProtocolError("malformed", "message starts with a byte order mark (EF BB BF); send the object without it")
     try:
         data = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError:
@@ -206,7 +215,7 @@ def decode_device_message(payload: bytes) -> DeviceMessage:
     except RecursionError:  # json recurses per nesting level: "[" * 4000 fits in 4096 bytes
         raise ProtocolError("malformed", "message is nested too deeply") from None
     if not isinstance(data, dict):
-        raise ProtocolError("malformed", f"message is a JSON {type(data).__name__}, not an object")
+        raise ProtocolError("malformed", f"message is a JSON {_json_type(data)}, not an object")
     re_id = _peek(data, "id", 64)
     device_id = _peek(data, "device_id", 64)
     try:
@@ -241,8 +250,10 @@ def encode(message: AgentMessage) -> bytes:
 
 def _decode(data: dict[str, Any]) -> DeviceMessage:
     version = data.get("v")
+    if version is None:
+        raise ProtocolError("invalid_field", "member 'v' is required (the protocol version, the integer 1)")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ProtocolError("malformed", "member 'v' must be an integer (the protocol version, 1)")
+        raise ProtocolError("invalid_field", f"member 'v' must be the integer 1, not {_shown(version)}")
     if version != PROTOCOL_VERSION:
         shown = version if abs(version) <= 0xFFFF else "beyond 65535"  # the answer must stay within 4096 bytes
         raise ProtocolError("unsupported_version", f"protocol version {shown} is not supported; this agent speaks 1")
@@ -265,10 +276,12 @@ def _decode(data: dict[str, Any]) -> DeviceMessage:
     if kind == "result":
         attempt = _text(data, "attempt", 16)
         if not _ATTEMPT.fullmatch(attempt):
-            raise ProtocolError("invalid_field", "'attempt' must be the 16 hex characters of the key message")
+            raise ProtocolError("invalid_field", "member 'attempt' must be the 16 hex characters of the key message")
         ok = data.get("ok")
+        if ok is None:
+            raise ProtocolError("invalid_field", "member 'ok' is required (true or false)")
         if not isinstance(ok, bool):
-            raise ProtocolError("invalid_field", "'ok' must be true or false")
+            raise ProtocolError("invalid_field", f"member 'ok' must be true or false, not {_shown(ok)}")
         hardware_id = _text(data, "hardware_id", 128)
         model = _text(data, "model", 64)
         if ok:
@@ -296,7 +309,7 @@ def _text(data: dict[str, Any], name: str, limit: int, *, required: bool = True)
             raise ProtocolError("invalid_field", f"member '{name}' is required")
         return ""
     if not isinstance(value, str):
-        raise ProtocolError("invalid_field", f"member '{name}' must be a string, not {type(value).__name__}")
+        raise ProtocolError("invalid_field", f"member '{name}' must be a string, not {_shown(value)}")
     if required and not value:
         raise ProtocolError("invalid_field", f"member '{name}' must not be empty")
     if len(value) > limit:
@@ -337,6 +350,27 @@ def _day(data: dict[str, Any], name: str) -> str:
     if not _DAY.fullmatch(value):
         raise ProtocolError("invalid_field", f"member '{name}' must be a day as yyyyMMdd")
     return value
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type (what a firmware engineer sent, not Python's name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"  # json.loads makes nothing else
+
+
+def _shown(value: object) -> str:
+    """``a string``, ``the number 1.5``: what a wrong member held, short enough for any answer."""
+    kind = _json_type(value)
+    if kind in ("number", "boolean") and len(repr(value)) <= 20:
+        return f"the {kind} {json.dumps(value)}"
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _peek(data: dict[str, Any], name: str, limit: int) -> str | None:

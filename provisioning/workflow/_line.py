@@ -378,6 +378,9 @@ class Line:
             saved.row_id if isinstance(saved, Saved) else 0,
             admitted.sender,
         )
+        # The key's life starts when it was asked for, not when the answer came: an answer that waited
+        # (a slow cloud, the agent stopped mid-call) must not make an old key look fresh.
+        asked_at = self.clock()
         minted = yield MintKey(intent.device_id, profile.term, profile.biz_type)
         yield EndCloudTurn()
         if not isinstance(minted, Minted):
@@ -401,7 +404,7 @@ class Line:
             attempts=intent.attempts + 1,
             attempt=attempt,
             key_fingerprint=minted.key.fingerprint(),
-            minted_at=now,
+            minted_at=asked_at,
             result_due=now + policy.activate_within_s,
             error="",
             updated_at=now,
@@ -419,11 +422,20 @@ class Line:
     ) -> Flow:
         """Send the held key, sealed to this register when it asks; ``first``: the attempt is not journaled yet."""
         now = self.clock()
-        if now >= held.push_deadline:  # too late to send: journal the attempt (it exists) and read back
+        if now >= held.push_deadline:  # too late to send
             self.held.pop(record.device_id, None)
-            if first:
-                yield Save(record)
-            yield from self._read_back(tid, register, record, profile)
+            if not first:
+                yield from self._read_back(tid, register, record, profile)
+                return
+            # The cloud's answer came too late to use the key: journal the attempt (the key exists), and
+            # let the device ask again rather than mint at once (a cloud that slow would loop here).
+            yield Save(record)
+            yield Note(
+                "keys_expired_unpushed",
+                f"device {record.device_id!r}: key {held.attempt} came too late to be pushed before its deadline",
+                logging.WARNING,
+            )
+            yield Send(tid, Wait(register.id, record.device_id, "cloud_unavailable", CLOUD_RETRY_AFTER_S))
             return
         key: Secret | SealedKey = held.key
         if register.seal_pub is not None:

@@ -228,9 +228,9 @@ def _code_for_value(message: dict[str, Any], name: str, value: Any) -> str | Non
         return None if _base64_of_size(value, _BINARY_MEMBERS[name]) else "invalid_field"  # a seal_pub may be unusable
     if name not in _members_read(message):
         return "ok"  # unknown members, and members of another type, are ignored
-    if name == "v":
+    if name == "v":  # a missing or non-integer version is a member of the wrong type, named
         if isinstance(value, bool) or not isinstance(value, int):
-            return "malformed"
+            return "invalid_field"
         return "ok" if value == 1 else "unsupported_version"
     if name == "ok":
         # The other outcome's members are missing; a non-boolean is refused as such.
@@ -306,8 +306,11 @@ def deep_nesting(rng: random.Random, message: dict[str, Any]) -> Mutant:
     opener, closer = rng.choice((("[", "]"), ('{"a":', "}")))
     nested = opener * depth + "0" + closer * depth
     if rng.random() < 0.3:  # the whole message, or its start without an end
-        text = nested if rng.random() < 0.5 else opener * depth
-        return _sized(text.encode(), "malformed", f"nested {depth}")
+        whole = rng.random() < 0.5
+        text = nested if whole else opener * depth
+        # A whole nested object the parser can read is an object without "v": a missing member.
+        readable_object = whole and opener != "[" and depth <= 500
+        return _sized(text.encode(), "invalid_field" if readable_object else "malformed", f"nested {depth}")
     name = rng.choice([*sorted(message), "zz_unknown"])
     text = json.dumps({**message, name: "@@NEST@@"}).replace('"@@NEST@@"', nested)
     expect = _code_for_value(message, name, [])

@@ -1,6 +1,6 @@
 """Admission end to end: a real agent, a real Mosquitto, the emulator over HTTP, raw and simulated devices.
 
-Each test tries to get a key it must not get (DESIGN.md invariant 5) and counts what the
+Each test tries to get a key it must not get (invariant 5 of docs/reliability.md) and counts what the
 cloud minted from the emulator's own audit view, never from the agent's word.
 """
 

@@ -171,9 +171,23 @@ def test_trail_survives_kill_9_verifies_names_an_edit_and_reconcile_finds_an_orp
     found = cli(line, "audit", "reconcile", "--journal", str(journal), "--json")
     assert found.returncode == 1, found.stdout + found.stderr
     findings = json.loads(found.stdout)
-    assert [o["UserDeviceId"] for o in findings["orphaned"]] == ["NEVER-SERVED-1"]
+    assert findings["schema"] == "audit-reconcile/1"
+    assert [o["user_device_id"] for o in findings["orphaned"]] == ["NEVER-SERVED-1"]
     assert findings["doubled"] == []
     assert findings["unknown"] == []
+
+    # A licence renamed to another BizType is still the one the trail consumed, not an unknown one;
+    # and reconcile connects as the agent does: the endpoint from --config, no flag, no variable.
+    moved = next(str(e["detail"]["sdk_device_id"]) for e in entries if e["event"] == "consumed")
+    signed.call("ModifyDeviceInfo", DeviceId=moved, BizType="LINE_B")
+    env = {k: v for k, v in line.env.items() if k != "CLOUDAUTH_ENDPOINT"}
+    config = line.tmp_path / "gw1.toml"
+    again = subprocess.run([sys.executable, "-m", "agent", "audit", "reconcile", "--config", str(config), "--json"],
+                           capture_output=True, text=True, env=env, timeout=60, check=False)  # fmt: skip
+    assert again.returncode == 1, again.stdout + again.stderr  # the stranger's orphan, nothing else
+    findings = json.loads(again.stdout)
+    assert findings["unknown"] == []
+    assert [o["user_device_id"] for o in findings["orphaned"]] == ["NEVER-SERVED-1"]
 
     # Editing one row in the SQLite file breaks the chain there, and verify names the row.
     target = len(entries) // 2

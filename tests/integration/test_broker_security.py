@@ -21,17 +21,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from provisioning_lab._ports import free_port
 from provisioning_lab.emulator import EmulatorProcess
 from provisioning_lab.simulator import fleet_specs
-from tests.broker import MosquittoBroker, Pki, make_pki
+from tests.broker import SHIPPED_MOSQUITTO, MosquittoBroker, Pki, ShippedBroker, make_pki
 from tests.integration.provisioning_line import MODEL, Line
 
-SHIPPED = Path(__file__).parents[2] / "systemd" / "mosquitto"
+SHIPPED = SHIPPED_MOSQUITTO
 AGENT_USER = "provisioning-agent"  # the CN of the agent's certificate, the ACL's user
 MES_USER = "mes"
 GUARD_S = 30.0  # a guard against hangs, not a timing assertion
@@ -244,9 +246,12 @@ def test_a_password_changed_while_running_is_an_error_retried_not_an_exit(
     # Logged in as a device (a password login): its ACL does not cover the agent's subscription.
     line.broker.acl = None
     line.broker.restart()
+    port = free_port()
     agent = line.start_agent(
-        mqtt={"port": line.broker.port, "username": "SEC-00000", "password_file": str(password_file)}
+        mqtt={"port": line.broker.port, "username": "SEC-00000", "password_file": str(password_file)},
+        http={"listen": f"127.0.0.1:{port}"},
     )
+    assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
     line.broker.passwords["SEC-00000"] = "rotated-on-the-broker"
     line.broker.restart()
     deadline = time.monotonic() + GUARD_S
@@ -256,30 +261,15 @@ def test_a_password_changed_while_running_is_an_error_retried_not_an_exit(
     assert "ERROR" in log
     assert "refused the connection: Not authorized" in log
     assert agent.running()  # it waits at the longest backoff for the broker or the operator
+    health = httpx.get(f"http://127.0.0.1:{port}/health")
+    assert health.status_code == 503
+    assert health.json()["reason"].startswith("the MQTT broker refuses the login:")
+    assert "Not authorized" in health.json()["reason"]
+    broker_light = httpx.get(f"http://127.0.0.1:{port}/status").json()["station"]["lights"]["broker"]
+    assert broker_light["state"] == "down"
 
 
 # -- the shipped Mosquitto configuration itself ----------------------------------------------------
-
-
-class ShippedBroker(MosquittoBroker):
-    """Mosquitto running ``systemd/mosquitto/provisioning.conf`` with its paths and ports moved to a test directory."""
-
-    def __init__(self, directory: Path, pki: Pki, passwords: dict[str, str]) -> None:
-        super().__init__(directory, passwords=passwords, acl=(SHIPPED / "acl").read_text(), tls=pki.broker_tls())
-        self.pki = pki
-
-    def config_text(self) -> str:
-        text = (SHIPPED / "provisioning.conf").read_text()
-        files = {"ca.crt": self.pki.ca_file, "server.crt": self.pki.server_cert, "server.key": self.pki.server_key}
-        files |= {"passwd": self.directory / "passwords", "acl": self.directory / "acl"}
-        for name, path in files.items():
-            text = text.replace(f"/etc/mosquitto/provisioning/{name}", str(path))
-        (self.directory / "data").mkdir(exist_ok=True)
-        text = text.replace("/var/lib/mosquitto/", f"{self.directory / 'data'}/")
-        text = text.replace("listener 8883\n", f"listener {self.tls_port} 127.0.0.1\n")
-        text = text.replace("listener 8884\n", f"listener {self.port} 127.0.0.1\n")
-        lines = [f"log_dest file {self.log_file}", "log_type all"] + (["user root"] if os.geteuid() == 0 else [])
-        return text + "\n".join(lines) + "\n"
 
 
 def connect(port: int, pki: Pki, *, cert: bool, username: str | None = None, password: str | None = None) -> str:

@@ -1,6 +1,6 @@
 """The daemon end to end: a real agent process, a real Mosquitto, the emulator over HTTP, simulated devices.
 
-Each test tries to break an invariant of DESIGN.md: one licence per device, keys fresh and
+Each test tries to break an invariant of docs/reliability.md: one licence per device, keys fresh and
 bound, nothing lost, bad input answered, secrets kept.
 """
 

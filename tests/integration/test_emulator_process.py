@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from agent.cli._exit import ExitCode
-from provisioning_lab.emulator import EmulatorProcess, EmulatorStartError
+from provisioning_lab.emulator import ActivationError, EmulatorProcess, EmulatorStartError
 from tests.conftest import SignedRequests
 
 
@@ -71,6 +73,23 @@ def test_start_up_flags_set_the_initial_faults() -> None:
         }
 
 
+def test_key_ttl_flag_shortens_the_life_of_every_key() -> None:
+    with EmulatorProcess(["--key-ttl", "20s"]) as process:
+        requests = signed_for(process)
+        fresh = requests.call("CreateAuthKey", AuthYears="1")["AuthKey"]
+        stale = requests.call("CreateAuthKey", AuthYears="1")["AuthKey"]
+        process.activate(fresh, "hw-fresh")  # within its 20 s
+        process.advance_clock(21)
+        with pytest.raises(ActivationError) as caught:
+            process.activate(stale, "hw-stale")
+        requests.http.close()
+        assert caught.value.code == "AuthKeyExpired"
+        assert "20 seconds" in caught.value.message
+        audit = process.audit()
+    assert audit["key_lifetime_s"] == 20
+    assert audit["keys"] == {"minted": 2, "used": 1, "expired_unused": 1, "outstanding": 0}
+
+
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "provisioning_lab", "emulator", *args],
@@ -88,6 +107,8 @@ def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]
         ["--error-rate", "Throttling.User=2"],
         ["--error-rate", "Throttling.User"],
         ["--port", "70000"],
+        ["--key-ttl", "0s"],
+        ["--key-ttl", "soon"],
     ],
 )
 def test_bad_flags_are_usage_errors(args: list[str]) -> None:
@@ -166,3 +187,25 @@ def test_process_handle_lifecycle() -> None:
         assert process.health() == {"status": "ok"}
     finally:
         assert process.stop() == 0
+
+
+def test_clock_skew_moves_the_date_header_and_the_timestamp_check(emulator: EmulatorProcess) -> None:
+    """The knob doctor's clock check is tested with: a service whose wall clock is off from ours."""
+    with EmulatorProcess(["--clock-skew", "-1200"]) as skewed:  # the service 20 minutes behind us
+        api = SignedRequests(skewed.url, skewed.access_key_id, skewed.access_key_secret)
+        refused = api.v1("DescribeDeviceInfo", {"PageSize": "1"})
+        assert refused.status_code == 400
+        assert refused.json()["Code"] == "InvalidTimeStamp.Expired"  # our timestamp is 20 minutes ahead of it
+        served = email.utils.parsedate_to_datetime(refused.headers["date"]).timestamp()
+        assert 1190 <= time.time() - served <= 1210
+        api.http.close()
+    # the admin route does the same on a running emulator, and reset puts it back
+    emulator.set_clock_skew(300)
+    api = SignedRequests(emulator.url, emulator.access_key_id, emulator.access_key_secret)
+    answer = api.v1("DescribeDeviceInfo", {"PageSize": "1"})
+    assert answer.status_code == 200  # 5 minutes is within the 15 the service allows
+    assert 290 <= email.utils.parsedate_to_datetime(answer.headers["date"]).timestamp() - time.time() <= 310
+    emulator.reset()
+    again = api.v1("DescribeDeviceInfo", {"PageSize": "1"})
+    assert abs(email.utils.parsedate_to_datetime(again.headers["date"]).timestamp() - time.time()) <= 5
+    api.http.close()

@@ -116,6 +116,8 @@ def test_settings_never_show_the_password() -> None:
         ({"password": Secret("x")}, "needs a username"),
         ({"keepalive": -1}, "keepalive"),
         ({"session_expiry": 2**32}, "session_expiry"),
+        ({"max_packet_size": 0}, "max_packet_size"),
+        ({"max_packet_size": 2**28 + 5}, "max_packet_size"),
         ({"reconnect_min_delay": 0.0}, "reconnect"),
         ({"reconnect_min_delay": 5.0, "reconnect_max_delay": 1.0}, "reconnect"),
     ],
@@ -217,6 +219,13 @@ def test_connect_properties_make_the_session_persistent() -> None:
     assert clean is not None
     assert getattr(clean, "SessionExpiryInterval", None) == 0
     assert _paho.connect_properties(MqttSettings(host="b", client_id="gw", protocol="3.1.1"), 100) is None
+
+
+def test_connect_properties_carry_the_maximum_packet_size_when_capped() -> None:
+    capped = _paho.connect_properties(MqttSettings(host="b", client_id="gw", max_packet_size=5120), 100)
+    assert getattr(capped, "MaximumPacketSize", None) == 5120
+    uncapped = _paho.connect_properties(MqttSettings(host="b", client_id="gw"), 100)
+    assert getattr(uncapped, "MaximumPacketSize", None) is None
 
 
 # -- backoff ------------------------------------------------------------------------------------

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import csv
+import http.server
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -137,14 +141,26 @@ def test_status_command_reads_a_running_agent(line: Line) -> None:
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["counters"]["activated"] == 2
+    document = json.loads(result.stdout)
+    assert document["schema"] == "status/1"
+    assert document["counters"]["activated"] == 2
+    assert document["station"]["shift"]["licensed"] == 2
     table = subprocess.run(
         [sys.executable, "-m", "agent", "status", "--url", url, "--token-file", token],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert "activated" in table.stdout
+    # piped: TSV tables, one row a line, whole values per column; the titles went to stderr
+    blocks = [block.splitlines() for block in table.stdout.split("what\tvalue\n")[1:]]
+    overview = dict(line.split("\t") for line in blocks[0] if line.count("\t") == 1)
+    assert overview["licensed"] == "2"
+    assert overview["broker"].startswith("ok: connected to 127.0.0.1:")
+    assert overview["cloud"] == "ok: AccessKey accepted"
+    recent = table.stdout.split("at\tdevice\tmodel\tlicence\texpires\tstage\n")[1].splitlines()
+    assert sorted(row.split("\t")[1] for row in recent) == ["SIM-00000", "SIM-00001"]
+    assert all(row.split("\t")[5] == "reported" for row in recent)
+    assert "last licensed" in table.stderr
     no_token = subprocess.run(
         [sys.executable, "-m", "agent", "status", "--url", url, "--token-file", "/nonexistent", "--json"],
         capture_output=True,
@@ -203,13 +219,29 @@ def test_export_lists_provisioned_devices(line: Line, fmt: str) -> None:
     for spec in specs:
         assert spec.device_id in result.stdout
     if fmt == "json":
-        rows = json.loads(result.stdout)
+        document = json.loads(result.stdout)
+        assert (document["schema"], document["gateway_id"]) == ("export/1", "gw1")
+        rows = document["devices"]
         assert {row["device_id"] for row in rows} == {spec.device_id for spec in specs}
         assert all(row["sdk_device_id"].startswith("wd.") for row in rows)
+        assert all(row["reconciled"] is False for row in rows)
     else:
-        header, *lines = result.stdout.strip().splitlines()
-        assert header.startswith("device_id,")
-        assert len(lines) == 3
+        assert result.stdout.startswith('"device_id","sdk_device_id",')  # every cell quoted (CSV injection)
+        rows = list(csv.DictReader(io.StringIO(result.stdout)))
+        assert list(rows[0])[:2] == ["device_id", "sdk_device_id"]
+        assert len(rows) == 3
+        assert {row["reconciled"] for row in rows} == {"false"}  # not Python's False
+        since = subprocess.run(
+            [sys.executable, "-m", "agent", "export", "--config", str(config), "--since", "2999-01-01"],
+            capture_output=True, text=True, env=line.env, timeout=30,
+        )  # fmt: skip
+        assert since.stdout.splitlines()[1:] == []
+        wrong = subprocess.run(
+            [sys.executable, "-m", "agent", "export", "--config", str(config), "--since", "1/11/2026"],
+            capture_output=True, text=True, env=line.env, timeout=30,
+        )  # fmt: skip
+        assert wrong.returncode == 2
+        assert "--since: not a day: '1/11/2026' (write YYYY-MM-DD" in wrong.stderr
 
 
 def test_sigterm_lets_a_device_in_flight_finish(line: Line) -> None:
@@ -255,3 +287,87 @@ def test_a_taken_status_port_is_a_clear_configuration_error(line: Line) -> None:
     assert result.returncode == 3
     assert f"http.listen 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_rejected_access_key_turns_health_503_and_says_so_at_start(line: Line, tmp_path: Path) -> None:
+    """A rotated secret: the agent serves (devices wait), but /health, the status line and the log say why."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    port = free_port()
+    agent = line.start_agent(
+        env={"ALIBABA_CLOUD_ACCESS_KEY_SECRET": "rotated-yesterday", "NOTIFY_SOCKET": str(notify.path)},
+        http={"listen": f"127.0.0.1:{port}"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and httpx.get(f"{base}/health").status_code == 200:
+        time.sleep(0.1)
+    health = httpx.get(f"{base}/health")
+    assert health.status_code == 503
+    assert health.json()["reason"].startswith("the cloud rejects the AccessKey (SignatureDoesNotMatch)")
+    assert any("STATUS=CLOUD REJECTS THE ACCESSKEY (SignatureDoesNotMatch)" in m
+               for m in notify.collect("CLOUD REJECTS", timeout=10))  # fmt: skip
+    log = agent.log_text()
+    assert "rejects the AccessKey" in log
+    assert "put the current AccessKey in the credential" in log
+    assert "rotated-yesterday" not in log
+    station = httpx.get(f"{base}/status").json()["station"]
+    assert station["lights"]["cloud"]["state"] == "down"
+    assert line.emulator.audit()["keys"]["minted"] == 0  # the check spends nothing
+    notify.close()
+
+
+def test_start_up_logs_the_version_and_every_listen_address(line: Line) -> None:
+    port = free_port()
+    agent = line.start_agent(http={"listen": f"127.0.0.1:{port}"})
+    log = agent.log_text()
+    assert re.search(r"provisioning-agent \S+ starting: configuration \S+gw1.toml, gateway gw1", log)
+    assert f"listening on http://127.0.0.1:{port}: / (station view), /status, /health, /metrics" in log
+    assert _wait_for_log(agent, "accepts the AccessKey")  # the start-up check, before any device
+    assert re.search(r"the cloud http://127.0.0.1:\d+ accepts the AccessKey \(clocks \d+ s apart\)", agent.log_text())
+
+
+def test_the_station_page_is_served_on_slash(line: Line) -> None:
+    port = free_port()
+    line.start_agent(http={"listen": f"127.0.0.1:{port}"})
+    page = httpx.get(f"http://127.0.0.1:{port}/")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<title>Provisioning station</title>" in page.text
+    assert "http://" not in page.text.split("<script>")[1]
+    assert "https://" not in page.text
+
+
+def test_status_against_an_agent_that_wants_a_token_it_cannot_have(tmp_path: Path) -> None:
+    """The token file exists but this user may not read it (or it is wrong): exit 3 with the reason, not a trace."""
+
+    class WantsToken(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.headers.get("Authorization") == "Bearer good" else 401)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WantsToken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = tmp_path / "status.token"
+    token.write_text("wrong\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'gateway_id = "t"\n[http]\nlisten = "127.0.0.1:{server.server_address[1]}"\n'
+                      f'token_file = "{token}"\n')  # fmt: skip
+    try:
+        refused = subprocess.run([sys.executable, "-m", "agent", "status", "--config", str(config)],
+                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert refused.returncode == 3
+        assert "refused the status token (HTTP 401)" in refused.stderr
+        assert "what to do: run as root, or as a member of group provisioning-operators" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        token.write_text("good\n")
+        web = subprocess.run([sys.executable, "-m", "agent", "status", "--config", str(config), "--web"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert web.stdout.strip() == f"http://127.0.0.1:{server.server_address[1]}/#token=good"
+    finally:
+        server.shutdown()
+        server.server_close()

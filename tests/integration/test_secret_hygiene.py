@@ -1,4 +1,4 @@
-"""Secrets stay secret (DESIGN.md invariant 6): everything the agent wrote, searched for every secret it held.
+"""Secrets stay secret (docs/reliability.md, invariant 6): everything the agent wrote, searched for every secret.
 
 A real agent at ``log_level = "debug"`` provisions a fleet over MQTT (some devices misbehaving,
 so error paths run too) through a password-protected broker and devices on a serial jig,

@@ -2,7 +2,7 @@
 
 The devices are the simulator's (lab/provisioning_lab/simulator/_serial.py): the same device machine as the MQTT
 fleet, over the link layer, on pseudo-terminals the agent finds through its ``[serial] ports``
-glob. Each test tries to break an invariant of DESIGN.md on a serial line: one licence per device,
+glob. Each test tries to break an invariant of docs/reliability.md on a serial line: one licence per device,
 no key used after its deadline, nothing lost across unplugs and crashes, bad bytes answered
 without stalling the other ports. The jig paces every port at 115200 8N1 unless a test says not.
 """

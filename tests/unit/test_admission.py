@@ -342,13 +342,15 @@ def test_a_work_order_file_parses() -> None:
         ("# only a comment\n", 1, "empty"),
         ("order,device_id\nO,A\n", 1, "lacks column(s) model"),
         ("order,model,device_id\n", 1, "no device rows"),
-        ("order,model,device_id\nO,m,A\n# note\nP,m,B\n", 4, "order is 'P' but an earlier row says 'O'"),
-        ("order,model,device_id\nO,m,A\nO,m,A\n", 3, "listed twice"),
-        ("order,model,device_id\nO,m,\n", 2, "device_id is empty"),
-        ("order,model,device_id,device_key\nO,m,A,bm90IGEga2V5\n", 2, "device_key of 'A' is 9 bytes"),
+        ("order,model,device_id\nO,m,A\n# note\nP,m,B\n", 4, "column order differs from the rows above"),
+        ("order,model,device_id\nO,m,A\nO,m,A\n", 3, "column device_id: the device is already listed on line 2"),
+        ("order,model,device_id\nO,m,\n", 2, "column device_id is empty"),
+        ("order,model,device_id,device_key\nO,m,A,bm90IGEga2V5\n", 2, "column device_key is 9 bytes"),
         ("order,model,device_id,device_key\nO,m,A,***\n", 2, "not valid base64"),
-        ("order,model,device_id,ceiling\nO,m,A,0\n", 2, "ceiling must be a whole number"),
-        ("order,model,device_id,ceiling\nO,m,A,2\nO,m,B,3\n", 3, "ceiling is '3'"),
+        ("order,model,device_id,ceiling\nO,m,A,0\n", 2, "column ceiling must be a whole number"),
+        ("order,model,device_id,ceiling\nO,m,A,2\nO,m,B,3\n", 3, "column ceiling differs"),
+        ("order,model,device_id,topic_id\nO,m,A,$SYS\n", 2, "column topic_id is not a topic id"),
+        ("order,model,device_id,topic_id\nO,m,A,a/b\n", 2, "column topic_id is not a topic id"),
         ('order,model,device_id\nO,m,"A\n', 2, "not valid CSV"),
     ],
 )
@@ -358,6 +360,39 @@ def test_a_broken_work_order_names_file_and_line(text: str, line: int, fragment:
     assert caught.value.line == line
     assert str(caught.value).startswith(f"wo.csv:{line}: ")
     assert fragment in str(caught.value)
+
+
+def test_the_topic_id_column_maps_devices_to_the_login_they_register_from() -> None:
+    text = "order,model,device_id,topic_id\nO,m,SN 0001/a,carrier-07\nO,m,SN-0002,\n"
+    parsed = parse_work_order(text, "wo.csv")
+    assert parsed.topic_ids == {"SN 0001/a": "carrier-07"}  # SN-0002 registers from its own device_id
+    assert parsed.topic_id_of("SN-0002") == "SN-0002"
+    assert parse_work_order("order,model,device_id\nO,m,A\n", "wo.csv").topic_ids == {}
+
+
+SECRET = "s3cr3t-AccessKeySecret"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{SECRET}=1\n",  # a credentials file linked into the folder
+        f"PATH=/bin\x00SECRET={SECRET}\x00\n",  # /proc/self/environ
+        f"order,model,{SECRET}\nO,m,A\n",
+        f"order,model,device_id\nO,m,A\n{SECRET},m,B\n",
+        f"order,model,device_id\nO,m,{SECRET}\nO,m,{SECRET}\n",
+        f"order,model,device_id\nO,m,{SECRET * 4}\n",
+        f"order,model,device_id,ceiling\nO,m,A,{SECRET}\n",
+        f"order,model,device_id,device_key\nO,m,A,{SECRET}\n",
+        f"order,model,device_id,topic_id\nO,m,A,${SECRET}\n",
+        f'order,model,device_id\nO,m,"{SECRET}\n',
+    ],
+)
+def test_a_broken_work_order_never_quotes_its_text(text: str) -> None:
+    with pytest.raises(WorkOrderError) as caught:
+        parse_work_order(text, "wo.csv")
+    assert "s3cr3t" not in str(caught.value)
+    assert str(caught.value).startswith("wo.csv:")
 
 
 def test_the_example_work_order_in_the_docs_parses() -> None:
@@ -412,6 +447,69 @@ def test_the_same_order_in_two_files_keeps_the_first(tmp_path: Path) -> None:
     orders, _ = folder.scan()
     assert [set(o.devices) for o in orders] == [{"D2"}]
     assert folder.errors == {}
+
+
+def test_the_folder_reads_only_regular_files_of_trusted_owners(tmp_path: Path) -> None:
+    orders, elsewhere = tmp_path / "orders", tmp_path / "elsewhere"
+    orders.mkdir()
+    elsewhere.mkdir()
+    secret = tmp_path / "credentials.toml"
+    secret.write_text('access_key_secret = "s3cr3t"\n')
+    write(elsewhere / "wo.csv", "order,model,device_id\nWO-X,m,D9\n")
+    (orders / "creds.csv").symlink_to(secret)
+    (orders / "environ.csv").symlink_to("/proc/self/environ")
+    (orders / "linked.csv").symlink_to(elsewhere / "wo.csv")
+    os.mkfifo(orders / "pipe.csv")
+    write(orders / "open.csv", "order,model,device_id\nWO-O,m,D1\n")
+    (orders / "open.csv").chmod(0o666)
+    (orders / "subdir.csv").mkdir()
+    write(orders / "good.csv", "order,model,device_id\nWO-G,m,D2\n")
+    folder = WorkOrderFolder(orders)
+    found, events = folder.scan()
+    assert [o.order_id for o in found] == ["WO-G"]
+    errors = folder.errors
+    assert "a symbolic link, not read" in errors[str(orders / "creds.csv")]
+    assert "a symbolic link, not read" in errors[str(orders / "environ.csv")]
+    assert "a symbolic link, not read" in errors[str(orders / "linked.csv")]
+    assert "not a regular file, not read" in errors[str(orders / "pipe.csv")]
+    assert "writable by everyone (mode 0666), not read" in errors[str(orders / "open.csv")]
+    assert str(orders / "subdir.csv") not in errors  # a directory is no order and no problem
+    said = " ".join(text for _, text in events) + " ".join(errors.values())
+    assert "s3cr3t" not in said
+    assert "PATH=" not in said
+    assert folder.scan()[1] == []  # each problem said once
+    (orders / "open.csv").chmod(0o644)  # fixed: read at the next look (the change of mode is seen)
+    assert sorted(o.order_id for o in folder.scan()[0]) == ["WO-G", "WO-O"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_the_folder_refuses_a_file_owned_by_another_user(tmp_path: Path) -> None:
+    write(tmp_path / "foreign.csv", "order,model,device_id\nWO-F,m,D1\n")
+    os.chown(tmp_path / "foreign.csv", 65534, 65534)
+    folder = WorkOrderFolder(tmp_path)
+    assert folder.scan()[0] == []
+    assert "owned by uid 65534" in folder.errors[str(tmp_path / "foreign.csv")]
+    os.chown(tmp_path / "foreign.csv", 0, 0)
+    assert [o.order_id for o in folder.scan()[0]] == ["WO-F"]
+
+
+def test_a_good_order_replaced_by_a_link_keeps_its_previous_version(tmp_path: Path) -> None:
+    write(tmp_path / "wo.csv", "order,model,device_id\nWO-A,m,D1\n")
+    folder = WorkOrderFolder(tmp_path)
+    assert [o.order_id for o in folder.scan()[0]] == ["WO-A"]
+    (tmp_path / "wo.csv").unlink()
+    (tmp_path / "wo.csv").symlink_to("/proc/self/environ")
+    orders, events = folder.scan()
+    assert [o.order_id for o in orders] == ["WO-A"]
+    assert "symbolic link" in events[0][1]
+    assert "previous version (order WO-A) stays in force" in events[0][1]
+
+
+def test_a_file_that_is_not_utf8_is_named_by_its_line(tmp_path: Path) -> None:
+    (tmp_path / "wo.csv").write_bytes(b"order,model,device_id\nWO-A,m,D\xff1\n")
+    folder = WorkOrderFolder(tmp_path)
+    folder.scan()
+    assert folder.errors[str(tmp_path / "wo.csv")].startswith(f"{tmp_path / 'wo.csv'}:2: not UTF-8 text")
 
 
 # -- profile and line configuration -----------------------------------------------------------

@@ -15,7 +15,7 @@ from provisioning_lab.emulator._render import ResponseFormat
 PINNED = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # the vectors' Timestamp
 KEYS = {"testid": "testsecret"}
 
-# shared/cloudauth-api.md section 6, vector A (core helpers and tea agree)
+# docs/cloudauth-api.md section 6, vector A (core helpers and tea agree)
 VECTOR_A = {
     "BizType": "FACE_TEST",
     "UserDeviceId": "3iJ1AY$oHcu7mC69",

@@ -101,6 +101,28 @@ def test_key_expires_thirty_minutes_after_mint(state: EmulatorState, clock: Fake
     assert keys == {"minted": 2, "used": 1, "expired_unused": 1, "outstanding": 0}
 
 
+def test_a_shortened_key_lifetime_expires_keys_in_seconds(clock: FakeClock) -> None:
+    state = EmulatorState(clock, key_lifetime_s=20)
+    at_limit, late = mint(state), mint(state)
+    clock.now += 20
+    state.activate(at_limit, "hw-1")  # exactly the lifetime: still valid
+    clock.now += 1
+    with pytest.raises(ApiError) as caught:
+        state.activate(late, "hw-2")
+    assert code_of(caught) == "AuthKeyExpired"
+    assert "20 seconds" in caught.value.message
+    audit = state.audit()
+    assert audit["key_lifetime_s"] == 20
+    assert audit["keys"]["expired_unused"] == 1
+    assert [event["expires_at"] for event in audit["key_events"]] == ["2026-01-01T08:00:20.000Z"] * 2
+
+
+@pytest.mark.parametrize("lifetime", [0, -1.0])
+def test_a_key_lifetime_must_be_positive(clock: FakeClock, lifetime: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        EmulatorState(clock, key_lifetime_s=lifetime)
+
+
 def test_advance_clock_moves_key_expiry(state: EmulatorState) -> None:
     key = mint(state)
     state.advance_clock(31 * 60)

@@ -51,3 +51,16 @@ def test_journal_refuses_a_foreign_file(tmp_path: Path) -> None:
     path.write_text("hello\n" + '{"device_id": "wd.1", "from_day": "20260301", "years": 1, "outcome": "intent"}\n')
     with pytest.raises(ValueError, match="line 1"):
         RenewalJournal(path)
+
+
+def test_the_dry_runs_to_day_follows_the_documented_rule() -> None:
+    from datetime import date
+
+    from provisioning.renewal import expected_expiry
+
+    today = date(2027, 1, 10)
+    assert expected_expiry("20190401", 1, today=date(2019, 1, 1)) == "20200330"  # the documentation's example
+    assert expected_expiry("20270401", 1, today=today) == "20280330"  # 2028 is a leap year: still 365 days
+    assert expected_expiry("20261201", 2, today=today) == "20290108"  # lapsed: from today
+    assert expected_expiry("20270401", 100, today=today) == "permanent"
+    assert expected_expiry("not-a-day", 1, today=today) == ""

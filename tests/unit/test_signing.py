@@ -1,4 +1,4 @@
-"""Known-answer vectors computed with the official Alibaba Cloud SDKs (shared/cloudauth-api.md section 6)."""
+"""Known-answer vectors computed with the official Alibaba Cloud SDKs (docs/cloudauth-api.md section 6)."""
 
 from __future__ import annotations
 

@@ -293,6 +293,20 @@ def test_a_held_key_is_never_resent_past_its_deadline(tmp_path: Path) -> None:
     assert push.expiry_s <= 50
 
 
+def test_a_key_lives_from_when_it_was_asked_for_not_from_when_the_answer_came(tmp_path: Path) -> None:
+    line = Harness(tmp_path, [profile(activate_within_s=600)], key_lifetime_s=60)
+    answer = line.cloud.mint
+
+    def slow_answer(device_id: str) -> object:
+        line.now += 55  # the answer waited 55 s (a slow cloud, or the agent stopped mid-call)
+        return answer(device_id)
+
+    line.cloud.mint = slow_answer  # type: ignore[method-assign]
+    answers = line.register(DEVICE, register())
+    assert not any(isinstance(m, Key) for m in answers)  # past its push deadline (60 - 10 s): never sent
+    assert line.record(DEVICE).minted_at == T0
+
+
 def test_an_overdue_result_makes_the_attempt_unsure(line: Harness) -> None:
     only_key(line.register(DEVICE, register()))
     line.now += 121

@@ -7,6 +7,10 @@ over serial. Midway the agent is killed with SIGKILL and restarted, as a power c
 would. The demo ends with a table and exits 0 only when the emulator's audit shows every
 device holding exactly one licence and the upstream topic received every device's report.
 
+Its work directory stays (the agent's configuration, journal and log, the broker's log) and
+the demo ends with commands to try on it; ``--hold`` keeps the line running afterwards so the
+station view can be looked at.
+
 Without Mosquitto, it says so and runs the cloud side of the path only.
 """
 
@@ -17,6 +21,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
+import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -79,6 +86,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument(
         "--serial-devices", type=int, default=8, help="devices on the serial jig's ports (default %(default)s)"
     )
+    demo.add_argument("--workdir", type=Path, help="keep everything here (default: a new provisioning-demo-* "
+                      "directory in the system's temporary directory)")  # fmt: skip
+    demo.add_argument(
+        "--hold", action="store_true", help="after the summary, keep the line running (station view) until Ctrl-C"
+    )
     demo.set_defaults(handler=_run)
 
 
@@ -102,26 +114,32 @@ class _Upstream:
 
 
 def _run(args: argparse.Namespace) -> int:
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # paths and commands stay whole under a pipe or tee
     if args.devices < 1 or args.serial_devices < 0:
         console.print("error: --devices must be at least 1 and --serial-devices at least 0")
         return ExitCode.USAGE
     console.print("[bold]provisioning-lab demo[/]: a provisioning line on this machine, no account needed")
-    with tempfile.TemporaryDirectory(prefix="provisioning-demo-") as workdir:
-        try:
-            broker = MosquittoBroker(Path(workdir) / "broker").start()
-        except MosquittoNotFound as exc:
-            console.print(f"[yellow]{exc}[/]")
-            console.print("Without a broker the demo shows the cloud side of each device's path only.")
-            return run_cloud_only(args.devices, console)
-        try:
-            with (
-                EmulatorProcess(["--sdk-delay", "1"], access_key_id="demo-id", access_key_secret="demo-secret") as emu,  # noqa: S106
-                SerialJig(Path(workdir) / "jig", SERIAL_PORTS if args.serial_devices else 0) as jig,
-            ):
-                return asyncio.run(_line(args, Path(workdir), broker, emu, jig, console))
-        finally:
-            broker.stop()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="provisioning-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    console.print(f"work directory (kept): {workdir}")
+    try:
+        broker = MosquittoBroker(workdir / "broker").start()
+    except MosquittoNotFound as exc:
+        console.print(f"[yellow]{exc}[/]")
+        console.print("Without a broker the demo shows the cloud side of each device's path only.")
+        return run_cloud_only(args.devices, console)
+    try:
+        with (
+            EmulatorProcess(["--sdk-delay", "1"], access_key_id="demo-id", access_key_secret="demo-secret") as emu,  # noqa: S106
+            SerialJig(workdir / "jig", SERIAL_PORTS if args.serial_devices else 0) as jig,
+        ):
+            code = asyncio.run(_line(args, workdir, broker, emu, jig, console))
+            if args.hold:
+                _hold(workdir, emu, console)
+    finally:
+        broker.stop()
+    _what_next(workdir, console)
+    return code
 
 
 async def _line(
@@ -145,10 +163,8 @@ async def _line(
             "cloud": {"endpoint": emulator.url, "qps": DEMO_QPS_CAP * 0.8, "burst": 4},
             "mqtt": {"host": broker.host, "port": broker.port},
             "upstream": {"mqtt_topic": REPORTS_TOPIC},
-            "http": {
-                "listen": f"127.0.0.1:{free_port()}",
-                "socket": "",
-            },  # not 9464 nor its socket: a real agent may run here
+            # not 9464 nor its socket: a real agent may run on this machine
+            "http": {"listen": f"127.0.0.1:{free_port()}", "socket": "", "token_file": str(workdir / "status.token")},
             "serial": {"ports": [str(workdir / "jig" / "port-*")], "usb": False, "scan_interval_s": SERIAL_SCAN_S},
         },
     )
@@ -159,8 +175,13 @@ async def _line(
                              [(REPORTS_TOPIC, 1)])  # fmt: skip
     await watcher.connect()
     collecting = asyncio.create_task(_collect(watcher, upstream), name="demo-upstream")
-    agent = AgentProcess(config, env=env).start()
-    console.print(f"agent running (pid {agent.pid}); {args.devices} devices registering, some misbehaving")
+    log_file = workdir / "agent.log"
+    agent = AgentProcess(config, env=env, log_file=log_file).start()
+    console.print(f"agent running (pid {agent.pid}, log {log_file}); {args.devices} devices registering, some "
+                  "misbehaving")  # fmt: skip
+    listen = f"127.0.0.1:{_listen_port(config)}"
+    console.print(f"station view: http://{listen}/  or, in another terminal: {_command('provisioning-agent')} status "
+                  f"--watch --config {shlex.quote(str(config))}")  # fmt: skip
     specs = fleet_specs(args.devices, model="face-terminal-x1", misbehave=_misbehaving(args.devices), comeback=True)
     serial_specs = fleet_specs(args.serial_devices, model=SERIAL_MODEL, id_prefix=SERIAL_PREFIX)
     if serial_specs:
@@ -199,7 +220,7 @@ async def _line(
             if not args.no_crash and restarts == 0 and used >= total // 3:
                 agent.kill()
                 console.print(f"[red]agent killed with SIGKILL[/] after {used} activations; restarting it")
-                agent = AgentProcess(config, env=env).start()
+                agent = AgentProcess(config, env=env, log_file=log_file).start()
                 restarts += 1
             await asyncio.sleep(0.1)
     report = fleet.result()
@@ -213,6 +234,52 @@ async def _line(
     collecting.cancel()
     await watcher.aclose()
     return _summary(console, report, emulator.audit(), upstream, restarts, elapsed)
+
+
+def _listen_port(config: Path) -> int:
+    for line in config.read_text(encoding="utf-8").splitlines():
+        if line.startswith("listen = "):
+            return int(line.rsplit(":", 1)[1].strip('"'))
+    raise ValueError(f"{config}: no http listen address")
+
+
+def _hold(workdir: Path, emulator: EmulatorProcess, console: Console) -> None:
+    """Run the agent again on the same line and wait for Ctrl-C: the station view stays up to be looked at."""
+    config = workdir / "agent.toml"
+    env = dict(os.environ, ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
+               ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret)  # fmt: skip
+    agent = AgentProcess(config, env=env, log_file=workdir / "agent.log").start()
+    console.print(f"\n[bold]holding the line[/]: station view on http://127.0.0.1:{_listen_port(config)}/, or "
+                  f"{_command('provisioning-agent')} status --watch --config {shlex.quote(str(config))}; "
+                  "Ctrl-C ends")  # fmt: skip
+    try:
+        while agent.running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.stop()
+
+
+def _command(name: str) -> str:
+    """``name`` when it is on PATH, else this venv's copy (``make demo`` does not put .venv/bin on PATH)."""
+    beside = Path(sys.executable).parent / name
+    return name if shutil.which(name) or not beside.exists() else shlex.quote(str(beside))
+
+
+def _what_next(workdir: Path, console: Console) -> None:
+    config = shlex.quote(str(workdir / "agent.toml"))
+    agent, lab = _command("provisioning-agent"), _command("provisioning-lab")
+    console.print(f"\n[bold]what to try next[/] (everything is in {workdir}):")
+    for command, what in (
+        (f"{agent} export --config {config}", "the licensed devices, from the agent's journal (CSV)"),
+        (f"{agent} audit verify --config {config}", "the AuthKey audit trail's hash chain"),
+        (f"less {shlex.quote(str(workdir / 'agent.log'))}", "what the agent logged, kill and restart included"),
+        (f"{lab} demo --hold", "the same line, then kept running: open the station view it prints"),
+        (f"{lab} demo --devices 200 --no-faults", "a bigger, calmer line"),
+    ):
+        console.print(f"  {command}\n      {what}", markup=False)
+    console.print("  docs: docs/operations.md (running a gateway, the station view), docs/simulator.md", markup=False)
 
 
 async def _collect(connection: MqttConnection, upstream: _Upstream) -> None:

@@ -12,10 +12,12 @@ from pathlib import Path
 from agent.cli._exit import ExitCode
 from provisioning_lab.emulator._faults import FaultConfig
 from provisioning_lab.emulator._service import DEFAULT_SDK_DELAY_SECONDS, Emulator, EmulatorConfig
+from provisioning_lab.emulator._state import KEY_LIFETIME_SECONDS
 
-__all__ = ["DEMO_ACCESS_KEY", "add_parser", "run"]
+__all__ = ["DEMO_ACCESS_KEY", "add_parser", "parse_duration", "run"]
 
 DEMO_ACCESS_KEY = ("emulator-id", "emulator-secret")  # used when no --access-key is given
+_UNITS = {"s": 1, "m": 60, "h": 3600}  # --key-ttl suffixes; a bare number is seconds
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,7 +74,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="how long a CreateVerifySDK build takes (default: %(default)s)",
     )
+    parser.add_argument(
+        "--key-ttl",
+        type=_duration,
+        default=KEY_LIFETIME_SECONDS,
+        metavar="DURATION",
+        help="how long a minted AuthKey stays usable, e.g. 20s, 2m (default: the service's 30m)",
+    )
     parser.add_argument("--seed", type=int, help="seed the fault-injection randomness")
+    parser.add_argument(
+        "--clock-skew",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="run the service's wall clock SECONDS ahead (negative: behind): its Date header and the 15-minute "
+        "Timestamp check follow it, as against a gateway whose clock is off",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="log every request to stderr")
     parser.set_defaults(handler=run)
 
@@ -105,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
             "emulator: no --access-key given; accepting the demo pair {}:{}".format(*DEMO_ACCESS_KEY),
             file=sys.stderr,
         )
-    config = EmulatorConfig(access_keys, args.state, faults, args.sdk_delay, args.seed)
+    config = EmulatorConfig(
+        access_keys, args.state, faults, args.sdk_delay, args.seed, args.clock_skew, key_lifetime_s=args.key_ttl
+    )
     try:
         emulator = Emulator(config)
     except (OSError, ValueError) as exc:
@@ -141,6 +160,25 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range: {port}")
     return port
+
+
+def parse_duration(text: str) -> float:
+    """``20``, ``20s``, ``1.5m``, ``1h`` as seconds; ``ValueError`` unless a positive finite duration."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 20s, 2m, 1h)") from None
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return seconds
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _access_key(text: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ authentication and the action; every answer carries a RequestId and is JSON or X
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ def build_app(emulator: Emulator) -> web.Application:
     app.router.add_put(f"{ADMIN_PREFIX}/faults", _put_faults)
     app.router.add_get(f"{ADMIN_PREFIX}/clock", _get_clock)
     app.router.add_post(f"{ADMIN_PREFIX}/clock", _post_clock)
+    app.router.add_post(f"{ADMIN_PREFIX}/skew", _post_skew)
     app.router.add_get(f"{ADMIN_PREFIX}/audit", _audit)
     app.router.add_post(f"{ADMIN_PREFIX}/activate", _activate)
     app.router.add_get(ADMIN_PREFIX + "/sdk/{task_id}.zip", _sdk_artifact)
@@ -113,6 +115,7 @@ async def _api(request: web.Request) -> web.StreamResponse:
     response = web.Response(status=status, body=body)
     response.headers["Content-Type"] = content_type
     response.headers["x-acs-request-id"] = request_id
+    response.headers["Date"] = email.utils.formatdate(emulator.wall_now(), usegmt=True)  # the service's clock
     return response
 
 
@@ -183,6 +186,19 @@ async def _post_clock(request: web.Request) -> web.Response:
     return web.json_response(_clock_view(emulator))
 
 
+async def _post_skew(request: web.Request) -> web.Response:
+    emulator = request.app[_EMULATOR_KEY]
+    try:
+        body = await _json_body(request)
+    except ValueError as exc:
+        return _admin_error(ApiError("InvalidBody", str(exc)))
+    seconds = body.get("seconds") if isinstance(body, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        return _admin_error(ApiError("InvalidSeconds", "seconds must be a finite number"))
+    emulator.set_clock_skew(float(seconds))
+    return web.json_response({"clock_skew_seconds": emulator.clock_skew})
+
+
 async def _audit(request: web.Request) -> web.Response:
     return web.json_response(request.app[_EMULATOR_KEY].audit())
 
@@ -235,4 +251,5 @@ def _admin_error(error: ApiError) -> web.Response:
 
 def _clock_view(emulator: Emulator) -> dict[str, Any]:
     state = emulator.state
-    return {"offset_seconds": state.clock_offset, "now": state.now(), "today": state.today().strftime("%Y%m%d")}
+    return {"offset_seconds": state.clock_offset, "now": state.now(), "today": state.today().strftime("%Y%m%d"),
+            "key_lifetime_s": state.key_lifetime_s}  # fmt: skip

@@ -168,7 +168,7 @@ class EmulatorProcess:
         return self._request("GET", "/_emulator/health")
 
     def reset(self) -> None:
-        """Clear licences, keys, nonces, jobs, faults, clock offset and counters."""
+        """Clear licences, keys, nonces, jobs, faults, clock offset, clock skew and counters."""
         self._request("POST", "/_emulator/reset")
 
     def set_faults(self, **faults: Any) -> dict[str, Any]:
@@ -186,6 +186,10 @@ class EmulatorProcess:
     def advance_clock(self, seconds: float) -> dict[str, Any]:
         """Move the emulator's licence/key clock forward by ``seconds``."""
         return self._request("POST", "/_emulator/clock", json={"advance_seconds": seconds})
+
+    def set_clock_skew(self, seconds: float) -> dict[str, Any]:
+        """Run the service's wall clock ``seconds`` ahead of ours (its Date header, its Timestamp check)."""
+        return self._request("POST", "/_emulator/skew", json={"seconds": seconds})
 
     def activate(self, auth_key: str, hardware_id: str) -> dict[str, Any]:
         """Do the device SDK's activation; the licence, or :class:`ActivationError`."""

@@ -20,7 +20,7 @@ from provisioning_lab.emulator._errors import ApiError, missing
 from provisioning_lab.emulator._faults import FaultConfig, FaultInjector
 from provisioning_lab.emulator._ids import fingerprint
 from provisioning_lab.emulator._persist import load_state_file, save_state_file
-from provisioning_lab.emulator._state import EmulatorState
+from provisioning_lab.emulator._state import KEY_LIFETIME_SECONDS, EmulatorState
 
 __all__ = ["DEFAULT_SDK_DELAY_SECONDS", "MAX_HARDWARE_ID_LENGTH", "Emulator", "EmulatorConfig"]
 
@@ -39,6 +39,8 @@ class EmulatorConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     sdk_delay_seconds: float = DEFAULT_SDK_DELAY_SECONDS
     seed: int | None = None  # fault-injection randomness, for reproducible runs
+    clock_skew_seconds: float = 0.0  # the service's wall clock runs this far ahead (negative: behind) of ours
+    key_lifetime_s: float = KEY_LIFETIME_SECONDS  # shortened (--key-ttl) to test deadlines in seconds
 
 
 class Emulator:
@@ -52,8 +54,10 @@ class Emulator:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.state = EmulatorState(clock)
-        self.verifier = RequestVerifier(config.access_keys, ACTIONS, clock)
+        self._wall_clock = clock
+        self.clock_skew = config.clock_skew_seconds
+        self.state = EmulatorState(clock, key_lifetime_s=config.key_lifetime_s)
+        self.verifier = RequestVerifier(config.access_keys, ACTIONS, self.wall_now)
         self.faults = FaultInjector(config.faults, rng=random.Random(config.seed), monotonic=monotonic)
         self.api_calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -101,6 +105,14 @@ class Emulator:
         """Count one error answer for the audit."""
         self.errors[code] += 1
 
+    def wall_now(self) -> float:
+        """The service's idea of the time: what its Date header says and request timestamps are checked against."""
+        return self._wall_clock() + self.clock_skew
+
+    def set_clock_skew(self, seconds: float) -> None:
+        """Make the service's wall clock run ``seconds`` ahead of ours (the licence clock is not touched)."""
+        self.clock_skew = seconds
+
     def advance_clock(self, seconds: float) -> None:
         """Move the licence/key clock."""
         self.state.advance_clock(seconds)
@@ -111,8 +123,9 @@ class Emulator:
         self.faults.configure(config)
 
     def reset(self) -> None:
-        """Clear licences, keys, nonces, jobs, faults, clock offset and counters."""
+        """Clear licences, keys, nonces, jobs, faults, clock offset, clock skew and counters."""
         self.state.reset()
+        self.clock_skew = self.config.clock_skew_seconds
         self.verifier.nonces.clear()
         self.faults.configure(FaultConfig())
         self.api_calls.clear()

@@ -10,10 +10,11 @@ tests move through key expiry and licence years without sleeping.
 
 Rules (as the offline-SDK docs describe them; our assumptions are marked in docs/emulator.md):
 
-- ``create_auth_key`` mints a key valid for 30 minutes from mint, usable once, recording
-  BizType, UserDeviceId and the term (test, or 1..100 years).
+- ``create_auth_key`` mints a key valid for 30 minutes from mint (``key_lifetime_s``: shorter for
+  tests of the deadline), usable once, recording BizType, UserDeviceId and the term (test, or
+  1..100 years).
 - ``activate`` is the device SDK's step. Unknown key: ``AuthKeyNotFound`` (404); used key:
-  ``AuthKeyUsed``; older than 30 minutes: ``AuthKeyExpired``. A HardwareId that already holds an
+  ``AuthKeyUsed``; older than its lifetime: ``AuthKeyExpired``. A HardwareId that already holds an
   unexpired licence re-pulls it (key marked used, *no* licence consumed, ``reactivated``).
   Otherwise a licence is consumed: BeginDay = today (UTC), ExpiredDay = Begin + 29 days (test),
   Begin + 365*N - 1 days (N < 100 years) or 99991231 (100 = permanent). A hardware id keeps its
@@ -182,8 +183,11 @@ class _Tables:
 class EmulatorState:
     """The emulated account: AuthKeys, licences, SDK jobs, and the emulator clock."""
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(self, clock: Clock = time.time, *, key_lifetime_s: float = KEY_LIFETIME_SECONDS) -> None:
+        if not key_lifetime_s > 0:
+            raise ValueError("the key lifetime must be positive")
         self._clock = clock
+        self.key_lifetime_s = key_lifetime_s  # the service's 30 minutes unless a test shortens it
         self._t = _Tables()
 
     # -- clock ------------------------------------------------------------------------------
@@ -212,7 +216,7 @@ class EmulatorState:
     # -- keys and activation --------------------------------------------------------------------
 
     def create_auth_key(self, *, biz_type: str, user_device_id: str, test: bool, auth_years: int | None) -> str:
-        """Mint a single-use AuthKey valid for 30 minutes."""
+        """Mint a single-use AuthKey valid for ``key_lifetime_s`` (30 minutes)."""
         if not test and (auth_years is None or not 1 <= auth_years <= PERMANENT_YEARS):
             raise invalid("AuthYears", f"an integer from 1 to {PERMANENT_YEARS} is required unless Test")
         key = new_auth_key()
@@ -229,8 +233,8 @@ class EmulatorState:
         if record.used_at is not None:
             raise ApiError("AuthKeyUsed", "The AuthKey has already been used; mint a new one.")
         now = self.now()
-        if now > record.minted_at + KEY_LIFETIME_SECONDS:
-            raise ApiError("AuthKeyExpired", "The AuthKey expired 30 minutes after it was minted.")
+        if now > record.minted_at + self.key_lifetime_s:
+            raise ApiError("AuthKeyExpired", f"The AuthKey expired {_span(self.key_lifetime_s)} after it was minted.")
         today = self.today()
         device = self._device_for_hardware(hardware_id)
         reactivated = device is not None and device.expired_day >= today
@@ -354,6 +358,7 @@ class EmulatorState:
         devices = [_device_audit(device) for device in self._t.devices.values()]
         return {
             "now": _iso(now),
+            "key_lifetime_s": self.key_lifetime_s,
             "keys": {
                 "minted": len(events),
                 "used": sum(1 for outcome in outcomes if outcome in ("activated", "reactivated")),
@@ -406,7 +411,7 @@ class EmulatorState:
     def _key_event(self, record: _Key, now: float) -> dict[str, Any]:
         if record.outcome is not None:
             outcome = record.outcome
-        elif now > record.minted_at + KEY_LIFETIME_SECONDS:
+        elif now > record.minted_at + self.key_lifetime_s:
             outcome = "expired"
         else:
             outcome = "outstanding"
@@ -416,6 +421,7 @@ class EmulatorState:
             "BizType": record.biz_type,
             "term": "test" if record.test else f"{record.auth_years}y",
             "minted_at": _iso(record.minted_at),
+            "expires_at": _iso(record.minted_at + self.key_lifetime_s),
             "used_at": None if record.used_at is None else _iso(record.used_at),
             "HardwareId": record.hardware_id,
             "DeviceId": record.device_id,
@@ -433,6 +439,14 @@ def _years_end(begin: date, years: int) -> date:
     if years >= PERMANENT_YEARS:
         return PERMANENT_DAY
     return begin + timedelta(days=DAYS_PER_YEAR * years - 1)
+
+
+def _span(seconds: float) -> str:
+    """``30 minutes`` for the service's own lifetime, ``20 seconds`` for a shortened one."""
+    if seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
 
 
 def _iso(moment: float) -> str:
