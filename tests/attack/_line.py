@@ -365,7 +365,8 @@ class AttackLine:
                 "cert_file": str(pki.client_cert),
                 "key_file": str(pki.client_key),
             },
-            "http": {"listen": f"127.0.0.1:{self.http_port}"},
+            # No socket (a real agent's may be in /run); the status token beside the journal.
+            "http": {"listen": f"127.0.0.1:{self.http_port}", "socket": ""},
         }
         for section, table in sections.items():
             values[section] = {**values.get(section, {}), **table}
@@ -377,8 +378,11 @@ class AttackLine:
         return self.agent
 
     def endpoint(self, path: str) -> httpx.Response:
-        """GET one of the agent's HTTP endpoints (``/status``, ``/metrics``, ``/health``)."""
-        return httpx.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=GUARD_S)
+        """GET one of the agent's HTTP endpoints (``/status``, ``/metrics``, ``/health``), as an operator
+        with the status token would (the private pages need it)."""
+        token = (self.tmp_path / "status.token").read_text(encoding="ascii").strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.get(f"http://127.0.0.1:{self.http_port}{path}", headers=headers, timeout=GUARD_S)
 
     def memory_kb(self) -> dict[str, int]:
         """The agent's VmRSS and VmHWM (peak RSS) in kB."""
