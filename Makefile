@@ -17,7 +17,7 @@ export VERSION PACKAGE_RELEASE
 UV_COMPILE = $(PY) -m uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 
-.PHONY: demo test lint typecheck unit bench soak clean broker-check lock deb bundle package-test
+.PHONY: demo test lint typecheck unit bench soak clean broker-check lock deb bundle package-test docs
 
 # The venv installs exactly what the lock says (hash-checked), then the project itself
 # without resolving anything: a fresh clone gets the same versions as CI.
@@ -72,6 +72,10 @@ bundle: $(STAMP)
 ## package-test: the .deb and the bundle installed, run, upgraded and removed in a Debian 12 root (root; minutes)
 package-test: $(STAMP) broker-check
 	tests/packaging/run.sh
+
+## docs: regenerate the key reference tables of docs/configuration.md from the declared schemas
+docs: $(STAMP)
+	$(PY) -m tests.config_reference
 
 ## bench: the benchmarks of bench/ (results go to docs/performance.md by hand; about 10 minutes)
 bench: $(STAMP) broker-check

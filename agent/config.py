@@ -2,7 +2,8 @@
 
 Every key can be overridden by ``PROVISIONING_AGENT_<SECTION>_<KEY>`` (top-level keys:
 ``PROVISIONING_AGENT_<KEY>``), e.g. ``PROVISIONING_AGENT_MQTT_HOST=10.0.0.5``. Every
-problem is found at start-up and named with the file (or variable) and the key.
+problem is found at start-up, all of them in one pass, each named with the file (or variable)
+and the dotted key; an unknown key or variable is answered with the closest known one.
 """
 
 from __future__ import annotations
@@ -10,13 +11,25 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Literal, get_args, get_type_hints
+from typing import Annotated, Any, Final, Literal
 
 from agent.http._proxy import ProxySettingError, proxy_for
 from agent.secretfile import SecretFileError, check_private_file
 from provisioning.reportsig import ReportSignatureError, ReportSigner, load_signer
+from provisioning.schema import (
+    NOT_A_KEY,
+    Check,
+    FromText,
+    Length,
+    Pattern,
+    Problem,
+    Range,
+    keys,
+    suggest,
+    validate_partially,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -31,7 +44,9 @@ __all__ = [
     "MqttConfig",
     "SerialConfig",
     "UpstreamConfig",
+    "environment_variables",
     "load_config",
+    "read_config",
     "report_signer",
 ]
 
@@ -41,370 +56,19 @@ ENV_PREFIX: Final = "PROVISIONING_AGENT_"
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the file or variable and the key."""
+    """Configuration problems, one a line, each naming the file (or variable) and the key."""
+
+    def __init__(self, *messages: str) -> None:
+        self.messages = messages
+        super().__init__("\n".join(messages))
 
 
-@dataclass(frozen=True, slots=True)
-class CloudConfig:
-    """How to reach Cloudauth."""
-
-    endpoint: str = "https://cloudauth.aliyuncs.com"
-    signature: Literal["v1", "v3"] = "v1"
-    qps: float = 5.0  # the account's limit is shared by every caller; see docs/cloudauth-client.md
-    burst: int = 5
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
-    credentials_file: str = ""  # TOML with access_key_id / access_key_secret (mode 600)
-    key_lifetime_s: int = 1800  # the cloud's AuthKey lifetime (30 minutes); shorter only against a test cloud
-    proxy: str = ""  # http://[user:password@]host:port, "direct" for none; "" = HTTPS_PROXY/NO_PROXY as curl reads them
+# Each section is a frozen dataclass and each field a key: its type, default and Annotated bounds are
+# the schema (provisioning.schema). docs/configuration.md's key reference is generated from it.
 
 
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
-    """The broker the devices talk to."""
-
-    enabled: bool = True  # false: a serial-only station without a broker
-    host: str = "127.0.0.1"
-    port: int = 1883
-    protocol: Literal["5", "3.1.1"] = "5"
-    client_id: str = ""  # default: provisioning-agent-<gateway_id>
-    username: str = ""
-    password_file: str = ""  # the password, alone in a file (mode 600)
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    topic_root: str = "prov/v1"
-    shared_group: str = ""  # MQTT 5: agents in one group share the devices ($share/<group>/...)
-    keepalive_s: int = 30
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamConfig:
-    """Where activation reports go (any combination; none disables reporting)."""
-
-    mqtt_topic: str = "prov/v1/reports"  # on the devices' broker; "" disables
-    webhook_url: str = ""
-    webhook_timeout_s: float = 10.0
-    webhook_secret_file: str = ""  # optional bearer token for the webhook, alone in a file (https:// only)
-    webhook_ca_file: str = ""  # PEM CA bundle that verifies the webhook's certificate; "" = the system's CAs
-    sign: Literal["none", "hmac-sha256", "ed25519"] = "none"  # report signatures (docs/upstream.md)
-    sign_key_file: str = ""  # the HMAC secret or the Ed25519 private key (PEM), mode 600
-    sign_key_id: str = ""  # names the key in each signature (default: gateway_id)
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    """Bounds that keep a busy line from overrunning the gateway or the cloud."""
-
-    max_in_flight: int = 32  # devices being minted or reconciled at once
-    max_queued: int = 2000  # devices waiting for a slot; beyond this they are told to come back
-    wait_retry_after_s: int = 5  # what a queued device is told to wait before registering again
-
-
-@dataclass(frozen=True, slots=True)
-class HttpConfig:
-    """The local HTTP endpoint: the station view (/), /metrics and /health for anyone, /status for the operators."""
-
-    listen: str = "127.0.0.1:9464"  # host:port; "" disables it
-    socket: str = DEFAULT_STATUS_SOCKET  # every page, no token, mode 0660 for the operators; "" = none
-    token_file: str = ""  # bearer token for /status over TCP, made if missing; "" = status.token beside the journal
-    max_connections: int = 64  # TCP clients at once; beyond it the least recently active is closed
-    # Local times the station view's shift counts start again ("HH:MM"); empty: counts since the agent started.
-    shift_starts: list[str] = field(default_factory=lambda: ["06:00", "14:00", "22:00"])
-
-
-@dataclass(frozen=True, slots=True)
-class SerialConfig:
-    """USB-UART jigs: which ports to open (docs/serial.md)."""
-
-    ports: list[str] = field(default_factory=list)  # device paths, glob patterns, pyserial URLs (socket://, rfc2217://)
-    usb: bool = True  # also open ports whose USB VID:PID matches a hardware profile's [serial] usb list
-    baudrate: int = 115200  # for ports no profile sets a baud rate for
-    scan_interval_s: float = 1.0  # hotplug: how often ports are looked for
-    by_path_dir: str = "/dev/serial/by-path"  # stable names of USB ports (kept across renumbering)
-
-
-@dataclass(frozen=True, slots=True)
-class AdmissionConfig:
-    """The line's admission: work orders, quotas, rate limits (docs/admission.md); 0 switches a limit off."""
-
-    work_orders_dir: str = ""  # the folder the MES drops work-order CSV files in; "" = none
-    poll_interval_s: float = 3.0  # how soon a new, changed or removed work order takes effect
-    per_hour: int = 0  # keys this line may mint in any rolling hour
-    per_day: int = 0  # keys this line may mint in any rolling 24 hours
-    device_per_minute: int = 30  # registers one device may send a minute (a healthy one sends a few)
-    # Flood guards, off by default: a line restarting after a broker outage bursts thousands of
-    # registers, which max_in_flight/max_queued already pace (docs/admission.md).
-    mqtt_per_second: int = 0  # registers over MQTT a second, all devices together
-    serial_per_second: int = 0  # registers over serial a second, all jigs together
-    keys_per_login_hour: int = 10  # keys one MQTT topic id (broker login) may be issued in any hour
-    keys_per_port_hour: int = 240  # keys one jig port may be issued in any hour (a device every 15 s)
-    results_per_minute: int = 30  # results one sender may send a minute (a healthy device sends one or two)
-
-
-@dataclass(frozen=True, slots=True)
-class JournalConfig:
-    """Where device records, reports, charges and the audit trail are kept (docs/cluster.md for url)."""
-
-    path: str = "/var/lib/provisioning-agent/journal.sqlite3"  # the embedded SQLite journal (one gateway)
-    url: str = ""  # postgresql://...: a ledger shared by the line's gateways instead (needs the postgres extra)
-    lease_s: float = 15.0  # shared ledger: a device's lease; after a crash another agent takes over this late
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """The whole configuration."""
-
-    gateway_id: str
-    journal: JournalConfig = field(default_factory=JournalConfig)  # a bare path string is accepted (old form)
-    profiles: str = "/etc/provisioning-agent/hardware-profiles"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = "text"
-    cloud: CloudConfig = field(default_factory=CloudConfig)
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
-    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    serial: SerialConfig = field(default_factory=SerialConfig)
-    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
-    source: str = "<defaults>"
-
-    @property
-    def mqtt_client_id(self) -> str:
-        """The agent's own MQTT client id."""
-        return self.mqtt.client_id or f"provisioning-agent-{self.gateway_id}"
-
-
-_SECTIONS: Final[dict[str, type[Any]]] = {
-    "cloud": CloudConfig,
-    "mqtt": MqttConfig,
-    "upstream": UpstreamConfig,
-    "limits": LimitsConfig,
-    "http": HttpConfig,
-    "serial": SerialConfig,
-    "admission": AdmissionConfig,
-    "journal": JournalConfig,
-}
-
-
-def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Read ``path`` and apply environment overrides; :class:`ConfigError` on the first problem."""
-    env = os.environ if environ is None else environ
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found (give one with --config)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    _apply_environment(data, env)
-    top: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "journal" and not isinstance(value, dict):  # the old form: journal = "<path>"
-            text = value.text if isinstance(value, _EnvValue) else value
-            if not isinstance(text, str):
-                raise ConfigError(f"{path}: key journal: must be a table ([journal]) or a file path")
-            top[key] = JournalConfig(path=text)
-        elif key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: key {key}: must be a table ([{key}])")
-            top[key] = _build(_SECTIONS[key], value, path, f"{key}.")
-        else:
-            top[key] = value
-    config = _build(AgentConfig, top, path, "", required={"gateway_id"})
-    config = _check(config, path)
-    _check_http(config, path, env)
-    if not config.http.token_file:  # the state folder: /var/lib/provisioning-agent/status.token on a gateway
-        token_file = str(Path(config.journal.path).parent / "status.token")
-        config = replace(config, http=replace(config.http, token_file=token_file))
-    return config
-
-
-def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
-        if section is None:
-            data[rest] = _EnvValue(name, value)
-        else:
-            table = data.setdefault(section, {})
-            if not isinstance(table, dict):  # journal = "<path>" (the old form) with a [journal] key from here
-                table = data[section] = {"path": table.text if isinstance(table, _EnvValue) else table}
-            table[rest[len(section) + 1 :]] = _EnvValue(name, value)
-
-
-@dataclass(frozen=True, slots=True)
-class _EnvValue:
-    variable: str
-    text: str
-
-
-def _build(kind: type[Any], values: dict[str, Any], path: Path, prefix: str, required: set[str] | None = None) -> Any:
-    hints = get_type_hints(kind)
-    known = {f.name for f in fields(kind) if f.name != "source"}
-    arguments: dict[str, Any] = {}
-    for key, raw in values.items():
-        where = f"{raw.variable} (key {prefix}{key})" if isinstance(raw, _EnvValue) else f"{path}: key {prefix}{key}"
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
-        if is_dataclass(raw) and not isinstance(raw, _EnvValue):  # a section already built
-            arguments[key] = raw
-            continue
-        arguments[key] = _coerce(hints[key], raw, where)
-    for key in required or set():
-        if key not in arguments:
-            raise ConfigError(f"{path}: key {prefix}{key}: is required")
-    if kind is AgentConfig:
-        arguments["source"] = str(path)
-    return kind(**arguments)
-
-
-def _coerce(hint: Any, raw: Any, where: str) -> Any:
-    from_env = isinstance(raw, _EnvValue)
-    value = raw.text if from_env else raw
-    if getattr(hint, "__origin__", None) is list:  # list[str]: a TOML array, or comma-separated in the environment
-        items = [item.strip() for item in value.split(",") if item.strip()] if from_env else value
-        if isinstance(items, list) and all(isinstance(item, str) for item in items):
-            return list(items)
-        raise ConfigError(f"{where}: must be a list of strings, got {value!r}")
-    choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else ()
-    if choices:
-        if value not in choices:
-            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-    try:
-        if hint is bool:
-            if from_env:
-                return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[value.lower()]
-            if isinstance(value, bool):
-                return value
-        elif hint is int:
-            if from_env or (isinstance(value, int) and not isinstance(value, bool)):
-                return int(value)
-        elif hint is float:
-            if from_env or (isinstance(value, int | float) and not isinstance(value, bool)):
-                return float(value)
-        elif hint is str and isinstance(value, str):
-            return value
-    except (KeyError, ValueError):
-        pass
-    name = getattr(hint, "__name__", str(hint))
-    raise ConfigError(f"{where}: must be a {name}, got {value!r}")
-
-
-def _check(config: AgentConfig, path: Path) -> AgentConfig:
-    def fail(key: str, reason: str) -> ConfigError:
-        return ConfigError(f"{path}: key {key}: {reason}")
-
-    if not config.gateway_id.strip() or any(c in config.gateway_id for c in "/+#"):
-        raise fail("gateway_id", "must be a non-empty name without / + #")
-    if not config.cloud.endpoint.startswith(("http://", "https://")):
-        raise fail("cloud.endpoint", "must be an http:// or https:// URL")
-    if config.cloud.qps <= 0 or config.cloud.burst < 1:
-        raise fail("cloud.qps", "qps must be positive and burst at least 1")
-    if not 0 < config.mqtt.port < 65536:
-        raise fail("mqtt.port", f"must be a TCP port, got {config.mqtt.port}")
-    if config.mqtt.shared_group and config.mqtt.protocol != "5":
-        raise fail("mqtt.shared_group", 'shared subscriptions need protocol = "5"')
-    if any(c in config.mqtt.topic_root for c in "+#") or not config.mqtt.topic_root.strip("/"):
-        raise fail("mqtt.topic_root", "must be a topic without wildcards")
-    for key in ("credentials_file",):
-        _file_exists(path, f"cloud.{key}", getattr(config.cloud, key))
-    for key in ("password_file", "ca_file", "cert_file", "key_file"):
-        _file_exists(path, f"mqtt.{key}", getattr(config.mqtt, key))
-    _file_exists(path, "upstream.webhook_secret_file", config.upstream.webhook_secret_file)
-    for key, value in (
-        ("cloud.credentials_file", config.cloud.credentials_file),
-        ("mqtt.password_file", config.mqtt.password_file),
-        ("mqtt.key_file", config.mqtt.key_file),
-        ("upstream.webhook_secret_file", config.upstream.webhook_secret_file),
-    ):
-        _private_file(path, key, value)
-    report_signer(config)  # a signing key that cannot be used stops the start, naming file and key
-    if config.upstream.webhook_url and not config.upstream.webhook_url.startswith(("http://", "https://")):
-        raise fail("upstream.webhook_url", "must be an http:// or https:// URL")
-    for start in config.http.shift_starts:
-        if not _is_time_of_day(start):
-            raise fail("http.shift_starts", f'each must be a local time "HH:MM" (e.g. "06:00"), got {start!r}')
-    if config.http.listen and not _is_host_port(config.http.listen):
-        raise fail("http.listen", f"must be host:port (e.g. 127.0.0.1:9464) or empty, got {config.http.listen!r}")
-    if not config.mqtt.enabled and config.upstream.mqtt_topic:
-        raise fail("upstream.mqtt_topic", 'needs [mqtt] enabled; set mqtt_topic = "" (and use webhook_url)')
-    if not config.mqtt.enabled and not config.serial.ports and not config.serial.usb:
-        raise fail("mqtt.enabled", "no transport left: enable [mqtt] or give [serial] ports / usb = true")
-    if config.serial.baudrate <= 0 or config.serial.scan_interval_s <= 0:
-        raise fail("serial.baudrate", "baudrate and scan_interval_s must be positive")
-    if config.limits.max_in_flight < 1 or config.limits.max_queued < 1:
-        raise fail("limits.max_in_flight", "limits must be at least 1")
-    if config.journal.url and not config.journal.url.startswith(("postgresql://", "postgres://")):
-        raise fail("journal.url", "must be a postgresql:// URL (or empty for the SQLite journal at journal.path)")
-    if not 3 <= config.journal.lease_s <= 600:
-        raise fail("journal.lease_s", f"must be from 3 to 600 seconds, got {config.journal.lease_s:g}")
-    if not 10 <= config.cloud.key_lifetime_s <= 1800:
-        raise fail("cloud.key_lifetime_s", "must be from 10 to 1800 seconds (the service's keys live 1800)")
-    _check_admission(config.admission, path)
-    return config
-
-
-def _check_http(config: AgentConfig, path: Path, env: Mapping[str, str]) -> None:
-    """Proxies (the key, else the environment), the webhook's TLS and token, the status server's limits."""
-    upstream = config.upstream
-    for url, setting in ((config.cloud.endpoint, config.cloud.proxy), (upstream.webhook_url, "")):
-        try:
-            if url.startswith(("http://", "https://")):
-                proxy_for(url, setting=setting, setting_name=f"{path}: key cloud.proxy", environ=env)
-        except ProxySettingError as exc:
-            raise ConfigError(str(exc)) from None
-    _file_exists(path, "upstream.webhook_ca_file", upstream.webhook_ca_file)
-    if upstream.webhook_secret_file and upstream.webhook_url.startswith("http://"):
-        raise ConfigError(
-            f"{path}: key upstream.webhook_secret_file: a bearer token is never sent over plain http:// "
-            f"(webhook_url = {upstream.webhook_url!r}); use an https:// URL (and webhook_ca_file for a private CA)"
-        )
-    if config.http.max_connections < 1:
-        raise ConfigError(f"{path}: key http.max_connections: must be at least 1")
-
-
-def _check_admission(admission: AdmissionConfig, path: Path) -> None:
-    keys = ("per_hour", "per_day", "device_per_minute", "mqtt_per_second", "serial_per_second")
-    for key in (*keys, "keys_per_login_hour", "keys_per_port_hour", "results_per_minute"):
-        if getattr(admission, key) < 0:
-            raise ConfigError(f"{path}: key admission.{key}: must be 0 (no limit) or more")
-    if admission.poll_interval_s <= 0:
-        raise ConfigError(f"{path}: key admission.poll_interval_s: must be positive")
-    if admission.work_orders_dir and not Path(admission.work_orders_dir).is_dir():
-        raise ConfigError(f"{path}: key admission.work_orders_dir: folder {admission.work_orders_dir} does not exist")
-
-
-def report_signer(config: AgentConfig) -> ReportSigner | None:
-    """The upstream report signer of ``[upstream] sign``, or None; :class:`ConfigError` names file and key."""
-    upstream = config.upstream
-    if upstream.sign == "none":
-        return None
-    where = f"{config.source}: key upstream.sign_key_file"
-    if not upstream.sign_key_file:
-        raise ConfigError(f"{where}: is required with sign = {upstream.sign!r}")
-    key_file = Path(upstream.sign_key_file)
-    try:
-        check_private_file(key_file)
-        material = key_file.read_bytes()
-    except SecretFileError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{where}: file {key_file} cannot be read ({exc.strerror or exc})") from None
-    try:
-        return load_signer(upstream.sign, upstream.sign_key_id or config.gateway_id, material)
-    except ReportSignatureError as exc:
-        key = "upstream.sign_key_id" if "key id" in str(exc) else "upstream.sign_key_file"
-        raise ConfigError(f"{config.source}: key {key}: {key_file}: {exc}") from None
-
-
-def _is_time_of_day(value: str) -> bool:
-    hours, _, minutes = value.partition(":")
-    return len(value) == 5 and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60
+def _is_topic(value: str) -> bool:
+    return not any(c in value for c in "+#") and bool(value.strip("/"))
 
 
 def _is_host_port(value: str) -> bool:
@@ -412,21 +76,363 @@ def _is_host_port(value: str) -> bool:
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
-def _file_exists(path: Path, key: str, value: str) -> None:
-    if value and not Path(value).is_file():
-        raise ConfigError(f"{path}: key {key}: file {value} does not exist")
+_URL = Pattern(r"https?://\S+", "an http:// or https:// URL")
+_URL_OR_EMPTY = Pattern(r"(https?://\S+)?", "an http:// or https:// URL, or empty")
+_TOPIC = Check(_is_topic, "a topic without wildcards (+ #)")
+_TOPIC_OR_EMPTY = Pattern(r"[^+#]*", "a topic without wildcards (+ #), or empty")
+_LISTEN = Check(lambda value: value == "" or _is_host_port(value), "host:port (e.g. 127.0.0.1:9464), or empty")
+_TIME_OF_DAY = Pattern(r"([01][0-9]|2[0-3]):[0-5][0-9]", 'a local time "HH:MM" (e.g. "06:00")')
+_TIMEOUT = Range(0.1, 300)  # seconds; 0 or less would fail every call at once
+_PATH = Length(0, 4096)
+_NAME = Pattern(r"[^/+#]*", "a name without / + #")  # it becomes part of MQTT topics
+
+
+@dataclass(frozen=True, slots=True)
+class CloudConfig:
+    """How to reach Cloudauth."""
+
+    endpoint: Annotated[str, _URL] = "https://cloudauth.aliyuncs.com"  # the service's URL (or the emulator's)
+    signature: Literal["v1", "v3"] = "v1"  # v1 (HMAC-SHA1) or v3 (ACS3-HMAC-SHA256)
+    # Calls a second at most: the account's limit is shared by every caller (docs/cloudauth-client.md).
+    qps: Annotated[float, Range(0.1, 1000)] = 5.0
+    burst: Annotated[int, Range(1, 1000)] = 5  # calls allowed at once after a quiet spell
+    connect_timeout_s: Annotated[float, _TIMEOUT] = 5.0  # seconds to connect to the service
+    read_timeout_s: Annotated[float, _TIMEOUT] = 10.0  # seconds to wait for an answer
+    credentials_file: Annotated[str, _PATH] = ""  # TOML with access_key_id / access_key_secret (mode 600)
+    # An AuthKey's life at the service (30 minutes); shorter only against an emulator run with --key-ttl.
+    key_lifetime_s: Annotated[int, Range(10, 1800)] = 1800
+    # http://[user:password@]host:port, "direct" for none; "" = HTTPS_PROXY/NO_PROXY as curl reads them.
+    proxy: Annotated[str, _PATH] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """The broker the devices talk to."""
+
+    enabled: bool = True  # false: a serial-only station without a broker
+    host: Annotated[str, Length(1, 253)] = "127.0.0.1"  # the broker's name or address
+    port: Annotated[int, Range(1, 65535)] = 1883  # 8883 for TLS
+    protocol: Literal["5", "3.1.1"] = "5"  # the agent's MQTT version (devices may use either)
+    client_id: Annotated[str, Length(0, 256)] = ""  # default: provisioning-agent-<gateway_id>
+    username: Annotated[str, Length(0, 256)] = ""  # the agent's broker login
+    password_file: Annotated[str, _PATH] = ""  # the password, alone in a file (mode 600)
+    ca_file: Annotated[str, _PATH] = ""  # TLS: the CA that signed the broker's certificate
+    cert_file: Annotated[str, _PATH] = ""  # mTLS: the agent's certificate (PEM)
+    key_file: Annotated[str, _PATH] = ""  # mTLS: its private key (PEM, unencrypted, mode 600)
+    topic_root: Annotated[str, _TOPIC] = "prov/v1"  # every protocol topic is under it (docs/protocol.md)
+    shared_group: Annotated[str, _NAME] = ""  # MQTT 5: agents in one group share the devices ($share/<group>/...)
+    keepalive_s: Annotated[int, Range(1, 65535)] = 30  # MQTT's 16-bit field; 0 (off) would hide a dead broker
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """Where activation reports go (any combination; none disables reporting)."""
+
+    mqtt_topic: Annotated[str, _TOPIC_OR_EMPTY] = "prov/v1/reports"  # on the devices' broker; "" disables
+    webhook_url: Annotated[str, _URL_OR_EMPTY] = ""  # the MES's endpoint for reports; "" disables
+    webhook_timeout_s: Annotated[float, _TIMEOUT] = 10.0  # one delivery, connecting included
+    webhook_secret_file: Annotated[str, _PATH] = ""  # optional bearer token for the webhook, alone in a file (https://)
+    webhook_ca_file: Annotated[str, _PATH] = ""  # PEM CA bundle that verifies the webhook's certificate; "" = system's
+    sign: Literal["none", "hmac-sha256", "ed25519"] = "none"  # report signatures (docs/upstream.md)
+    sign_key_file: Annotated[str, _PATH] = ""  # the HMAC secret or the Ed25519 private key (PEM), mode 600
+    sign_key_id: Annotated[str, Length(0, 128)] = ""  # names the key in each signature (default: gateway_id)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Bounds that keep a busy line from overrunning the gateway or the cloud."""
+
+    max_in_flight: Annotated[int, Range(1, 10_000)] = 32  # devices being minted or reconciled at once
+    max_queued: Annotated[int, Range(1, 1_000_000)] = 2000  # devices waiting for a slot; more are told to come back
+    wait_retry_after_s: Annotated[int, Range(1, 3600)] = 5  # what a queued device is told to wait
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The local HTTP endpoint: the station view (/), /metrics and /health for anyone, /status for the operators."""
+
+    listen: Annotated[str, _LISTEN] = "127.0.0.1:9464"  # host:port; "" disables it
+    socket: Annotated[str, _PATH] = (
+        DEFAULT_STATUS_SOCKET  # every page, no token, mode 0660 for the operators; "" = none
+    )
+    # Bearer token for /status over TCP, made if missing; "" = status.token beside the journal.
+    token_file: Annotated[str, _PATH] = ""
+    max_connections: Annotated[int, Range(1, 10_000)] = 64  # TCP clients at once; then the least recently active goes
+    # Local times the station view's shift counts start again ("HH:MM"); empty: counts since the agent started.
+    shift_starts: list[Annotated[str, _TIME_OF_DAY]] = field(default_factory=lambda: ["06:00", "14:00", "22:00"])
+
+
+@dataclass(frozen=True, slots=True)
+class SerialConfig:
+    """USB-UART jigs: which ports to open (docs/serial.md)."""
+
+    # Device paths, glob patterns, pyserial URLs (socket://, rfc2217://).
+    ports: list[Annotated[str, Length(1, 4096)]] = field(default_factory=list)
+    usb: bool = True  # also open ports whose USB VID:PID matches a hardware profile's [serial] usb list
+    baudrate: Annotated[int, Range(300, 4_000_000)] = 115200  # for ports no profile sets a baud rate for
+    scan_interval_s: Annotated[float, Range(0.1, 60)] = 1.0  # hotplug: how often ports are looked for
+    by_path_dir: Annotated[str, _PATH] = "/dev/serial/by-path"  # stable names of USB ports (kept across renumbering)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    """The line's admission: work orders, quotas, rate limits (docs/admission.md); 0 switches a limit off."""
+
+    work_orders_dir: Annotated[str, _PATH] = ""  # the folder the MES drops work-order CSV files in; "" = none
+    poll_interval_s: Annotated[float, Range(0.1, 3600)] = 3.0  # how soon a changed work order takes effect
+    per_hour: Annotated[int, Range(0, 1_000_000)] = 0  # keys this line may mint in any rolling hour
+    per_day: Annotated[int, Range(0, 10_000_000)] = 0  # keys this line may mint in any rolling 24 hours
+    device_per_minute: Annotated[int, Range(0, 10_000)] = 30  # registers one device may send a minute
+    # Flood guards, off by default: a line restarting after a broker outage bursts thousands of
+    # registers, which max_in_flight/max_queued already pace (docs/admission.md).
+    mqtt_per_second: Annotated[int, Range(0, 100_000)] = 0  # registers over MQTT a second, all devices together
+    serial_per_second: Annotated[int, Range(0, 100_000)] = 0  # registers over serial a second, all jigs together
+    keys_per_login_hour: Annotated[int, Range(0, 1_000_000)] = 10  # keys one MQTT login (topic id) may get an hour
+    keys_per_port_hour: Annotated[int, Range(0, 1_000_000)] = 240  # keys one jig port may get an hour (one in 15 s)
+    results_per_minute: Annotated[int, Range(0, 10_000)] = 30  # results one sender may send a minute
+
+
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    """Where device records, reports, charges and the audit trail are kept (docs/cluster.md for url)."""
+
+    path: Annotated[str, Length(1, 4096)] = "/var/lib/provisioning-agent/journal.sqlite3"  # the embedded SQLite journal
+    # postgresql://...: a ledger shared by the line's gateways instead of the SQLite file (needs the postgres extra).
+    url: Annotated[str, Pattern(r"(postgres(ql)?://\S+)?", "a postgresql:// URL, or empty (SQLite at path)")] = ""
+    lease_s: Annotated[float, Range(3, 600)] = 15.0  # shared ledger: another agent takes a device over this late
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """The whole configuration."""
+
+    gateway_id: Annotated[str, Length(1, 128), _NAME]  # names this gateway in topics and reports
+    journal: JournalConfig = field(default_factory=JournalConfig)  # journal = "<path>" (the old form) is journal.path
+    profiles: Annotated[str, Length(1, 4096)] = "/etc/provisioning-agent/hardware-profiles"  # one TOML per model
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # one event a line either way
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    source: str = field(default="<defaults>", metadata=NOT_A_KEY)  # the file it was read from
+
+    @property
+    def mqtt_client_id(self) -> str:
+        """The agent's own MQTT client id."""
+        return self.mqtt.client_id or f"provisioning-agent-{self.gateway_id}"
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read ``path`` and apply environment overrides; :class:`ConfigError` with every problem."""
+    config, problems = read_config(path, environ=environ)
+    if problems or config is None:
+        raise ConfigError(*map(str, problems))
+    return config
+
+
+def read_config(path: Path, *, environ: Mapping[str, str] | None = None) -> tuple[AgentConfig | None, list[Problem]]:
+    """Every problem of ``path`` and the environment, and the configuration with defaults for the wrong keys.
+
+    The configuration is None when the file cannot be read or a required key is wrong; otherwise
+    the caller may run further checks on it, skipping those whose keys are among the problems.
+    """
+    env = os.environ if environ is None else environ
+    origin = str(path)
     try:
-        if value:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, [Problem(origin, "", "configuration file not found (give one with --config)")]
+    except OSError as exc:
+        return None, [Problem(origin, "", f"cannot read ({exc.strerror})")]
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return None, [Problem(origin, "", f"not valid TOML ({exc})")]
+    if isinstance(data.get("journal"), str):  # the old form: journal = "<path>"
+        data["journal"] = {"path": data["journal"]}
+    problems = _apply_environment(data, env)
+    config, found = validate_partially(AgentConfig, data, origin=origin)
+    problems += found
+    if config is not None:
+        config = replace(config, source=origin)
+        problems += _Checks(config, _variables(data), env).run()
+        if not config.http.token_file:  # the state folder: /var/lib/provisioning-agent/status.token on a gateway
+            token_file = str(Path(config.journal.path).parent / "status.token")
+            config = replace(config, http=replace(config.http, token_file=token_file))
+    return config, problems
+
+
+# -- environment -------------------------------------------------------------------------------
+
+
+def environment_variables() -> dict[str, str]:
+    """Every ``PROVISIONING_AGENT_*`` variable the agent reads, with the dotted key it overrides."""
+    names = {ENV_PREFIX + key.name.replace(".", "_").upper(): key.name for key in keys(AgentConfig)}
+    return names | _ALIASES
+
+
+_ALIASES: Final = {ENV_PREFIX + "JOURNAL": "journal.path"}  # the old form, from before [journal] was a table
+
+
+def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> list[Problem]:
+    """Put each variable's text where its key goes; an unknown variable is a problem, with the closest name."""
+    known = environment_variables()
+    problems: list[Problem] = []
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = known.get(name)
+        if key is None:
+            guess = suggest(name, list(known))
+            hint = f"did you mean {guess} (key {known[guess]})?" if guess else "see docs/configuration.md"
+            problems.append(Problem(name, name[len(ENV_PREFIX) :].lower(), f"unknown variable; {hint}", variable=True))
+            continue
+        *section, leaf = key.split(".")
+        table = data
+        for part in section:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):  # the file's own value is wrong; validation says so
+                break
+        else:
+            table[leaf] = FromText(name, text)
+    return problems
+
+
+def _variables(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """The keys whose value came from the environment, with the variable's name."""
+    found: dict[str, str] = {}
+    for name, value in data.items():
+        if isinstance(value, FromText):
+            found[prefix + name] = value.origin
+        elif isinstance(value, dict):
+            found |= _variables(value, f"{prefix}{name}.")
+    return found
+
+
+# -- checks beyond the schema: keys that depend on each other, and the files keys name -----------------
+
+
+class _Checks:
+    """The checks a schema cannot say, each problem named with the key's origin (file or variable)."""
+
+    def __init__(self, config: AgentConfig, variables: Mapping[str, str], environ: Mapping[str, str]) -> None:
+        self.config, self.variables, self.environ = config, variables, environ
+        self.problems: list[Problem] = []
+
+    def fail(self, key: str, reason: str) -> None:
+        variable = self.variables.get(key)
+        if variable is not None:
+            self.problems.append(Problem(variable, key, reason, variable=True))
+        else:
+            self.problems.append(Problem(self.config.source, key, reason))
+
+    def run(self) -> list[Problem]:
+        config = self.config
+        if config.mqtt.shared_group and config.mqtt.protocol != "5":
+            self.fail("mqtt.shared_group", 'shared subscriptions need protocol = "5"')
+        if not config.mqtt.enabled and config.upstream.mqtt_topic:
+            self.fail("upstream.mqtt_topic", 'needs [mqtt] enabled; set mqtt_topic = "" (and use webhook_url)')
+        if not config.mqtt.enabled and not config.serial.ports and not config.serial.usb:
+            self.fail("mqtt.enabled", "no transport left: enable [mqtt] or give [serial] ports / usb = true")
+        if config.admission.work_orders_dir and not Path(config.admission.work_orders_dir).is_dir():
+            self.fail("admission.work_orders_dir", f"folder {config.admission.work_orders_dir} does not exist")
+        for key in ("cloud.credentials_file", "mqtt.password_file", "mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"):
+            self._readable(key)
+        self._readable("upstream.webhook_secret_file")
+        for key in ("cloud.credentials_file", "mqtt.password_file", "mqtt.key_file", "upstream.webhook_secret_file"):
+            self._private(key)
+        try:
+            _report_signer(config)  # a signing key that cannot be used stops the start, naming file and key
+        except _KeyProblem as exc:
+            self.fail(exc.key, exc.reason)
+        self._readable("upstream.webhook_ca_file")
+        if config.upstream.webhook_secret_file and config.upstream.webhook_url.startswith("http://"):
+            self.fail(
+                "upstream.webhook_secret_file",
+                f"a bearer token is never sent over plain http:// (webhook_url = {config.upstream.webhook_url!r}); "
+                "use an https:// URL (and webhook_ca_file for a private CA)",
+            )
+        self._proxies()
+        return list(dict.fromkeys(self.problems))  # one bad proxy variable concerns both the cloud and the webhook
+
+    def _proxies(self) -> None:
+        """The proxy the cloud calls and the webhook will use: the key, else HTTPS_PROXY/NO_PROXY."""
+        cloud, upstream = self.config.cloud, self.config.upstream
+        for url, setting in ((cloud.endpoint, cloud.proxy), (upstream.webhook_url, "")):
+            if not url.startswith(("http://", "https://")):
+                continue
+            try:
+                proxy_for(url, setting=setting, setting_name="cloud.proxy", environ=self.environ)
+            except ProxySettingError as exc:
+                source, _, reason = str(exc).partition(": ")
+                if source == "cloud.proxy":
+                    self.fail("cloud.proxy", reason)
+                else:  # a proxy variable of the environment; the key would override it
+                    variable = source.removeprefix("environment variable ")
+                    self.problems.append(Problem(variable, "cloud.proxy", reason, variable=True))
+
+    def _value(self, key: str) -> str:
+        section, name = key.split(".")
+        return str(getattr(getattr(self.config, section), name))
+
+    def _readable(self, key: str) -> None:
+        value = self._value(key)
+        if not value:
+            return
+        if not Path(value).is_file():
+            self.fail(key, f"file {value} does not exist")
+            return
+        try:
             with Path(value).open("rb"):
                 pass
-    except OSError as exc:
-        raise ConfigError(f"{path}: key {key}: file {value} cannot be read ({exc.strerror or exc})") from None
+        except OSError as exc:
+            self.fail(key, f"file {value} cannot be read ({exc.strerror or exc})")
+
+    def _private(self, key: str) -> None:
+        """A file holding a secret: refused when group or others have any access to it."""
+        value = self._value(key)
+        if value and Path(value).is_file():
+            try:
+                check_private_file(Path(value))
+            except SecretFileError as exc:
+                self.fail(key, str(exc))
 
 
-def _private_file(path: Path, key: str, value: str) -> None:
-    """A file holding a secret: refused when group or others have any access to it."""
+def report_signer(config: AgentConfig) -> ReportSigner | None:
+    """The upstream report signer of ``[upstream] sign``, or None; :class:`ConfigError` names file and key."""
     try:
-        if value:
-            check_private_file(Path(value))
+        return _report_signer(config)
+    except _KeyProblem as exc:
+        raise ConfigError(f"{config.source}: key {exc.key}: {exc.reason}") from None
+
+
+class _KeyProblem(Exception):
+    """What is wrong with one key, before the caller says where the key came from."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+def _report_signer(config: AgentConfig) -> ReportSigner | None:
+    upstream = config.upstream
+    if upstream.sign == "none":
+        return None
+    key = "upstream.sign_key_file"
+    if not upstream.sign_key_file:
+        raise _KeyProblem(key, f"is required with sign = {upstream.sign!r}")
+    key_file = Path(upstream.sign_key_file)
+    try:
+        check_private_file(key_file)
+        material = key_file.read_bytes()
     except SecretFileError as exc:
-        raise ConfigError(f"{path}: key {key}: {exc}") from None
+        raise _KeyProblem(key, str(exc)) from None
+    except OSError as exc:
+        raise _KeyProblem(key, f"file {key_file} cannot be read ({exc.strerror or exc})") from None
+    try:
+        return load_signer(upstream.sign, upstream.sign_key_id or config.gateway_id, material)
+    except ReportSignatureError as exc:
+        key = "upstream.sign_key_id" if "key id" in str(exc) else key
+        raise _KeyProblem(key, f"{key_file}: {exc}") from None

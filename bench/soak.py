@@ -50,7 +50,7 @@ from _harness import ROOT, machine, markdown_table  # puts the checkout on sys.p
 from _soak_checks import Invariant, check_all, key_ages
 from _soak_upstream import WebhookReceiver
 
-from provisioning.profiles import load_profiles
+from agent.profiles import load_profiles
 from provisioning_lab.agentprocess import AgentProcess, AgentStartError, write_config
 from provisioning_lab.broker import MosquittoBroker, MosquittoNotFound
 from provisioning_lab.emulator import EmulatorProcess

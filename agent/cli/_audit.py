@@ -283,7 +283,7 @@ def _journal_paths(args: argparse.Namespace, *, single: bool) -> list[str]:
     try:
         journal = load_config(args.config).journal
     except ConfigError as exc:
-        raise _Unusable(f"configuration error: {exc}") from None
+        raise _Unusable("\n".join(f"configuration error: {message}" for message in exc.messages)) from None
     return [journal.url or journal.path]
 
 

@@ -8,6 +8,7 @@ import io
 import logging
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,12 +16,13 @@ from agent.brokerauth import broker_credentials, explain_broker_refusal
 from agent.cli._exit import ExitCode
 from agent.cli._help import Commands, add_command
 from agent.cloud import resolve_credentials
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, read_config
 from agent.journal import JournalError
 from agent.logs import setup_logging
 from agent.mqtt import MqttConfigError
+from agent.profiles import Profile, ProfileError, load_profiles
 from provisioning.cloudauth import CredentialsError
-from provisioning.profiles import Profile, ProfileError, load_profiles
+from provisioning.profiles import profile_warnings
 
 if TYPE_CHECKING:
     from agent.daemon import ProvisioningAgent
@@ -51,10 +53,11 @@ def add_parsers(commands: Commands) -> None:
         "check-config",
         summary="check the configuration, profiles and credentials, then exit",
         description="Load the configuration, every hardware profile, the broker's credential files and the "
-        "AccessKey exactly as `run` does, offline. `doctor` checks the same and more, online.",
+        "AccessKey exactly as `run` does, offline, and print every error (file and key), then the warnings "
+        "(settings that weaken a guarantee on purpose). `doctor` checks the same and more, online.",
         examples=[
             ("provisioning-agent check-config --config /etc/provisioning-agent/agent.toml",
-             "exit 0 and one line, or exit 3 naming the file and key to fix"),
+             "exit 0 and one line (warnings above it), or exit 3 with every error, each naming the file and key"),
         ],
         exits=(ExitCode.OK, ExitCode.USAGE, ExitCode.CONFIG),
     )  # fmt: skip
@@ -65,31 +68,69 @@ def add_parsers(commands: Commands) -> None:
         parser.set_defaults(handler=handler)
 
 
-def _load(path: Path) -> tuple[AgentConfig, dict[str, Profile]]:
-    config = load_config(path)
-    broker_credentials(config)  # the password file and TLS files, as the connection will load them
-    profiles = load_profiles(Path(config.profiles))
-    resolve_credentials(credentials_file=Path(config.cloud.credentials_file) if config.cloud.credentials_file else None)
-    return config, profiles
+@dataclass(slots=True)
+class _Checked:
+    """What start-up found: the configuration and profiles when usable, and every error and warning."""
+
+    config: AgentConfig | None = None
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def print(self) -> None:
+        """Errors first, then warnings, one a line (stderr)."""
+        for error in self.errors:
+            print(f"configuration error: {error}", file=sys.stderr)
+        for warning in self.warnings:
+            print(f"configuration warning: {warning}", file=sys.stderr)
+
+
+def _load(path: Path) -> _Checked:
+    """Every check a person must pass before the agent serves: all of them, not the first that fails."""
+    config, problems = read_config(path)
+    checked = _Checked(config, errors=[str(problem) for problem in problems])
+    if config is None:
+        return checked
+    wrong = {problem.key for problem in problems}  # checks of a key already found wrong would repeat it
+    if not any(key.startswith("mqtt.") for key in wrong):
+        try:
+            broker_credentials(config)  # the password file and TLS files, as the connection will load them
+        except ConfigError as exc:
+            checked.errors += exc.messages
+    if "profiles" not in wrong:
+        try:
+            checked.profiles = load_profiles(Path(config.profiles))
+        except ProfileError as exc:
+            checked.errors += exc.messages
+        for profile in checked.profiles.values():
+            checked.warnings += profile_warnings(profile)
+    if "cloud.credentials_file" not in wrong:
+        credentials_file = config.cloud.credentials_file
+        try:
+            resolve_credentials(credentials_file=Path(credentials_file) if credentials_file else None)
+        except CredentialsError as exc:
+            checked.errors.append(str(exc))
+    return checked
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        config, profiles = _load(args.config)
-    except (ConfigError, ProfileError, CredentialsError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    checked = _load(args.config)
+    checked.print()
+    if checked.errors or checked.config is None:
+        print(f"{args.config}: {len(checked.errors)} error(s), {len(checked.warnings)} warning(s)", file=sys.stderr)
         return ExitCode.CONFIG
-    print(f"{config.source}: ok; gateway {config.gateway_id}; profiles: {', '.join(sorted(profiles))}")
+    config = checked.config
+    print(f"{config.source}: ok; gateway {config.gateway_id}; profiles: {', '.join(sorted(checked.profiles))}")
     return ExitCode.OK
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        config, profiles = _load(args.config)
-    except (ConfigError, ProfileError, CredentialsError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    checked = _load(args.config)
+    if checked.errors or checked.config is None:
+        checked.print()
         return ExitCode.CONFIG
-    setup_logging(config.log_level, config.log_format)
+    config, profiles = checked.config, checked.profiles
+    setup_logging(config.log_level, config.log_format)  # the daemon logs the warnings (explicit opt-ins) itself
     from agent.cli import version
 
     log.info("provisioning-agent %s starting: configuration %s, gateway %s", version(), config.source,

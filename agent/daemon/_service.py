@@ -39,10 +39,11 @@ from agent.mqtt import (
     MqttSettings,
     Will,
 )
+from agent.profiles import Profile, ProfileError, load_profiles
 from agent.sdnotify import Notifier
 from agent.serial import SerialTransport
 from provisioning.cloudauth import Timeouts
-from provisioning.profiles import Profile, ProfileError, load_profiles
+from provisioning.profiles import profile_warnings
 from provisioning.protocol import MAX_MESSAGE_BYTES, AgentMessage, encode, is_valid_tid
 from provisioning.workflow import Line
 
@@ -283,6 +284,7 @@ class ProvisioningAgent:
             self.notifier.ready(self._summary_line())
             return False
         self.profiles = profiles
+        self._warn_opt_outs()
         self.line.set_profiles(profiles)  # devices in flight keep the policy they started with
         if self.serial is not None:
             self.serial.profiles = profiles  # USB rules of the new profiles apply from the next scan
@@ -291,14 +293,10 @@ class ProvisioningAgent:
         return True
 
     def _warn_opt_outs(self) -> None:
-        """Say at every start which profiles opted out of the trust defaults (docs/security.md)."""
-        for model, profile in sorted(self.profiles.items()):
-            if not profile.sealing_required:
-                log.warning("profile %s: keys may travel unsealed ([sealing] required = false)", model)
-            rules = profile.admission
-            if rules.identity == "claimed" and rules.signature == "none" and "mqtt" in profile.transports:
-                log.warning("profile %s: any MQTT login may claim any device_id of this model "
-                            '(identity = "claimed" without signatures)', model)  # fmt: skip
+        """Say at every start and reload which profiles opted out of the trust defaults (docs/security.md)."""
+        for _, profile in sorted(self.profiles.items()):
+            for warning in profile_warnings(profile):  # the lines check-config prints
+                log.warning("configuration warning: %s", warning)
 
     def health(self) -> tuple[bool, str]:
         """/health: the cloud takes our AccessKey, the broker connection is up, the event loop answers (it just did)."""

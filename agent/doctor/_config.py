@@ -11,8 +11,9 @@ from agent.brokerauth import broker_credentials
 from agent.cloud import Credentials, load_credentials_file, resolve_credentials
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.doctor._checks import Check
+from agent.profiles import Profile, ProfileError, load_profiles
 from provisioning.cloudauth import CredentialsError
-from provisioning.profiles import Profile, ProfileError, load_profiles
+from provisioning.profiles import profile_warnings
 
 __all__ = ["UNIT_CREDENTIAL", "Loaded", "check_configuration"]
 
@@ -45,8 +46,11 @@ def check_configuration(path: Path, credentials_file: Path | None) -> tuple[list
     try:
         loaded.profiles = load_profiles(Path(config.profiles))
     except ProfileError as exc:
-        checks.append(Check.error(GROUP, "hardware profiles", str(exc), "fix the profile file and key named"))
+        checks += [Check.error(GROUP, "hardware profiles", line, "fix the profile file and key named")
+                   for line in exc.messages]  # fmt: skip
     else:
+        checks += [Check.warning(GROUP, "hardware profiles", warning, "an explicit opt-in: keep it only while needed")
+                   for profile in loaded.profiles.values() for warning in profile_warnings(profile)]  # fmt: skip
         names = ", ".join(sorted(loaded.profiles)) or "none"
         if loaded.profiles:
             checks.append(Check.ok(GROUP, "hardware profiles", f"{len(loaded.profiles)} in {config.profiles}: {names}"))

@@ -28,7 +28,6 @@ from typing import Any, Final
 
 import httpx
 import paho.mqtt.client as paho
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -42,7 +41,6 @@ from tests.broker import Pki, ShippedBroker
 
 __all__ = [
     "AGENT_USER",
-    "AWAITS_SEALING_DEFAULT",
     "DEVICE_PATIENCE_S",
     "GUARD_S",
     "MES_USER",
@@ -58,12 +56,6 @@ __all__ = [
     "profile_text",
     "work_order",
 ]
-
-# The replay of an unsealed register is stopped by [sealing] required = true becoming the profiles'
-# default; until then it must fail, and fail on an assertion.
-AWAITS_SEALING_DEFAULT = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="sealing required by default: lands with the redesign"
-)
 
 AGENT_USER: Final = "provisioning-agent"  # the CN of the agent's certificate, its ACL user
 MES_USER: Final = "mes"

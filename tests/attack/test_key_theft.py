@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from tests.attack._line import AWAITS_SEALING_DEFAULT, GUARD_S, AttackLine, Identity, b64, profile_text, work_order
+from tests.attack._line import GUARD_S, AttackLine, Identity, b64, profile_text, work_order
 from tests.attack.conftest import ATTACKER
 
 
@@ -61,7 +61,6 @@ def test_key_theft_in_the_activation_window_on_a_factory_ca_sealing_required_pro
     steal_in_flight_key(line, victim, neighbour)
 
 
-@AWAITS_SEALING_DEFAULT
 def test_replay_of_a_captured_signed_register_without_seal_pub(line: AttackLine, tmp_path: Path) -> None:
     """A register signed by the victim but sent without ``seal_pub`` (captured off the wire or the jig), replayed.
 

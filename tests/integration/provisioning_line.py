@@ -22,11 +22,25 @@ from provisioning_lab.emulator import EmulatorProcess
 from provisioning_lab.simulator import FleetReport, Timing, run_fleet
 from tests.broker import MosquittoBroker
 
-__all__ = ["FAST", "MODEL", "PROFILES", "Line", "Watcher", "line_fixture"]
+__all__ = ["FAST", "MODEL", "PROFILES", "Line", "Watcher", "line_fixture", "unsealed_profiles"]
 
 PROFILES = str(Path(__file__).parents[2] / "hardware-profiles")
 MODEL = "face-terminal-x1"
 FAST = Timing(time_scale=0.05)  # device-side timeouts (10 s register resend) scaled to test speed
+
+
+def unsealed_profiles(directory: Path) -> str:
+    """The shipped profiles with ``[sealing] required = false`` (the explicit opt-in), in ``directory``.
+
+    For tests whose raw devices take keys in the clear on purpose: they read the AuthKey off the
+    wire, or test something else than sealing with hand-written registers.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for shipped in Path(PROFILES).glob("*.toml"):
+        text = shipped.read_text(encoding="utf-8")
+        assert "\nrequired = true" in text, shipped
+        (directory / shipped.name).write_text(text.replace("\nrequired = true", "\nrequired = false"))
+    return str(directory)
 
 
 class Watcher:

@@ -9,6 +9,7 @@ configuration file itself.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as paho
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from provisioning_lab._ports import free_port
@@ -81,8 +83,10 @@ def secure_line_fixture(
 
 
 def register(device_id: str, message_id: str = "r-1") -> bytes:
+    """A register as sealing firmware sends it (the shipped profiles require seal_pub)."""
     fields = {"v": 1, "type": "register", "id": message_id, "device_id": device_id, "hardware_id": "hw-" + device_id}
-    return json.dumps(fields | {"model": MODEL}).encode()
+    seal_pub = base64.b64encode(X25519PrivateKey.generate().public_key().public_bytes_raw()).decode()
+    return json.dumps(fields | {"model": MODEL, "seal_pub": seal_pub}).encode()
 
 
 def run_agent(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

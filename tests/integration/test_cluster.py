@@ -8,6 +8,7 @@ between journaling a key and pushing it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.journal._postgres import PostgresJournal
 from provisioning_lab.agentprocess import AgentProcess
@@ -189,9 +191,11 @@ def test_an_agent_paused_before_its_push_pushes_nothing_once_its_lease_moved(
                               "--stop-before-push", "STOP-1", "--"), **sections)  # fmt: skip
     device = line.watch("prov/v1/dev/STOP-1/down")
 
-    def register(n: int) -> None:
+    seal_pub = base64.b64encode(X25519PrivateKey.generate().public_key().public_bytes_raw()).decode()
+
+    def register(n: int) -> None:  # as sealing firmware sends it: the shipped profile requires seal_pub
         body = {"v": 1, "type": "register", "id": f"r-{n}", "device_id": "STOP-1", "hardware_id": "hw-STOP-1",
-                "model": MODEL}  # fmt: skip
+                "model": MODEL, "seal_pub": seal_pub}  # fmt: skip
         device.publish("prov/v1/dev/STOP-1/up", json.dumps(body).encode())
 
     register(0)

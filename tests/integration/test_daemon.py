@@ -25,7 +25,7 @@ from provisioning.workflow import State
 from provisioning_lab.agentprocess import write_config
 from provisioning_lab.emulator import EmulatorProcess
 from provisioning_lab.simulator import DeviceSpec, FleetReport, fleet_specs
-from tests.integration.provisioning_line import MODEL, Line, line_fixture
+from tests.integration.provisioning_line import MODEL, Line, line_fixture, unsealed_profiles
 
 __all__ = ["line_fixture"]  # the fixture, imported so pytest finds it here
 
@@ -274,9 +274,10 @@ def test_kill_9_at_random_moments_never_doubles_a_licence_or_loses_a_device(line
 
 
 def test_secrets_never_reach_the_log_the_journal_or_reports(line: Line) -> None:
-    agent = line.start_agent()
+    """Unsealed on purpose: the AuthKeys cross the broker in the clear, so the test can look for them."""
+    agent = line.start_agent(profiles=unsealed_profiles(line.tmp_path / "unsealed"))
     watcher = line.watch("prov/v1/reports", "prov/v1/dev/+/down")
-    specs = fleet_specs(8, model=MODEL)
+    specs = fleet_specs(8, model=MODEL, seal=False)
     assert licensed_ids(line.fleet(specs)) == {spec.device_id for spec in specs}
     keys = [payload["auth_key"] for _, payload in watcher.messages if payload.get("type") == "key"]
     assert len(keys) >= len(specs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import http.server
 import io
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from provisioning_lab._ports import free_port
 from provisioning_lab.agentprocess import AgentProcess
@@ -246,11 +248,9 @@ def test_sigterm_lets_a_device_in_flight_finish(line: Line) -> None:
     agent = line.start_agent()
     watcher = line.watch("prov/v1/dev/+/down")
     line.emulator.set_faults(latency_ms=1500)
-    watcher.publish(
-        "prov/v1/dev/SN-DRAIN/up",
-        json.dumps({"v": 1, "type": "register", "id": "r1", "device_id": "SN-DRAIN", "hardware_id": "hw-d",
-                    "model": MODEL}).encode(),
-    )  # fmt: skip
+    seal_pub = base64.b64encode(X25519PrivateKey.generate().public_key().public_bytes_raw()).decode()
+    register = {"v": 1, "type": "register", "id": "r1", "device_id": "SN-DRAIN", "hardware_id": "hw-d", "model": MODEL}
+    watcher.publish("prov/v1/dev/SN-DRAIN/up", json.dumps(register | {"seal_pub": seal_pub}).encode())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and line.emulator.audit()["api_calls"].get("CreateAuthKey", 0) < 1:
         time.sleep(0.02)

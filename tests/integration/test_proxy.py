@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from provisioning_lab._ports import free_port
 from provisioning_lab.simulator import fleet_specs
@@ -72,11 +75,10 @@ def test_a_proxy_refusing_the_agent_makes_devices_wait_and_names_no_password(lin
     with proxy_running(credentials=("gw", "right")) as proxy:
         agent = line.start_agent(env={"http_proxy": f"http://gw:{PASSWORD}@127.0.0.1:{proxy.port}"})
         watcher = line.watch("prov/v1/dev/+/down")
-        watcher.publish(
-            "prov/v1/dev/SN-PROXY/up",
-            json.dumps({"v": 1, "type": "register", "id": "r1", "device_id": "SN-PROXY", "hardware_id": "hw-p",
-                        "model": MODEL}).encode(),
-        )  # fmt: skip
+        seal_pub = base64.b64encode(X25519PrivateKey.generate().public_key().public_bytes_raw()).decode()
+        register = {"v": 1, "type": "register", "id": "r1", "device_id": "SN-PROXY", "hardware_id": "hw-p",
+                    "model": MODEL, "seal_pub": seal_pub}  # fmt: skip
+        watcher.publish("prov/v1/dev/SN-PROXY/up", json.dumps(register).encode())
         assert watcher.wait_for(lambda: any(m.get("type") in ("wait", "error") for _, m in watcher.messages))
         answers = [m for _, m in watcher.messages if m.get("device_id") == "SN-PROXY"]
         assert answers[0]["type"] == "wait"

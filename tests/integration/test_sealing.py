@@ -48,11 +48,13 @@ def sealing_line_fixture(tmp_path: Path, mqtt_broker: MosquittoBroker) -> Iterat
 
 
 def profiles_dir(tmp_path: Path) -> str:
-    """The shipped X1 profile (sealing optional) and a sealed twin that requires it."""
+    """The shipped X1 profile with sealing made optional (the explicit opt-in) and a sealed twin that requires it."""
     directory = tmp_path / "profiles"
     directory.mkdir()
     shipped = Path(PROFILES) / "face-terminal-x1.toml"
-    (directory / shipped.name).write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
+    text = shipped.read_text(encoding="utf-8")
+    assert "\nrequired = true" in text
+    (directory / shipped.name).write_text(text.replace("\nrequired = true", "\nrequired = false"), encoding="utf-8")
     (directory / "sealed.toml").write_text(SEALED_PROFILE, encoding="utf-8")
     return str(directory)
 
@@ -81,7 +83,7 @@ def test_sealed_profile_licenses_with_sealed_keys_refuses_unsealed_and_never_sho
         10, model=SEALED_MODEL, seal=True, misbehave={Behaviour.DUPLICATE: 2, Behaviour.RE_REGISTER: 2}
     )
     optional = fleet_specs(3, model=MODEL, seal=True, id_prefix="OPT")  # not required, but the device asks
-    unsealed = DeviceSpec("UNSEALED-1", "hw-unsealed-1", SEALED_MODEL)
+    unsealed = DeviceSpec("UNSEALED-1", "hw-unsealed-1", SEALED_MODEL, seal=False)
     report = line.fleet([*sealed, *optional, unsealed])
 
     ids = {spec.device_id for spec in [*sealed, *optional]}

@@ -28,8 +28,8 @@ import serial.rfc2217
 from provisioning.serial import LinkConfig, LinkEndpoint, MessageReceived, SendBytes
 from provisioning_lab.agentprocess import AgentProcess, write_config
 from provisioning_lab.emulator import EmulatorProcess
+from tests.integration.provisioning_line import unsealed_profiles
 
-PROFILES = str(Path(__file__).parents[2] / "hardware-profiles")
 MODEL = "gate-controller-g2"
 FAST = LinkConfig(ack_timeout_s=0.1, hello_interval_s=0.2)
 WAIT_S = 30.0  # a guard against hangs, not a timing assertion
@@ -127,7 +127,8 @@ def start_station(tmp_path: Path, emulator: EmulatorProcess, ports: list[str]) -
         {
             "gateway_id": "jig-rack-1",
             "journal": str(tmp_path / "journal.sqlite3"),
-            "profiles": PROFILES,
+            # These hand-written jig devices activate the AuthKey they read off the line: unsealed on purpose.
+            "profiles": unsealed_profiles(tmp_path / "profiles"),
             "log_level": "debug",
             "cloud": {"endpoint": emulator.url, "qps": 100.0, "burst": 10},
             "mqtt": {"enabled": False},

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import SerialConfig
+from agent.profiles import load_profiles
 from agent.serial import SerialTransport, UsbPort
-from provisioning.profiles import load_profiles
 from tests.integration.test_serial_station import LinkDevice, register
 
 PROFILES = Path(__file__).parents[2] / "hardware-profiles"

@@ -301,11 +301,13 @@ async def fleet(
 
 
 def device(behaviour: Behaviour = Behaviour.NORMAL, **options: Any) -> DeviceSpec:
+    """A device that takes keys in the clear: the responder does not seal (the agent's sealing has its own tests)."""
     return DeviceSpec(
         device_id=options.pop("device_id", "SN-0001"),
         hardware_id=options.pop("hardware_id", "hw-0001"),
         model=options.pop("model", "face-terminal-x1"),
         behaviour=behaviour,
+        seal=options.pop("seal", False),
         **options,
     )
 
@@ -593,8 +595,8 @@ async def test_two_hundred_devices_at_once(
 ) -> None:
     responder_factory(activate_within_s=2)
     misbehave: dict[Behaviour, int] = {behaviour: 3 for behaviour in Behaviour if behaviour is not Behaviour.NORMAL}
-    specs = fleet_specs(100, protocol="5", misbehave=misbehave, id_prefix="A", comeback=True)
-    specs += fleet_specs(100, protocol="3.1.1", id_prefix="B")
+    specs = fleet_specs(100, protocol="5", misbehave=misbehave, id_prefix="A", comeback=True, seal=False)
+    specs += fleet_specs(100, protocol="3.1.1", id_prefix="B", seal=False)
     report = await fleet(broker, emulator, specs, timing=Timing(time_scale=0.2, late_by_s=0.3), deadline_s=60)
 
     assert report.counts() == {"licensed": 200, "error": 0, "died": 0, "timeout": 0}, report.to_json()[:2000]
@@ -627,7 +629,8 @@ def test_cli_runs_a_fleet_and_prints_json(
 ) -> None:
     responder_factory()
     argv = ["--mqtt", f"{broker.host}:{broker.port}", "--emulator", emulator.url, "--devices", "5"]
-    code = _simulate([*argv, "--misbehave", "garbage=1", "--protocol", "3.1.1", "--time-scale", "0.05", "--json"])
+    options = ["--misbehave", "garbage=1", "--protocol", "3.1.1", "--time-scale", "0.05", "--json", "--no-seal"]
+    code = _simulate([*argv, *options])
 
     assert code == 0
     body = json.loads(capsys.readouterr().out)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.config import ConfigError, load_config
 from agent.daemon._admission import WorkOrderFolder
 from agent.journal import Journal
+from agent.profiles import ProfileError, load_profile
 from provisioning.admission import (
     DAY_S,
     HOUR_S,
@@ -31,7 +32,6 @@ from provisioning.admission import (
     parse_work_order,
 )
 from provisioning.pacing import TokenBuckets
-from provisioning.profiles import ProfileError, load_profile
 from provisioning.protocol import Register, device_cert_bytes, register_signed_bytes
 
 MODEL = "face-terminal-x1"

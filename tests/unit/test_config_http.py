@@ -38,7 +38,7 @@ def test_a_bad_proxy_key_is_named(tmp_path: Path) -> None:
 
 
 def test_a_bad_proxy_variable_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="environment variable HTTPS_PROXY: socks5://"):
+    with pytest.raises(ConfigError, match=r"HTTPS_PROXY \(key cloud.proxy\): socks5://"):
         load_config(config_file(tmp_path, ""), environ={"HTTPS_PROXY": "socks5://p:1080"})
     load_config(config_file(tmp_path, '[cloud]\nproxy = "direct"\n'), environ={"HTTPS_PROXY": "socks5://p:1080"})
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from provisioning.profiles import ProfileError, load_profile
+from agent.profiles import ProfileError, load_profile
 from provisioning.protocol import (
     Key,
     ProtocolError,
@@ -340,11 +340,11 @@ def test_a_low_order_seal_pub_is_an_invalid_field(point: bytes) -> None:
 PROFILE = 'model = "m1"\nbiz_type = "B"\n[licence]\nyears = 1\n'
 
 
-def test_profile_sealing_defaults_to_not_required(tmp_path: pathlib.Path) -> None:
+def test_profile_sealing_is_required_by_default(tmp_path: pathlib.Path) -> None:
     (tmp_path / "a.toml").write_text(PROFILE)
-    assert load_profile(tmp_path / "a.toml").sealing_required is False
-    (tmp_path / "b.toml").write_text(PROFILE + "[sealing]\nrequired = true\n")
-    assert load_profile(tmp_path / "b.toml").sealing_required is True
+    assert load_profile(tmp_path / "a.toml").sealing_required is True
+    (tmp_path / "b.toml").write_text(PROFILE + "[sealing]\nrequired = false\n")
+    assert load_profile(tmp_path / "b.toml").sealing_required is False
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
+from agent.profiles import ProfileError, load_profile
 from agent.serial import UsbPort, UsbRule, discover, tid_for
-from provisioning.profiles import ProfileError, load_profile
 
 
 def nodes(tmp_path: Path, *names: str) -> list[Path]:
@@ -90,7 +90,7 @@ def test_topic_ids_are_valid_and_distinct_for_long_names() -> None:
 def test_profile_usb_rules_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text('model = "m"\nbiz_type = "B"\n[licence]\ntest = true\n[serial]\nusb = ["0403-6001"]\n')
-    with pytest.raises(ProfileError, match=r"key serial\.usb: '0403-6001' is not"):
+    with pytest.raises(ProfileError, match=r"key serial\.usb: entry 1 must be \"VID:PID\" .*, got '0403-6001'"):
         load_profile(path)
     path.write_text('model = "m"\nbiz_type = "B"\n[licence]\ntest = true\n[serial]\nusb = ["0403:6001:SN*"]\n')
     assert load_profile(path).serial_usb == ("0403:6001:SN*",)

@@ -51,7 +51,10 @@ LICENCE = Licence("wd.6ziUffspAeW5FVYbaqmexR-1qwNjM", "20261123", "20271122")
 
 
 def machine(behaviour: Behaviour = Behaviour.NORMAL, *, comeback: bool = False) -> DeviceMachine:
-    spec = DeviceSpec("3iJ1AY$oHcu7mC69", "a1b2c3d4e5f6", "face-terminal-x1", behaviour=behaviour, comeback=comeback)
+    """An unsealed device (old firmware): these tests feed it keys in the clear; sealing has its own tests."""
+    spec = DeviceSpec(
+        "3iJ1AY$oHcu7mC69", "a1b2c3d4e5f6", "face-terminal-x1", behaviour=behaviour, comeback=comeback, seal=False
+    )
     counter = itertools.count(1)
     return DeviceMachine(spec, Timing(late_by_s=5.0), new_id=lambda: f"r-{next(counter):04d}")
 

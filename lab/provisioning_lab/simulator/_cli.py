@@ -54,7 +54,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--comeback", action="store_true", help="die_mid_activation devices reboot and register again")
     parser.add_argument(
-        "--seal", action="store_true", help="devices send seal_pub and accept only sealed keys (docs/protocol.md)"
+        "--seal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="devices send seal_pub and accept only sealed keys (docs/protocol.md); --no-seal: old firmware that "
+        "takes keys in the clear (its profile needs [sealing] required = false) (default: seal)",
     )
     parser.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, help="topic root (default %(default)s)")
     parser.add_argument(

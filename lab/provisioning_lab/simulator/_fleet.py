@@ -90,7 +90,7 @@ def fleet_specs(
     misbehave: Mapping[Behaviour, int] | None = None,
     id_prefix: str = "SIM",
     comeback: bool = False,
-    seal: bool = False,
+    seal: bool = True,
 ) -> list[DeviceSpec]:
     """``count`` devices ``{id_prefix}-00000``...: the misbehaving ones first, the rest normal."""
     behaviours = [behaviour for behaviour, n in (misbehave or {}).items() for _ in range(n)]

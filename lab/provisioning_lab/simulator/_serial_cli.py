@@ -91,7 +91,7 @@ def serial_queues(args: argparse.Namespace) -> Iterator[list[PortQueue]]:
             yield []
             return
         count = len(ports) if args.serial_devices is None else args.serial_devices
-        specs = fleet_specs(count, model=args.serial_model, id_prefix=args.serial_id_prefix)
+        specs = fleet_specs(count, model=args.serial_model, id_prefix=args.serial_id_prefix, seal=args.seal)
         yield [q for q in queue_specs(ports, specs, replug=args.replug and args.serial_dir is not None) if q.specs]
 
 

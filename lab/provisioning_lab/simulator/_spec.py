@@ -69,7 +69,7 @@ class DeviceSpec:
     behaviour: Behaviour = Behaviour.NORMAL
     protocol: MqttProtocol = "5"
     comeback: bool = False  # die_mid_activation only: reboot after dying and register again as a normal device
-    seal: bool = False  # send seal_pub with every register and accept only a sealed key (docs/protocol.md)
+    seal: bool = True  # send seal_pub with every register and accept only a sealed key (docs/protocol.md)
     fw: str = "sim-1.0"
 
     def __post_init__(self) -> None:
