@@ -214,6 +214,8 @@ class Admission:
     # -- the rules, in order ------------------------------------------------------------------
 
     def _decide(self, request: Request, now: float, *, quotas: bool = True) -> Mint | Refusal:
+        """The rules in order; ``quotas=False`` for a key that exists already (a resend): it is charged,
+        so neither the quotas nor a work order's ceiling (which counts it) may refuse it."""
         register, rules = request.register, request.rules
         listing = self.book.listing(register.device_id) if rules.work_orders else []
         orders = [o for o in listing if o.model == register.model]
@@ -221,7 +223,7 @@ class Admission:
         if refusal is None:
             order = next((o for o in orders if self.ledger.order_used(o.order_id) < o.ceiling), None)
             refusal = _signature(register, rules, order or (orders[0] if orders else None))
-            if refusal is None and orders and order is None:
+            if refusal is None and orders and order is None and quotas:
                 names = ", ".join(f"{o.order_id} ({o.ceiling})" for o in orders)
                 refusal = Refusal("work_order_exhausted", f"work order {names} has used all its keys")
             if refusal is None and quotas:

@@ -157,6 +157,17 @@ def test_a_resend_passes_the_same_signature_check_as_the_first_key(tmp_path: Pat
     assert replay[0].message.startswith("signature_required")
 
 
+def test_a_resend_is_not_refused_by_the_work_order_ceiling_its_own_key_filled(tmp_path: Path) -> None:
+    line = Harness(tmp_path, [profile(rules=Rules(work_orders=True))])
+    line.admission.set_work_orders([WorkOrder("WO-1", MODEL, 1, {DEVICE: b"", "SN-0002": b""}, "wo.csv")])
+    first = only_key(line.register(DEVICE, register()))
+    again = only_key(line.register(DEVICE, register(rid="r2")))  # the ceiling (1) is this key's own charge
+    assert again.attempt == first.attempt
+    refused = line.register("SN-0002", register("SN-0002"))
+    assert isinstance(refused[0], ErrorReply)
+    assert refused[0].message.startswith("work_order_exhausted")
+
+
 def test_a_result_from_another_address_changes_nothing(open_line: Harness) -> None:
     key = only_key(open_line.register("victim", register()))
     before = open_line.record(DEVICE)
