@@ -186,14 +186,32 @@ class ProvisioningAgent:
         return server
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
-        """Serve until ``stop`` is set; then say offline and release everything."""
-        try:
+        """Serve until ``stop`` is set; then say offline and release everything.
+
+        Every resource is released by one exit stack, in the reverse order of its use, whatever
+        fails on the way out: the offline status first (the broker is still there), the journal
+        last (everything before may still write to it).
+        """
+        async with contextlib.AsyncExitStack() as resources:
+            resources.callback(log.info, "stopped")
+            resources.callback(flush_suppressed, force=True)
+            resources.callback(self.notifier.close)
+            resources.callback(self.journal.close)
+            if self._webhook is not None:
+                resources.push_async_callback(self._webhook.aclose)
+            resources.push_async_callback(self.cloud.aclose)
+            if self.serial is not None:
+                resources.push_async_callback(asyncio.to_thread, self.serial.close)
+            if self.mqtt is not None:
+                resources.push_async_callback(self.mqtt.aclose)
             await self.admission.load()  # quota use and work orders, before the first register
             await self.devices.resume()
             if self._http is not None:
                 await self._http.start()
+                resources.push_async_callback(self._http.stop)
                 log.info("listening on http://%s: / (station view), /status, /health, /metrics",
                          self.config.http.listen)  # fmt: skip
+            resources.push_async_callback(self._say_offline)
             if not await self._connect(stop):
                 return
             async with asyncio.TaskGroup() as group:
@@ -239,8 +257,6 @@ class ProvisioningAgent:
                                     len(unfinished))  # fmt: skip
                 for task in serving:
                     task.cancel()
-        finally:
-            await self._shutdown()
 
     async def _connect(self, stop: asyncio.Event) -> bool:
         """Connect to the broker, waiting out an unreachable one (it may boot after us); False if stopped.
@@ -485,23 +501,11 @@ class ProvisioningAgent:
         status = self.status() | {"state": state}
         await self.mqtt.publish(self.topics.status, json.dumps(status).encode(), qos=1, retain=True)
 
-    async def _shutdown(self) -> None:
+    async def _say_offline(self) -> None:
+        """The retained status says offline, if the broker takes it within two seconds."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await self._publish_status("offline")
-        if self.mqtt is not None:
-            await self.mqtt.aclose()
-        if self.serial is not None:
-            await asyncio.to_thread(self.serial.close)
-        await self.cloud.aclose()
-        if self._http is not None:
-            await self._http.stop()
-        if self._webhook is not None:
-            await self._webhook.aclose()
-        self.journal.close()
-        self.notifier.close()
-        flush_suppressed(force=True)
-        log.info("stopped")
 
     def _mqtt_settings(self) -> MqttSettings:
         mqtt = self.config.mqtt
