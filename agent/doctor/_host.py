@@ -11,7 +11,7 @@ from typing import Final
 
 from agent.config import AgentConfig
 from agent.doctor._checks import Check
-from agent.journal import OPERATORS_GROUP, Journal, JournalError, operators_gid
+from agent.journal import OPERATORS_GROUP, Journal, JournalError, open_readonly, operators_gid, redact_url
 from agent.serial import UsbRule, discover, usb_ports
 from provisioning.profiles import Profile
 
@@ -25,6 +25,8 @@ LOW_FREE_BYTES: Final = 1024 * 1024 * 1024  # a journal grows ~2 KB a device; ba
 
 def check_journal(config: AgentConfig) -> list[Check]:
     """Free space where the journal lives, who may read it, and whether it opens."""
+    if config.journal.url:
+        return [_check_ledger(config)]
     path = Path(config.journal.path)
     directory = path.parent
     existing = next((p for p in (directory, *directory.parents) if p.exists()), Path("/"))
@@ -43,6 +45,17 @@ def check_journal(config: AgentConfig) -> list[Check]:
         else:
             checks.append(Check.ok(GROUP, "journal", f"{path} opens (schema current)"))
     return checks
+
+
+def _check_ledger(config: AgentConfig) -> Check:
+    """The shared ledger: its disk is the database's, so only whether it opens at the current schema."""
+    where = redact_url(config.journal.url)
+    try:
+        open_readonly(config.journal).close()
+    except JournalError as exc:
+        return Check.error(GROUP, "journal", f"the shared ledger at {where}: {exc}",
+                           "see docs/cluster.md: the database, its user's rights and pg_hba.conf")  # fmt: skip
+    return Check.ok(GROUP, "journal", f"the shared ledger at {where} opens (schema current)")
 
 
 def _free_space(directory: Path) -> Check:

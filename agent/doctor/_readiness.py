@@ -122,6 +122,8 @@ def check_log() -> Check:
 
 def check_persistent_journal(config: AgentConfig) -> Check:
     """The journal survives a reboot: not on tmpfs or a container's throw-away layer."""
+    if config.journal.url:  # the shared ledger's durability is the database's (docs/cluster.md)
+        return Check.ok(GROUP, "journal storage", "the shared ledger on PostgreSQL: durable as its server is set up")
     path = Path(config.journal.path).parent
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
     fs_type, mount = _file_system(existing.resolve())

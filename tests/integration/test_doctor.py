@@ -193,3 +193,31 @@ def test_every_configuration_problem_at_once(tmp_path: Path, emulator: EmulatorP
     errors = {c["name"] for c in report["checks"] if c["status"] == "error"}
     assert {"hardware profiles", "broker login", "cloud AccessKey"} <= errors  # all of them, in one run
     assert code == 3
+
+
+@pytest.mark.slow
+def test_a_shared_ledger_is_checked_where_it_lives_and_its_password_never_shown(
+    tmp_path: Path, emulator: EmulatorProcess, ledger_url: str
+) -> None:
+    """With ``[journal] url`` the check opens the ledger (not a local file) and names it without its password."""
+    secret_url = ledger_url.replace("://ledger@", "://ledger:s3cret-pw@", 1)
+    assert secret_url != ledger_url, ledger_url  # trust on loopback: the password is sent but not needed
+    config = agent_config(tmp_path, emulator)
+    text = config.read_text().replace(f'journal = "{tmp_path / "state" / "journal.sqlite3"}"\n', "")
+    config.write_text(text + f'\n[journal]\nurl = "{secret_url}"\n', encoding="utf-8")
+
+    _, report, human = doctor(config, emulator)  # an empty database: no ledger schema yet
+    assert check(report, "journal")["status"] == "error"
+    assert "has schema 0" in check(report, "journal")["message"]
+    assert check(report, "journal storage")["status"] == "ok"
+    assert not {c["name"] for c in report["checks"]} & {"disk space", "journal permissions"}
+    assert "s3cret-pw" not in json.dumps(report) + human
+    assert ":***@" in check(report, "journal")["message"]
+
+    from agent.journal import open_url
+
+    open_url(ledger_url, gateway_id="doc-line").close()  # an agent's first start creates the schema
+    _, report, human = doctor(config, emulator)
+    assert check(report, "journal")["status"] == "ok", check(report, "journal")
+    assert "opens (schema current)" in check(report, "journal")["message"]
+    assert "s3cret-pw" not in json.dumps(report) + human
