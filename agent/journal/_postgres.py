@@ -447,7 +447,7 @@ class PostgresJournal:
         with self._lock:
             db = self._connection()
             try:
-                with db.transaction():
+                with db.transaction() as transaction:
                     if not durable:
                         db.execute("SET LOCAL synchronous_commit = off")
                     self._in_batch = True
@@ -457,6 +457,7 @@ class PostgresJournal:
                         self._in_batch = False
             except psycopg.Error as exc:
                 raise self._translate(exc) from exc
+            self._confirm(transaction)
 
     @contextmanager
     def _transaction(self, *, durable: bool = True) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
@@ -464,12 +465,26 @@ class PostgresJournal:
         with self._lock:
             db = self._connection()
             try:
-                with db.transaction():
+                with db.transaction() as transaction:
                     if not durable and not self._in_batch:
                         db.execute("SET LOCAL synchronous_commit = off")
                     yield db
             except psycopg.Error as exc:
                 raise self._translate(exc) from exc
+            self._confirm(transaction)
+
+    def _confirm(self, transaction: psycopg.Transaction) -> None:
+        """Raise unless ``transaction`` (or savepoint) is known committed.
+
+        psycopg leaves a transaction block without a word when the connection is already gone at
+        its end (the server was shut down, a call inside lost the connection and its error was
+        handed to its own caller): nothing was committed, yet nothing was raised. A batch that
+        ended so must fail as a whole, or a charge that never reached the disk would be taken for
+        written and its key minted. A COMMIT whose answer was lost raises on its own; its outcome
+        is unknown, and a charge in it stays counted if it landed (never given back on this path).
+        """
+        if transaction.status is not transaction.Status.COMMITTED:
+            raise LedgerUnavailable(f"ledger {self.where}: the connection was lost before the commit was confirmed")
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:

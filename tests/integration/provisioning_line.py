@@ -163,7 +163,14 @@ class Line:
         document: dict[str, Any] = answer.json()
         return document
 
-    def fleet(self, specs: list[Any], deadline_s: float = 60.0, passwords: dict[str, str] | None = None) -> FleetReport:
+    def fleet(
+        self,
+        specs: list[Any],
+        deadline_s: float = 60.0,
+        passwords: dict[str, str] | None = None,
+        concurrency: int | None = None,
+    ) -> FleetReport:
+        """Run ``specs`` as devices; ``concurrency``: at most this many at once (default: the simulator's)."""
         return asyncio.run(
             run_fleet(
                 specs,
@@ -173,6 +180,7 @@ class Line:
                 deadline_s=deadline_s,
                 timing=FAST,
                 mqtt_passwords=passwords,
+                **({"concurrency": concurrency} if concurrency is not None else {}),
             )
         )
 
