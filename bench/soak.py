@@ -723,7 +723,7 @@ def _log_levels(workdir: Path) -> dict[str, int]:
 
 
 def _chaos_counts(timeline: Timeline) -> dict[str, int]:
-    words = Counter(what for _, what in timeline.events)
+    words = Counter(what.split(" (")[0] for _, what in timeline.events)  # "agent SIGKILLed (soak-2)": an agent kill
     return {
         "agent_kills": words["agent SIGKILLed"],
         "agent_restarts": words["agent restarted"],
