@@ -4,8 +4,9 @@ The agent holds a shared ``flock`` on its journal file for as long as it has it 
 ``journal migrate`` takes it exclusively, so a migration never copies a journal an agent is
 still writing, and an agent never starts on a journal being migrated. ``flock`` locks are
 apart from the byte-range locks SQLite takes on the same file (Linux keeps the two kinds
-separate), and the kernel drops them with the process, so a crashed agent leaves nothing to
-clean up. Readers (status, export, audit) take no lock.
+separate on a local file system, and the journal must be local anyway: WAL mode needs shared
+memory), and the kernel drops them with the process, so a crashed agent leaves nothing to clean
+up. Readers (status, export, audit) take no lock.
 """
 
 from __future__ import annotations
