@@ -84,6 +84,7 @@ bench: $(STAMP) broker-check
 	$(PY) bench/serial_station.py
 
 ## soak: 1,000 devices through a line under chaos, then the invariants (docs/reliability.md; several minutes)
+##       SOAK_ARGS=--ledger: two agents on one PostgreSQL ledger (needs the PostgreSQL binaries and psycopg)
 soak: $(STAMP) broker-check
 	nice -n 10 $(PY) bench/soak.py $(SOAK_ARGS)
 

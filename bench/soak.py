@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -41,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -54,6 +55,7 @@ from agent.profiles import load_profiles
 from provisioning_lab.agentprocess import AgentProcess, AgentStartError, write_config
 from provisioning_lab.broker import MosquittoBroker, MosquittoNotFound
 from provisioning_lab.emulator import EmulatorProcess
+from provisioning_lab.postgres import PostgresServer
 from provisioning_lab.simulator import (
     SERIAL_PROTOCOL,
     Behaviour,
@@ -99,6 +101,7 @@ SNAPSHOT: Final = (
     "hardware-profiles",
     "bench",
 )  # the code a run uses, copied at its start
+LEDGER_LEASE_S: Final = 5.0  # --ledger: a killed agent's devices are taken over this late
 WAVE_EVERY_S: Final = 5.0  # devices arrive in a wave this often
 KILL_DOWNTIME_S: Final = (0.0, 2.0)  # the agent stays dead this long (uniform) before its restart
 START_ATTEMPTS: Final = 3  # a restart that does not become ready is tried again (the broker may be restarting)
@@ -129,6 +132,7 @@ class Plan:
     ttl_stop_at: float = 0.0  # SIGSTOP of the agent for key_ttl_s + TTL_CHAOS_PAST_S
     ttl_kill_at: float = 0.0  # SIGKILL, dark as long
     ttl_broker_down_at: float = 0.0  # broker stopped as long
+    ledger: bool = False  # two agents on one PostgreSQL ledger instead of one on its SQLite journal
 
 
 @dataclass(slots=True)
@@ -149,14 +153,20 @@ class Timeline:
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """The running pieces the chaos acts on."""
+    """The running pieces the chaos acts on (``--ledger``: two agents and the ledger they share)."""
 
     emulator: EmulatorProcess
     broker: MosquittoBroker
-    agent: AgentProcess
+    agents: tuple[AgentProcess, ...]
     webhook: WebhookReceiver
     jig: SerialJig | None
     workdir: Path
+    ledger: PostgresServer | None = None
+    rng: random.Random = field(default_factory=lambda: random.Random(0))  # which agent the chaos hits
+
+    def victim(self) -> AgentProcess:
+        """The agent the next kill or stop hits (one at random when there are several)."""
+        return self.agents[0] if len(self.agents) == 1 else self.rng.choice(self.agents)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,6 +247,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ttl_stop_at=round(rng.uniform(0.15, 0.3) * ttl_arrival, 2),
         ttl_kill_at=round(rng.uniform(0.45, 0.55) * ttl_arrival, 2),
         ttl_broker_down_at=round(rng.uniform(0.7, 0.8) * ttl_arrival, 2),
+        ledger=args.ledger,
     )
 
 
@@ -316,24 +327,24 @@ async def run_soak(plan: Plan, workdir: Path) -> dict[str, Any]:
     specs, serial_specs = mqtt_fleet(plan), serial_fleet(plan)
     jig = SerialJig(workdir / "jig", plan.serial_ports, seed=plan.seed)
     profiles = write_profiles(workdir / "profiles")
-    with EmulatorProcess(emulator_args) as emulator, broker, jig:
+    with EmulatorProcess(emulator_args) as emulator, broker, jig, _ledger(plan, workdir) as ledger:
         webhook = WebhookReceiver()
         await webhook.start()
-        config = _agent_config(workdir, emulator, broker, webhook, jig, profiles)
-        agent = AgentProcess(config, env=_agent_env(emulator))
-        line = Line(emulator, broker, agent, webhook, jig, workdir)
+        agents = _agents(plan, workdir, emulator, broker, webhook, jig, profiles, ledger)
+        line = Line(emulator, broker, agents, webhook, jig, workdir, ledger, random.Random(plan.seed))
         timeline = Timeline()
         try:
-            await asyncio.to_thread(agent.start)
-            timeline.note("agent ready; devices start arriving")
+            for agent in agents:
+                await asyncio.to_thread(agent.start)
+            timeline.note(f"{_agents_word(line)} ready; devices start arriving")
             reports = await _run_under_chaos(plan, line, specs, serial_specs, timeline)
             await _await_reports(line, reports, timeline)
         finally:
-            _save_log(line, "final life")
-            await asyncio.to_thread(agent.stop)
+            await _stop_all(line)
             await webhook.stop()
         audit = emulator.audit()
-    return _result(plan, specs + serial_specs, reports, audit, line, timeline, profiles)
+        trail = _ledger_trail(line)
+    return _result(plan, specs + serial_specs, reports, audit, line, timeline, profiles, trail)
 
 
 async def _run_under_chaos(
@@ -395,31 +406,31 @@ async def run_ttl_phase(plan: Plan, workdir: Path) -> dict[str, Any]:
     emulator_args += ["--sdk-delay", "0", "--key-ttl", f"{plan.key_ttl_s:g}s"]
     broker = MosquittoBroker(workdir / "broker", persistence=True, extra_config=[f"max_queued_messages {BROKER_QUEUE}"])
     specs = ttl_fleet(plan)
-    with EmulatorProcess(emulator_args) as emulator, broker:
+    with EmulatorProcess(emulator_args) as emulator, broker, _ledger(plan, workdir) as ledger:
         webhook = WebhookReceiver()
         await webhook.start()
-        config = _agent_config(workdir, emulator, broker, webhook, None, profiles, plan.key_ttl_s)
-        agent = AgentProcess(config, env=_agent_env(emulator))
-        line = Line(emulator, broker, agent, webhook, None, workdir)
+        agents = _agents(plan, workdir, emulator, broker, webhook, None, profiles, ledger, plan.key_ttl_s)
+        line = Line(emulator, broker, agents, webhook, None, workdir, ledger, random.Random(plan.seed + 1))
         timeline = Timeline()
         try:
-            await asyncio.to_thread(agent.start)
+            for agent in agents:
+                await asyncio.to_thread(agent.start)
             timeline.note(f"short-TTL line ready (keys live {plan.key_ttl_s:g} s); devices start arriving")
             reports = await _ttl_under_chaos(plan, line, specs, timeline)
             await _await_reports(line, reports, timeline)
         finally:
-            _save_log(line, "final life")
-            await asyncio.to_thread(agent.stop)
+            await _stop_all(line)
             await webhook.stop()
         audit = emulator.audit()
+        trail = _ledger_trail(line)
     outcomes = [o for report in reports for o in report.devices]
-    invariants = _judge(outcomes, specs, audit, line, profiles)
+    invariants = _judge(outcomes, specs, audit, line, profiles, trail)
     return {
         "ok": all(invariant.ok for invariant in invariants),
         "key_ttl_s": plan.key_ttl_s,
         "duration_s": round(timeline.now(), 1),
         "chaos": _chaos_counts(timeline),
-        "figures": {**_figures(outcomes, audit, line.webhook), "agent_log": _log_levels(workdir / "agent.log")},
+        "figures": {**_figures(outcomes, audit, line.webhook), "agent_log": _log_levels(workdir)},
         "invariants": [asdict(invariant) for invariant in invariants],
         "timeline": timeline.events,
         "devices": [_device_row(o) for o in outcomes],
@@ -448,12 +459,13 @@ async def _ttl_chaos(plan: Plan, line: Line, timeline: Timeline) -> None:
 
 async def _stop_agent(line: Line, timeline: Timeline, seconds: float) -> None:
     """SIGSTOP: the agent frozen (a VM paused, a debugger, swap), keys in its memory aging; then SIGCONT."""
-    os.kill(line.agent.pid, signal.SIGSTOP)
-    timeline.note(f"agent SIGSTOPped for {seconds:g} s")
+    agent = line.victim()
+    os.kill(agent.pid, signal.SIGSTOP)
+    timeline.note(f"agent SIGSTOPped for {seconds:g} s" + _which(line, agent))
     try:
         await asyncio.sleep(seconds)
     finally:
-        os.kill(line.agent.pid, signal.SIGCONT)
+        os.kill(agent.pid, signal.SIGCONT)
         timeline.note("agent SIGCONTinued")
 
 
@@ -479,16 +491,17 @@ async def _kills(plan: Plan, line: Line, timeline: Timeline) -> None:
 
 
 async def _kill_agent(line: Line, timeline: Timeline, downtime: float) -> None:
-    """SIGKILL, a moment of darkness, then a restart on the same journal."""
-    line.agent.kill()
-    _save_log(line, "killed")
-    timeline.note("agent SIGKILLed")
+    """SIGKILL, a moment of darkness, then a restart on the same journal (the other agent, if any, serves on)."""
+    agent = line.victim()
+    agent.kill()
+    _save_log(line, agent, "killed")
+    timeline.note("agent SIGKILLed" + _which(line, agent))
     await asyncio.sleep(downtime)
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            await asyncio.to_thread(line.agent.start)
+            await asyncio.to_thread(agent.start)
         except AgentStartError:
-            _save_log(line, f"start attempt {attempt} failed")
+            _save_log(line, agent, f"start attempt {attempt} failed")
             timeline.note(f"agent restart attempt {attempt} failed")
             if attempt == START_ATTEMPTS:
                 raise
@@ -533,6 +546,30 @@ async def _sleep_until(timeline: Timeline, instant: float) -> None:
     await asyncio.sleep(max(0.0, instant - timeline.now()))
 
 
+def _agents(
+    plan: Plan,
+    workdir: Path,
+    emulator: EmulatorProcess,
+    broker: MosquittoBroker,
+    webhook: WebhookReceiver,
+    jig: SerialJig | None,
+    profiles: Path,
+    ledger: PostgresServer | None,
+    key_lifetime_s: float = SERVICE_KEY_LIFETIME_S,
+) -> tuple[AgentProcess, ...]:
+    """One agent on its SQLite journal; with ``--ledger``, two on the ledger (the first also serves the jig)."""
+    if ledger is None:
+        config = _agent_config(workdir, emulator, broker, webhook, jig, profiles, key_lifetime_s)
+        return (AgentProcess(config, env=_agent_env(emulator)),)
+    shared = {"url": ledger.url, "lease_s": LEDGER_LEASE_S}
+    configs = [
+        _agent_config(workdir, emulator, broker, webhook, jig if n == 1 else None, profiles, key_lifetime_s,
+                      name=f"soak-{n}", journal=shared)
+        for n in (1, 2)
+    ]  # fmt: skip
+    return tuple(AgentProcess(config, env=_agent_env(emulator)) for config in configs)
+
+
 def _agent_config(
     workdir: Path,
     emulator: EmulatorProcess,
@@ -541,21 +578,62 @@ def _agent_config(
     jig: SerialJig | None,
     profiles: Path,
     key_lifetime_s: float = SERVICE_KEY_LIFETIME_S,
+    *,
+    name: str = "soak",
+    journal: dict[str, Any] | None = None,
 ) -> Path:
     values: dict[str, Any] = {
-        "gateway_id": "soak",
-        "journal": str(workdir / "journal.sqlite3"),
+        "gateway_id": name,
+        "journal": journal if journal is not None else str(workdir / "journal.sqlite3"),
         "profiles": str(profiles),
         "log_level": "info",
         "cloud": {"endpoint": emulator.url, "qps": AGENT_QPS, "burst": 4, "key_lifetime_s": int(key_lifetime_s)},
-        "mqtt": {"host": broker.host, "port": broker.port},
+        "mqtt": {"host": broker.host, "port": broker.port, **({"shared_group": "soak"} if journal else {})},
         "upstream": {"mqtt_topic": "", "webhook_url": webhook.url, "webhook_timeout_s": 5.0},
         "http": {"listen": "", "socket": ""},
         "serial": {"ports": [str(jig.directory / "port-*")], "usb": False, "scan_interval_s": 0.5}
         if jig is not None
         else {"usb": False},
     }
-    return write_config(workdir / "agent.toml", values)
+    return write_config(workdir / ("agent.toml" if name == "soak" else f"{name}.toml"), values)
+
+
+@contextlib.contextmanager
+def _ledger(plan: Plan, workdir: Path) -> Iterator[PostgresServer | None]:
+    """The shared ledger's PostgreSQL (``--ledger``), started for the phase and stopped after it."""
+    if not plan.ledger:
+        yield None
+        return
+    with PostgresServer(workdir / "postgres", fsync=True) as server:
+        yield server
+
+
+def _ledger_trail(line: Line) -> tuple[int, str] | None:
+    """The ledger's audit chain at the end: (entries, "" when intact, else where it breaks); None without one."""
+    if line.ledger is None:
+        return None
+    from agent.journal._postgres import PostgresJournal
+
+    reader = PostgresJournal.open_readonly(line.ledger.url)
+    try:
+        rows, broken = reader.verify_audit()
+    finally:
+        reader.close()
+    return len(rows), "" if broken is None else f"seq {broken.seq}: {broken.kind}: {broken.reason}"
+
+
+async def _stop_all(line: Line) -> None:
+    for agent in line.agents:
+        _save_log(line, agent, "final life")
+        await asyncio.to_thread(agent.stop)
+
+
+def _agents_word(line: Line) -> str:
+    return "agent" if len(line.agents) == 1 else f"{len(line.agents)} agents on the ledger"
+
+
+def _which(line: Line, agent: AgentProcess) -> str:
+    return "" if len(line.agents) == 1 else f" ({agent.config_file.stem})"
 
 
 def _agent_env(emulator: EmulatorProcess) -> dict[str, str]:
@@ -566,11 +644,12 @@ def _agent_env(emulator: EmulatorProcess) -> dict[str, str]:
     )
 
 
-def _save_log(line: Line, why: str) -> None:
-    """Append the agent's in-memory log of this life to agent.log (it is cleared on the next start)."""
-    with (line.workdir / "agent.log").open("a", encoding="utf-8") as log:
+def _save_log(line: Line, agent: AgentProcess, why: str) -> None:
+    """Append the agent's in-memory log of this life to its log file (it is cleared on the next start)."""
+    name = "agent.log" if len(line.agents) == 1 else f"agent-{agent.config_file.stem}.log"
+    with (line.workdir / name).open("a", encoding="utf-8") as log:
         log.write(f"===== agent life ends: {why} at {time.strftime('%H:%M:%S')} =====\n")
-        log.write(line.agent.log_text() + "\n")
+        log.write(agent.log_text() + "\n")
 
 
 def _result(
@@ -581,15 +660,16 @@ def _result(
     line: Line,
     timeline: Timeline,
     profiles: Path,
+    trail: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     outcomes: list[DeviceOutcome] = [o for report in reports for o in report.devices]
-    invariants = _judge(outcomes, specs, audit, line, profiles)
+    invariants = _judge(outcomes, specs, audit, line, profiles, trail)
     return {
         "ok": all(invariant.ok for invariant in invariants),
         "plan": asdict(plan),
         "duration_s": round(timeline.now(), 1),
         "chaos": _chaos_counts(timeline),
-        "figures": {**_figures(outcomes, audit, line.webhook), "agent_log": _log_levels(line.workdir / "agent.log")},
+        "figures": {**_figures(outcomes, audit, line.webhook), "agent_log": _log_levels(line.workdir)},
         "invariants": [asdict(invariant) for invariant in invariants],
         "timeline": timeline.events,
         "devices": [_device_row(o) for o in outcomes],
@@ -600,14 +680,26 @@ def _result(
 
 
 def _judge(
-    outcomes: list[DeviceOutcome], specs: list[DeviceSpec], audit: dict[str, Any], line: Line, profiles: Path
+    outcomes: list[DeviceOutcome],
+    specs: list[DeviceSpec],
+    audit: dict[str, Any],
+    line: Line,
+    profiles: Path,
+    trail: tuple[int, str] | None = None,
 ) -> list[Invariant]:
-    """check_all with each device's margin (scaled to the emulator's key lifetime, as the agent scales it)."""
+    """check_all with each device's margin (scaled to the emulator's key lifetime, as the agent scales it);
+    on the ledger also its audit chain, which both agents wrote."""
     scale = float(audit.get("key_lifetime_s", SERVICE_KEY_LIFETIME_S)) / SERVICE_KEY_LIFETIME_S
     policies = {p.model: p.policy for p in load_profiles(profiles).values()}
     margin_s = {spec.device_id: policies[spec.model].key_safety_margin_s * scale for spec in specs}
     attempts = {spec.device_id: policies[spec.model].max_attempts for spec in specs}
-    return check_all(outcomes, audit, line.webhook.deliveries, margin_s, attempts)
+    invariants = check_all(outcomes, audit, line.webhook.deliveries, margin_s, attempts)
+    if trail is not None:
+        entries, broken = trail
+        invariants.append(Invariant("ledger audit chain intact", "the ledger's one audit trail, written by every "
+                                    "agent, verifies whole", entries, 1 if broken else 0, (),
+                                    (broken,) if broken else ()))  # fmt: skip
+    return invariants
 
 
 def _code_source() -> dict[str, Any]:
@@ -619,18 +711,19 @@ def _code_source() -> dict[str, Any]:
     return {"snapshot": str(ROOT), "agent_package": str(Path(agent.__file__ or "").parent), **recorded}
 
 
-def _log_levels(log: Path) -> dict[str, int]:
-    """WARNING and ERROR lines over the agent's lives (an ERROR is worth reading even when invariants hold)."""
+def _log_levels(workdir: Path) -> dict[str, int]:
+    """WARNING and ERROR lines over the agents' lives (an ERROR is worth reading even when invariants hold)."""
     levels: Counter[str] = Counter()
-    for entry in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        fields = entry.split(" ", 3)
-        if len(fields) > 2 and fields[2] in ("WARNING", "ERROR", "CRITICAL"):
-            levels[fields[2]] += 1
+    for log in sorted(workdir.glob("agent*.log")):
+        for entry in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            fields = entry.split(" ", 3)
+            if len(fields) > 2 and fields[2] in ("WARNING", "ERROR", "CRITICAL"):
+                levels[fields[2]] += 1
     return dict(levels)
 
 
 def _chaos_counts(timeline: Timeline) -> dict[str, int]:
-    words = Counter(what for _, what in timeline.events)
+    words = Counter(what.split(" (")[0] for _, what in timeline.events)  # "agent SIGKILLed (soak-2)": an agent kill
     return {
         "agent_kills": words["agent SIGKILLed"],
         "agent_restarts": words["agent restarted"],
@@ -757,6 +850,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--key-ttl", type=float, default=30.0, help="the short-TTL line's key life, s (default 30)")
     parser.add_argument("--ttl-devices", type=int, default=150, help="devices on the short-TTL line (0: none)")
     parser.add_argument("--ttl-arrival-s", type=float, default=150.0, help="they arrive over this long (s)")
+    parser.add_argument("--ledger", action="store_true", help="two agents on one PostgreSQL ledger (docs/cluster.md) "
+                        "instead of one on its SQLite journal; the chaos hits one agent at a time")  # fmt: skip
     parser.add_argument("--json-out", default="", help="result file (default: soak-result.json in the work dir)")
     parser.add_argument("--workdir", default=None, help="parent of the run's work directories (default: tmp)")
     parser.add_argument("--from-snapshot", action="store_true", help=argparse.SUPPRESS)  # set by the re-exec

@@ -39,12 +39,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _run.add_parsers(commands)
     if command in DAEMON_COMMANDS:
         return parser
-    from agent.cli import _audit, _cloud, _completion, _doctor, _ops, _report
+    from agent.cli import _audit, _cloud, _completion, _doctor, _journal, _ops, _report
 
     _doctor.add_parser(commands)
     _ops.add_parsers(commands)
     _cloud.add_parser(commands)
     _audit.add_parser(commands)
+    _journal.add_parser(commands)
     _report.add_parser(commands)
     _completion.add_parser(commands, build_parser)
     return parser

@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from agent.http import HttpClient, proxy_for
-from agent.journal import JournalWorker
+from agent.journal import JournalWorker, LedgerUnavailable
 from provisioning.pacing import Backoff
 from provisioning.reportsig import HEADER, SIGNATURE_MEMBER, ReportSigner, header_value
 from provisioning.secret import Secret
@@ -139,23 +139,33 @@ class UpstreamDrainer:
         """Deliver until cancelled."""
         if not self._sinks:
             log.warning("no upstream configured: reports stay in the journal's outbox")
-            self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
+            with contextlib.suppress(LedgerUnavailable):  # the depth is for status only
+                self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
             return
         while True:
             self._wake.clear()
-            rows = await self._journal.run_bookkeeping(
-                self._journal.journal.due_reports, now=self._clock(), limit=BATCH
-            )
-            for row in rows:
-                await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts)
-            self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
-            if len(rows) == BATCH:
+            try:
+                wait = await self._round()
+            except LedgerUnavailable as exc:  # a shared ledger out of reach: the reports wait in it, nothing is lost
+                self.last_error = str(exc)
+                log.warning("reports wait for the ledger (%s); looking again in %.0f s", exc, IDLE_POLL_S)
+                wait = IDLE_POLL_S
+            if wait is None:
                 continue
-            next_due = await self._journal.run_bookkeeping(self._journal.journal.next_report_due)
-            wait = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, max(0.05, next_due - self._clock()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):  # not wait_for: 3.11 can swallow a cancel
                     await self._wake.wait()
+
+    async def _round(self) -> float | None:
+        """Deliver what is due; how long to wait before the next round (None: at once, more are due)."""
+        rows = await self._journal.run_bookkeeping(self._journal.journal.due_reports, now=self._clock(), limit=BATCH)
+        for row in rows:
+            await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts)
+        self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
+        if len(rows) == BATCH:
+            return None
+        next_due = await self._journal.run_bookkeeping(self._journal.journal.next_report_due)
+        return IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, max(0.05, next_due - self._clock()))
 
     async def _deliver(self, row_id: int, key: str, report: dict[str, Any], attempts: int) -> None:
         if self._signer is not None:

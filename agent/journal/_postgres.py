@@ -31,12 +31,13 @@ Every psycopg error is translated at this boundary: connection trouble to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Final
 
 import psycopg
@@ -439,6 +440,107 @@ class PostgresJournal:
                 (fence.device_id, self.gateway_id, fence.token),
             )
 
+    # -- migration --------------------------------------------------------------------------
+
+    def import_journal(
+        self,
+        *,
+        source: str,
+        records: Sequence[DeviceRecord],
+        charges: Sequence[Mint],
+        reports: Sequence[tuple[Any, ...]],
+        entries: Sequence[AuditEntry],
+        source_head: tuple[int, str],
+        now: float,
+    ) -> AuditEntry | None:
+        """Copy one gateway's journal (this session's ``gateway_id``) into the ledger, in one transaction.
+
+        ``reports``: outbox rows as (device_id, idempotency_key, payload, created_at, attempts,
+        next_attempt_at, delivered_at, last_error). The trail is re-chained after the ledger's last
+        entry, headed by a ``migrated`` entry naming ``source`` and its head (seq, hash). Returns
+        that entry, or None when this very journal was migrated here before (a rerun: nothing done);
+        :class:`JournalError` when the gateway already has other data in the ledger, or one of its
+        devices is another gateway's.
+        """
+        marker = f"migrated:{self.gateway_id}"
+        # What makes a rerun the same migration: the file's head and what it holds (a copy of the file counts).
+        identity = hashlib.sha256(json.dumps([source_head[1], len(charges), len(reports), len(entries),
+                                              sorted(r.device_id for r in records)]).encode()).hexdigest()  # fmt: skip
+        with self._transaction() as db:
+            self._lock_ledger(db)
+            row = db.execute("SELECT value FROM ledger_meta WHERE name = %s", (marker,)).fetchone()
+            if row is not None:
+                before = json.loads(row[0])
+                if before.get("identity") == identity:
+                    return None
+                raise JournalError(f"gateway {self.gateway_id!r} was migrated into this ledger already, from "
+                                   f"{before.get('source')} (head {before.get('source_head_seq')}); one gateway "
+                                   "cannot bring a second journal")  # fmt: skip
+            self._refuse_if_present(db, [record.device_id for record in records])
+            head = AuditEntry(0, format_at(now), "migrated", "", "", "", "", self.gateway_id, {
+                "source": source, "source_head_seq": source_head[0], "source_head_hash": source_head[1],
+                "entries": len(entries), "records": len(records), "charges": len(charges), "reports": len(reports),
+            })  # fmt: skip
+            chained = self._chain_entries(db, [head, *entries])
+            for record in records:
+                self._upsert(db, record)
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO admission_charges (device_id, model, work_order, at, sender, gateway_id) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(c.device_id, c.model, c.work_order, c.at, c.sender, self.gateway_id) for c in charges],
+                )
+                cursor.executemany(
+                    "INSERT INTO outbox (device_id, idempotency_key, payload, created_at, attempts, next_attempt_at, "
+                    "delivered_at, last_error, gateway_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(*report, self.gateway_id) for report in reports],
+                )
+            summary = {"source": source, "source_head_seq": source_head[0], "source_head_hash": source_head[1],
+                       "head_seq": chained[0].seq, "identity": identity}  # fmt: skip
+            db.execute("INSERT INTO ledger_meta (name, value) VALUES (%s, %s)", (marker, json.dumps(summary)))
+            return chained[0]
+
+    def _refuse_if_present(self, db: psycopg.Connection[tuple[Any, ...]], device_ids: list[str]) -> None:
+        row = db.execute(
+            "SELECT (SELECT COUNT(*) FROM devices WHERE gateway_id = %s) + (SELECT COUNT(*) FROM audit WHERE "
+            "gateway_id = %s) + (SELECT COUNT(*) FROM admission_charges WHERE gateway_id = %s)",
+            (self.gateway_id, self.gateway_id, self.gateway_id),
+        ).fetchone()
+        if row is not None and int(row[0]):
+            raise JournalError(f"the ledger already holds data of gateway {self.gateway_id!r} (it has run on the "
+                               "ledger): migrate a journal before its gateway first runs on the ledger")  # fmt: skip
+        taken = db.execute(
+            "SELECT device_id, gateway_id FROM devices WHERE device_id = ANY(%s) ORDER BY device_id LIMIT 5",
+            (device_ids,),
+        ).fetchall()
+        if taken:
+            names = ", ".join(f"{device} (by {gateway})" for device, gateway in taken)
+            raise JournalError(f"devices of this journal are in the ledger already: {names}; nothing was copied")
+
+    def _chain_entries(
+        self, db: psycopg.Connection[tuple[Any, ...]], entries: Sequence[AuditEntry]
+    ) -> list[AuditEntry]:
+        """Append ``entries`` as they are (each keeps its gateway), numbered and chained after the last one."""
+        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+        rows, chained = [], []
+        for entry in entries:
+            seq += 1
+            entry = replace(entry, seq=seq)
+            canonical = canonical_bytes(entry)
+            digest = chain_hash(prev_hash, canonical)
+            rows.append((seq, entry.event, entry.device_id, entry.attempt, entry.gateway_id,
+                         canonical.decode("utf-8"), prev_hash, digest))  # fmt: skip
+            chained.append(entry)
+            prev_hash = digest
+        with db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO audit (seq, event, device_id, attempt, gateway_id, entry, prev_hash, hash) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+        return chained
+
     # -- transactions -----------------------------------------------------------------------
 
     @contextmanager
@@ -447,7 +549,7 @@ class PostgresJournal:
         with self._lock:
             db = self._connection()
             try:
-                with db.transaction():
+                with db.transaction() as transaction:
                     if not durable:
                         db.execute("SET LOCAL synchronous_commit = off")
                     self._in_batch = True
@@ -457,6 +559,7 @@ class PostgresJournal:
                         self._in_batch = False
             except psycopg.Error as exc:
                 raise self._translate(exc) from exc
+            self._confirm(transaction)
 
     @contextmanager
     def _transaction(self, *, durable: bool = True) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
@@ -464,12 +567,26 @@ class PostgresJournal:
         with self._lock:
             db = self._connection()
             try:
-                with db.transaction():
+                with db.transaction() as transaction:
                     if not durable and not self._in_batch:
                         db.execute("SET LOCAL synchronous_commit = off")
                     yield db
             except psycopg.Error as exc:
                 raise self._translate(exc) from exc
+            self._confirm(transaction)
+
+    def _confirm(self, transaction: psycopg.Transaction) -> None:
+        """Raise unless ``transaction`` (or savepoint) is known committed.
+
+        psycopg leaves a transaction block without a word when the connection is already gone at
+        its end (the server was shut down, a call inside lost the connection and its error was
+        handed to its own caller): nothing was committed, yet nothing was raised. A batch that
+        ended so must fail as a whole, or a charge that never reached the disk would be taken for
+        written and its key minted. A COMMIT whose answer was lost raises on its own; its outcome
+        is unknown, and a charge in it stays counted if it landed (never given back on this path).
+        """
+        if transaction.status is not transaction.Status.COMMITTED:
+            raise LedgerUnavailable(f"ledger {self.where}: the connection was lost before the commit was confirmed")
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.journal import _audit_store as audit_store
+from agent.journal import _lock as journal_lock
 from agent.journal._permissions import access_hint, share_with_operators
 from agent.journal._protocol import Fence, JournalError, OutboxRow, RecentReport
 from provisioning.admission import ChargeLimit, Mint
@@ -93,10 +94,12 @@ class Journal:
         self.path = path
         self.where = str(path)
         self.gateway_id = gateway_id  # written into every audit entry
+        self._writer_lock: int | None = None  # the shared journal lock while open for writing (_lock)
 
     @classmethod
     def open(cls, path: Path, *, gateway_id: str = "") -> Journal:
         """Open (creating and migrating) the journal at ``path``; ``gateway_id`` signs its audit entries."""
+        journal: Journal | None = None
         try:
             created = None if path.parent.exists() else path.parent
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,10 +108,19 @@ class Journal:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             journal = cls(connection, path, gateway_id)
+            journal._writer_lock = journal_lock.hold_shared(path)
+            if journal._writer_lock is None:
+                connection.close()
+                raise JournalError(
+                    f"journal {path} is being migrated into a shared ledger (provisioning-agent journal migrate); "
+                    "once it is done, run the agent on the ledger it names"
+                )
             journal._migrate()
             connection.execute("BEGIN IMMEDIATE")  # can we write? (a file restored as another user cannot)
             connection.execute("ROLLBACK")
         except (OSError, sqlite3.Error) as exc:
+            if journal is not None:
+                journal_lock.release(journal._writer_lock)
             raise JournalError(f"journal {path}: {exc}") from exc
         # -wal and -shm exist now (WAL mode, connection open): operators may read all three
         share_with_operators(_files_of(path), created_directory=created)
@@ -153,6 +165,8 @@ class Journal:
         """Close the file."""
         with self._lock:
             self._db.close()
+            journal_lock.release(self._writer_lock)
+            self._writer_lock = None
 
     def reader(self) -> Journal:
         """A read-only twin on a connection of its own (reads never wait for the writer in WAL mode)."""

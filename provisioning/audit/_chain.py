@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 GENESIS_HASH: Final = "0" * 64
-EVENTS: Final = ("minted", "pushed", "consumed", "abandoned")
+EVENTS: Final = ("minted", "pushed", "consumed", "abandoned", "migrated")  # migrated: a journal copied into a ledger
 DetailValue = str | int | bool
 
 

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from provisioning_lab.agentprocess import AgentProcess, write_config
 from provisioning_lab.emulator import EmulatorProcess
-from provisioning_lab.simulator import FleetReport, Timing, run_fleet
+from provisioning_lab.simulator import DEFAULT_CONCURRENCY, FleetReport, Timing, run_fleet
 from tests.broker import MosquittoBroker
 
 __all__ = ["FAST", "MODEL", "PROFILES", "Line", "Watcher", "line_fixture", "unsealed_profiles"]
@@ -163,7 +163,14 @@ class Line:
         document: dict[str, Any] = answer.json()
         return document
 
-    def fleet(self, specs: list[Any], deadline_s: float = 60.0, passwords: dict[str, str] | None = None) -> FleetReport:
+    def fleet(
+        self,
+        specs: list[Any],
+        deadline_s: float = 60.0,
+        passwords: dict[str, str] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> FleetReport:
+        """Run ``specs`` as devices; ``concurrency``: at most this many at once (default: the simulator's)."""
         return asyncio.run(
             run_fleet(
                 specs,
@@ -173,6 +180,7 @@ class Line:
                 deadline_s=deadline_s,
                 timing=FAST,
                 mqtt_passwords=passwords,
+                concurrency=concurrency,
             )
         )
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.journal import Fence, Fenced, JournalStore, LimitReached
+from agent.journal import Fence, Fenced, JournalStore, LedgerUnavailable, LimitReached
 from agent.journal._postgres import PostgresJournal
 from provisioning.admission import ChargeLimit, Mint
 from provisioning.workflow import DeviceRecord, State
@@ -226,3 +226,32 @@ def test_the_schema_is_created_once_by_agents_starting_together(ledger_url: str)
     reader = PostgresJournal.open_readonly(ledger_url)
     assert reader.audit_rows() == []
     reader.close()
+
+
+def test_a_batch_whose_connection_died_inside_fails_whole_and_its_charge_is_not_taken_for_written(
+    agents: list[PostgresJournal], ledger_url: str
+) -> None:
+    # As the journal thread runs a batch: each call's error goes to its own caller, the batch commits the rest.
+    # The server ends the session after the charge was written in the batch but before its COMMIT: the
+    # charge was never committed, so the batch must fail (no key may be minted on its word).
+    import psycopg
+
+    first = agents[0]
+    limit = ChargeLimit("work_order_exhausted", "order", "WO-9", 0, 5, "spent")
+
+    def batch_cut_after_the_charge() -> None:
+        with first.batch():
+            first.put(record("B1"), charge=Mint("B1", "m", "WO-9", time.time(), sender="B1"), limits=[limit],
+                      fence=Fence("B1", None))  # fmt: skip
+            with psycopg.connect(ledger_url, autocommit=True) as admin:  # waits until the session is gone
+                admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                              "WHERE application_name = 'provisioning-agent gw1'")  # fmt: skip
+            with pytest.raises(LedgerUnavailable):
+                first.get("B1")
+
+    with pytest.raises(LedgerUnavailable, match="commit was confirmed"):
+        batch_cut_after_the_charge()
+    assert agents[1].charges_per_order() == {}
+    assert agents[1].get("B1") is None
+    first.put(record("B2"), fence=Fence("B2", None))  # the next call connects again
+    assert agents[1].get("B2") is not None

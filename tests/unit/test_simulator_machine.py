@@ -220,6 +220,17 @@ def test_retryable_error_answering_a_failed_result_is_already_handled() -> None:
     assert device.counters.error_codes == ["activation_failed"]
 
 
+def test_unknown_attempt_to_a_failed_result_the_device_has_left_is_ignored() -> None:
+    # Two agents on a line: the new register was served (a new attempt) before the failed result reached
+    # the other agent, which answers unknown_attempt; the device has moved on (docs/protocol.md).
+    device = machine(Behaviour.FAIL_ONCE)
+    device.start(NOW)
+    failed, _register = published(device.receive(key(), NOW))
+    assert device.receive(error("unknown_attempt", re=str(failed["id"]), retry=False), NOW) == []
+    assert device.phase is Phase.REGISTERING
+    assert not device.finished
+
+
 def test_failed_activation_is_reported_then_the_device_registers_anew() -> None:
     device = machine()
     device.start(NOW)

@@ -377,8 +377,11 @@ class DeviceMachine:
         if self._is_garbage_answer(error):
             self._garbage_unanswered = max(0, self._garbage_unanswered - 1)
             return self._next_garbage() if self.phase is Phase.GARBAGE else []
-        if error.re in self._failed_result_ids and error.retry:
-            return []  # the answer to a failed result: "register again", which the device already did
+        if error.re in self._failed_result_ids and (error.retry or error.code == "unknown_attempt"):
+            # The answer to a failed result: "register again", which the device already did; or, the register
+            # having been served first (another agent of a line took it), the attempt is over: a late
+            # duplicate's unknown_attempt, which docs/protocol.md tells the device to ignore.
+            return []
         if self._confirming:
             self.counters.violations.append(f"error {error.code} to a register after done")
             self._finish("licensed")
