@@ -120,10 +120,10 @@ class SerialTransport:
                 self._open_new(self._discover(), loop)
                 await asyncio.sleep(self.config.scan_interval_s)
         finally:
-            await asyncio.to_thread(self.close)
+            self.close()  # on the loop: the ports are the loop's
 
     def close(self) -> None:
-        """Close every port (idempotent); nothing waiting for an acknowledgement gets one now."""
+        """Close every port (idempotent; best on the loop); nothing waiting for an acknowledgement gets one now."""
         workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
             worker.stop()
