@@ -284,16 +284,21 @@ class PortWorker:
         self._arm()
 
     def _arm(self) -> None:
-        """Keep one timer handle at the link's next deadline."""
+        """Keep a timer no later than the link's next deadline.
+
+        A timer already set earlier stays (it wakes, finds nothing due and re-arms): a DATA sets
+        its retransmission deadline and its ACK clears it within milliseconds, and cancelling and
+        making a timer for each would cost more than one spare wake-up per ``ack_timeout_s``.
+        """
         if self._closing.is_set():
             return
         deadline = self.endpoint.next_deadline()
-        if deadline == self._timer_at:
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        self._timer = None if deadline is None else self._loop.call_later(deadline - time.monotonic(), self._tick)
+        self._timer = self._loop.call_later(deadline - time.monotonic(), self._tick)
 
     def _tick(self) -> None:
         self._timer, self._timer_at = None, None
@@ -302,7 +307,7 @@ class PortWorker:
         if deadline is not None and deadline <= now:
             self._handle(self.endpoint.tick(now))
         else:
-            self._arm()  # woken a hair early (the loop's clock resolution): once more
+            self._arm()  # early (the deadline moved, or the loop's clock resolution): at the deadline, if any
 
     def _later(self, event: PortEvent) -> None:
         self._loop.call_soon(self._sink, self, event)
