@@ -1,16 +1,30 @@
 """Benchmark: a serial station, 32 ports at once at 115200 baud, against the bytes/baud limit.
 
-Run ``.venv/bin/python bench/serial_station.py [--quick] [--ports 32] [--per-port 4] [--rounds 5] [--json-out FILE]``.
+Run ``.venv/bin/python bench/serial_station.py [--quick] [--ports 32] [--per-port 4] [--rounds 5]
+[--baseline DIR] [--json-out FILE]`` (``--help`` for the rest: profiles, journal folder, no floors).
 
 How it works
 ------------
-One Cloudauth emulator and the agent (``provisioning-agent run``, serial only: ``[mqtt] enabled =
-false``, ``[serial] ports`` a glob over the jig's folder) are separate processes on loopback. The
-benchmark process holds the jig (``provisioning_lab.simulator.SerialJig``: N pseudo-terminals paced like UARTs
-at 115200 8N1, 11 520 bytes/s each way per port) and the simulated devices
-(``provisioning_lab.simulator.SerialDevice``, the protocol's own timings). Each round provisions
-``per_port`` devices on every port, one after another per port, all ports at once; a warm-up round
-comes first (ports opened, imports and caches warm) and is not counted.
+Variants run side by side in one run, each on a jig of its own, every round in turn (the order
+rotates so each leads in turn), so the machine's load weighs on all of them alike:
+
+- ``agent``: this checkout's ``provisioning-agent run`` (serial only: ``[mqtt] enabled = false``,
+  ``[serial] ports`` a glob over its jig's folder, journal on disk unless ``--journal-dir``);
+- ``before`` (with ``--baseline DIR``): the agent of another checkout (e.g. the code before a
+  change), same configuration;
+- ``floor``: ``bench/_serial_floor.py``, a responder that runs the same link layer on every port
+  and answers at once, with keys the benchmark minted before the round (sealed to the device as
+  the protocol asks): the line, the simulated devices and the load, nothing else;
+- ``floor+cloud``: the same responder making one CreateAuthKey per ``register`` on raw
+  keep-alive HTTP: the floor plus the cloud's share (one emulator on the same 2 cores).
+
+One Cloudauth emulator serves them all. Each variant's jig
+(``provisioning_lab.simulator.SerialJig``: pseudo-terminals paced like UARTs at 115200 8N1, 11 520
+bytes/s each way per port) and simulated devices (``SerialDevice``, the protocol's own timings)
+run in ``--device-processes`` worker processes (2 by default), each with a share of the ports: the
+devices of 32 ports in one interpreter would queue behind each other when 32 keys land together,
+and that queue would count as wire time. Each round provisions ``per_port`` devices on every port,
+one after another per port, all ports at once; a warm-up round comes first and is not counted.
 
 Per device:
 
@@ -25,11 +39,12 @@ Per device:
   for the one before it), so the sum is the floor. The final ACK of ``done`` is after the device
   holds it and is not counted.
 - **ratio**: wire time / ideal, per device; the goal is <= 1.2.
+- **reactions** (from the jig's byte trace, no line time): HELLO -> HELLO_ACK, ``register`` ->
+  ``key``, ``result`` -> ``done``, from the device's frame complete on the pty to the answer's.
 
-Agent CPU per device: user + system CPU of the agent process (every thread) from
+CPU per device: user + system CPU of the variant's process (every thread) from
 ``/proc/<pid>/stat`` over the round, divided by the round's devices. It includes the idle cost of
-32 open ports (HELLO timers, port threads) for the round's length; that idle cost alone is
-measured before the rounds with no device on the ports.
+the open ports for the round's length; that idle cost alone is measured before the rounds.
 """
 
 from __future__ import annotations
