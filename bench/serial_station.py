@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-from _daemon_device import cpu_seconds
+from _daemon_device import cpu_seconds, cpu_times
 from _harness import ROOT, machine, markdown_table, median, percentile, split_evenly  # puts the checkout on sys.path
 from _presign import signed_form
 
@@ -366,14 +366,17 @@ def main() -> int:
                 specs = fleet_specs(args.ports * args.per_port, model=MODEL, id_prefix=f"{PREFIX[name]}{number}")
                 if name == "floor":
                     floors[name].give(asyncio.run(mint_keys(emulator, specs)))
-                cpu_before, wall_before = cpu_seconds(pids[name]), time.monotonic()
+                times_before, wall_before = cpu_times(pids[name]), time.monotonic()
                 devices, reactions = jigs[name].run_round(emulator.url, specs, args.per_port)
                 wall = time.monotonic() - wall_before
-                cpu = cpu_seconds(pids[name]) - cpu_before
+                (user_after, system_after), (user_before, system_before) = cpu_times(pids[name]), times_before
+                system = system_after - system_before
+                cpu = user_after - user_before + system
                 figures = measure(devices)
                 figures |= {f"agent_{kind}_ms_p50": median(times) * 1000 for kind, times in reactions.items() if times}
                 figures |= {"wall_s": wall, "devices_per_s": len(devices) / wall,
-                            "agent_cpu_ms_per_device": cpu * 1000 / len(devices)}  # fmt: skip
+                            "agent_cpu_ms_per_device": cpu * 1000 / len(devices),
+                            "agent_system_ms_per_device": system * 1000 / len(devices)}  # fmt: skip
                 label = "warm-up" if number == 0 else f"round {number}"
                 print(f"{name} {label}: {json.dumps({k: round(v, 3) for k, v in figures.items()})}", file=sys.stderr)
                 if number:
