@@ -197,7 +197,7 @@ class PortWorker:
             log.error("port %s: unexpected failure", self.candidate.identity, exc_info=exc)
         reason = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
         self._shut()
-        self._sink(self, PortClosed(reason, opened=True))
+        self._later(PortClosed(reason, opened=True))  # may be inside send(): the transport hears it after
 
     # -- I/O on the loop ---------------------------------------------------------------------------
 
