@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from agent.config import ConfigError, SerialConfig, load_config
 from agent.profiles import ProfileError, load_profile
-from agent.serial import UsbPort, UsbRule, discover, tid_for
+from agent.serial import SerialTransport, UsbPort, UsbRule, discover, tid_for
 
 
 def nodes(tmp_path: Path, *names: str) -> list[Path]:
@@ -111,3 +111,17 @@ def test_serial_config_lists_and_errors(tmp_path: Path) -> None:
     path.write_text('gateway_id = "g"\n[mqtt]\nenabled = false\n[upstream]\nmqtt_topic = ""\n[serial]\nusb = false\n')
     with pytest.raises(ConfigError, match=r"key mqtt\.enabled: no transport left"):
         load_config(path, environ={})
+
+
+def test_a_scan_is_reused_only_while_the_watched_folders_are_unchanged(tmp_path: Path) -> None:
+    """The transport rescans when a port node comes or goes in a pattern's folder, and not otherwise."""
+    nodes(tmp_path, "ttyUSB0")
+    config = SerialConfig(ports=[str(tmp_path / "dev" / "ttyUSB*")], usb=False, by_path_dir=str(tmp_path / "none"))
+    transport = SerialTransport(config, {}, lambda tid, payload: None)
+    first = transport._discover()
+    assert list(first) == [str(tmp_path / "dev" / "ttyUSB0")]
+    assert transport._discover() is first  # nothing changed: the same answer, no glob
+    nodes(tmp_path, "ttyUSB1")  # plugged in
+    assert sorted(transport._discover()) == [str(tmp_path / "dev" / f"ttyUSB{n}") for n in (0, 1)]
+    (tmp_path / "dev" / "ttyUSB0").unlink()  # pulled
+    assert list(transport._discover()) == [str(tmp_path / "dev" / "ttyUSB1")]
