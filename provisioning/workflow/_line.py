@@ -385,12 +385,14 @@ class Line:
         yield EndCloudTurn()
         if not isinstance(minted, Minted):
             failure = _failure(minted)
-            if failure.kind != "maybe_processed":  # a key that may exist stays charged
-                self.admission.release(charge)
-                yield Uncharge(charge)
+            refund = None if failure.kind == "maybe_processed" else charge  # a key that may exist stays charged
+            if refund is not None:
+                self.admission.release(refund)
             if intent.attempts == 0:
-                yield Forget(intent.device_id)  # no key ever reached this device: nothing to remember
+                yield Forget(intent.device_id, refund)  # no key ever reached this device: nothing to remember
             else:
+                if refund is not None:
+                    yield Uncharge(refund)
                 yield Save(intent.replace(state=State.UNSURE, error=failure.text, updated_at=self.clock()))
             self._forget_view(intent.device_id)
             yield from self._cloud_trouble(tid, register.id, register.device_id, failure)

@@ -174,6 +174,22 @@ async def test_devices_waiting_on_a_slow_cloud_are_spread_out_and_cost_no_journa
     await asyncio.gather(served, *queued, return_exceptions=True)
 
 
+async def test_a_register_the_cloud_refuses_costs_its_intent_and_one_write_to_undo_it(
+    rig: Rig, emulator: EmulatorProcess
+) -> None:
+    """The intent and its charge are journaled before CreateAuthKey; the refusal deletes the intent and
+    gives the charge back in one transaction (they were two)."""
+    emulator.set_faults(errors={"Forbidden.Bench": 1.0})  # a 400 no retry can fix: refused at once
+    batches = rig.worker.batches
+    await rig.service.handle("SN-1", register("SN-1"))
+    (answer,) = rig.devices.to("SN-1")
+    assert isinstance(answer, ErrorReply)
+    assert answer.code == "cloud_rejected"
+    assert rig.worker.batches - batches == 2  # the intent, then the undo
+    assert rig.worker.get("SN-1") is None
+    assert rig.worker.journal.charges_since(0.0) == []
+
+
 async def test_a_register_for_a_device_being_served_hears_in_progress(rig: Rig, emulator: EmulatorProcess) -> None:
     emulator.set_faults(latency_ms=500)
     first = asyncio.create_task(rig.service.handle("SN-1", register("SN-1")))
