@@ -63,6 +63,11 @@ PACKET_OVERHEAD_BYTES: Final = 1024
 # On SIGTERM devices in flight get this long; what is cut off resumes from the journal. systemd's
 # TimeoutStopSec must exceed it.
 DRAIN_S: Final = 20.0
+# MQTT messages served at once beyond what the line holds (in flight + queued for the cloud): room to
+# answer everyone else. Past it no message is taken, so a burst waits in the transport's queue and at
+# the broker rather than as tasks here (10,000 registers at once were 110 MB of tasks, each waiting to
+# publish its "come back later").
+SPARE_HANDLERS: Final = 256
 
 
 class Topics:
@@ -166,6 +171,7 @@ class ProvisioningAgent:
         self._status_dirty = asyncio.Event()
         self._status_forced = False
         self._handlers: set[asyncio.Task[None]] = set()
+        self._mqtt_room = asyncio.Semaphore(config.limits.max_in_flight + config.limits.max_queued + SPARE_HANDLERS)
         self._group: asyncio.TaskGroup | None = None
 
     def _status_server(self) -> StatusServer | None:
@@ -421,12 +427,23 @@ class ProvisioningAgent:
         }
 
     async def _inbound(self, group: asyncio.TaskGroup, mqtt: MqttConnection) -> None:
-        async for message in mqtt.messages():
-            tid = self.topics.tid_of(message.topic)
-            if tid is None:
-                log.warning("ignored a message on %r: not a device topic this agent answers", message.topic)
-                continue
-            self._spawn(group, tid, message.payload)
+        messages = mqtt.messages()
+        while True:
+            await self._mqtt_room.acquire()  # before taking a message: taking one acknowledges it
+            handler = None
+            try:
+                message = await anext(messages, None)
+                if message is None:
+                    return
+                tid = self.topics.tid_of(message.topic)
+                if tid is None:
+                    log.warning("ignored a message on %r: not a device topic this agent answers", message.topic)
+                    continue
+                handler = self._spawn(group, tid, message.payload)
+                handler.add_done_callback(lambda _: self._mqtt_room.release())
+            finally:
+                if handler is None:
+                    self._mqtt_room.release()
 
     def _deliver_serial(self, tid: str, payload: bytes) -> None:
         """A message from a serial port (called on the loop by the serial transport)."""
@@ -434,11 +451,12 @@ class ProvisioningAgent:
             return  # not serving (yet or any more): the device resends
         self._spawn(self._group, tid, payload)
 
-    def _spawn(self, group: asyncio.TaskGroup, tid: str, payload: bytes) -> None:
+    def _spawn(self, group: asyncio.TaskGroup, tid: str, payload: bytes) -> asyncio.Task[None]:
         """One device message in its own task, tracked so a stop can drain it (both transports)."""
         handler = group.create_task(self._handle(tid, payload), name=f"device-{tid}")
         self._handlers.add(handler)
         handler.add_done_callback(self._handlers.discard)
+        return handler
 
     async def _handle(self, tid: str, payload: bytes) -> None:
         await self.devices.handle(tid, payload)
