@@ -1,4 +1,4 @@
-"""A burst of devices larger than the line holds: the agent takes messages only as fast as it serves them."""
+"""A burst of devices larger than the line holds: what the agent cannot serve yet waits as bytes, not as tasks."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.integration.provisioning_line import MODEL, PROFILES
 GUARD_SECONDS = 60.0  # a guard against hangs, not a timing assertion
 
 
-async def test_a_burst_waits_at_the_broker_not_as_tasks_in_the_agent(
+async def test_a_burst_beyond_the_handlers_waits_in_the_backlog_and_is_answered(
     tmp_path: Path, mqtt_broker: MosquittoBroker, emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One device in flight, one queued, two spare handlers: twelve registers at once never make more than
