@@ -150,6 +150,7 @@ class ProvisioningAgent:
             admission=self.admission.core,
             key_lifetime_s=config.cloud.key_lifetime_s,
             cloud_qps=config.cloud.qps,
+            come_back_floor_s=config.limits.wait_retry_after_s,
             clock=clock,
         )
         self.devices = DeviceService(
