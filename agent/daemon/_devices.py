@@ -297,7 +297,7 @@ class DeviceService:
                     step.unpushed, step.push_detail = record, deferred
                 return Saved(row_id)
             case SaveBookkeeping(record):
-                await self._journal.run_bookkeeping(journal.put, record, fence=fence)
+                await self._journal.run_small_bookkeeping(journal.put, record, fence=fence)
                 return None
             case RecordPush(record, detail):
                 await self._journal.run(journal.record_push, record, now=self.line.clock(), detail=detail, fence=fence)

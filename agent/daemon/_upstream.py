@@ -146,7 +146,7 @@ class UpstreamDrainer:
             self._wake.clear()
             # One hand-off a round: last round's deliveries marked, the next due reports, the depth
             # (four hand-offs per report were a quarter of a lone device's cost in the agent)
-            rows, self.depth, next_due = await self._journal.run_in_thread(self._round, delivered, self._clock())
+            rows, self.depth, next_due = await self._journal.run_bookkeeping(self._round, delivered, self._clock())
             delivered = []
             for row in rows:
                 if await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts):
@@ -179,7 +179,7 @@ class UpstreamDrainer:
             delay = RETRY_BACKOFF.delay(attempts, random.random())
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("report %s not delivered (%s); retry in %.1f s", key, self.last_error, delay)
-            await self._journal.run_in_thread(
+            await self._journal.run_bookkeeping(
                 self._journal.journal.mark_retry, row_id, next_attempt_at=self._clock() + delay, error=self.last_error
             )
             return False

@@ -73,17 +73,16 @@ class JournalWorker:
         """Like :meth:`run`, for writes that are redone when lost: committed without waiting for the disk.
 
         A batch of such calls alone costs no fsync; queued with any :meth:`run` call, it shares that
-        call's durable commit. Safe against a crash of the process; a power cut may undo it. Made
-        here and now on the same terms as :meth:`run` (a device alone): a commit without fsync
-        costs tens of microseconds, the two hand-offs several times that in CPU.
+        call's durable commit. Safe against a crash of the process; a power cut may undo it. Always
+        on the journal thread: some take time that grows with the journal (the outbox, pruning).
         """
-        if self._inline():
-            return self._run_inline(lambda: function(*args, **kwargs), durable=False)
         return await self._hand_off(lambda: function(*args, **kwargs), durable=False)
 
-    async def run_in_thread(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Like :meth:`run_bookkeeping`, always on the journal thread: for calls whose time grows
-        with the journal (the outbox's due reports), which must never hold the event loop."""
+    async def run_small_bookkeeping(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """:meth:`run_bookkeeping` for one device's row (a counter), made here and now on the terms of
+        :meth:`run`: a commit without fsync costs tens of microseconds, the two hand-offs more in CPU."""
+        if self._inline():
+            return self._run_inline(lambda: function(*args, **kwargs), durable=False)
         return await self._hand_off(lambda: function(*args, **kwargs), durable=False)
 
     def _inline(self) -> bool:
