@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import paho.mqtt.client as paho
-from _daemon_device import RawHttp
+from _daemon_device import ExchangeError, RawHttp
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 __all__ = ["Fleet"]
@@ -43,6 +43,7 @@ class _Device:
     generation: int = 0  # bumped by every answer: a timer armed before it is stale
     backoff: float = FIRST_RESEND_S
     result: bytes = b""  # the result message to resend, once a key came
+    attempt: str = ""  # the attempt of the last key taken
     done: bool = False
 
 
@@ -157,8 +158,12 @@ class Fleet:
                 device.backoff = FIRST_RESEND_S
                 self._arm(device, retry)
             elif kind == "key":
-                self.log.keys.append(now)
-                self._activations.put((device.device_id, answer))
+                if answer["attempt"] != device.attempt:  # the same key again (a resend) is used once
+                    self.log.keys.append(now)  # a CreateAuthKey (a resent key cost none)
+                    device.attempt = answer["attempt"]
+                    self._activations.put((device.device_id, answer))
+                elif device.result:
+                    self._arm(device, device.backoff)  # keep resending the result already sent
             elif kind == "done":
                 self.log.dones.append(now)
                 device.done = True
@@ -175,7 +180,15 @@ class Fleet:
             device_id, key = job
             hardware_id = f"hw-{device_id}"
             body = json.dumps({"AuthKey": key["auth_key"], "HardwareId": hardware_id}).encode()
-            licence = self._http.post("/_emulator/activate", body, "application/json")
+            try:
+                licence = self._http.post("/_emulator/activate", body, "application/json")
+            except ExchangeError as exc:  # e.g. a key expired while the device waited: it registers again
+                with self._lock:
+                    self.log.errors.append(f"activation: {exc}")
+                    device = self._devices[device_id]
+                    device.result, device.attempt = b"", ""
+                    self._arm(device, ERROR_RETRY_S)
+                continue
             result = {
                 "v": 1,
                 "type": "result",
