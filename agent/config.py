@@ -144,7 +144,7 @@ class LimitsConfig:
 
     max_in_flight: Annotated[int, Range(1, 10_000)] = 32  # devices being minted or reconciled at once
     max_queued: Annotated[int, Range(1, 1_000_000)] = 2000  # devices waiting for a slot; more are told to come back
-    wait_retry_after_s: Annotated[int, Range(1, 3600)] = 5  # what a queued device is told to wait
+    wait_retry_after_s: Annotated[int, Range(1, 3600)] = 5  # the shortest wait a device is told; its turn decides
 
 
 @dataclass(frozen=True, slots=True)

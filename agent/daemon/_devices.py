@@ -297,7 +297,7 @@ class DeviceService:
                     step.unpushed, step.push_detail = record, deferred
                 return Saved(row_id)
             case SaveBookkeeping(record):
-                await self._journal.run_bookkeeping(journal.put, record, fence=fence)
+                await self._journal.run_small_bookkeeping(journal.put, record, fence=fence)
                 return None
             case RecordPush(record, detail):
                 await self._journal.run(journal.record_push, record, now=self.line.clock(), detail=detail, fence=fence)
@@ -313,8 +313,14 @@ class DeviceService:
                     if not record.reconciled and record.minted_at:
                         metrics.steps.labels("activation").observe(max(0.0, now - record.minted_at))
                 return None
-            case Forget(device_id):
-                await self._journal.run(journal.delete, device_id, fence=fence)
+            case Forget(device_id, refund):
+
+                def forget() -> None:
+                    if refund is not None and refund.row_id:
+                        journal.uncharge(refund.row_id)
+                    journal.delete(device_id, fence=fence)
+
+                await self._journal.run(forget)
                 return None
             case Uncharge(charge):
                 if charge.row_id:

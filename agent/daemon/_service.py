@@ -63,6 +63,12 @@ PACKET_OVERHEAD_BYTES: Final = 1024
 # On SIGTERM devices in flight get this long; what is cut off resumes from the journal. systemd's
 # TimeoutStopSec must exceed it.
 DRAIN_S: Final = 20.0
+# MQTT messages served at once beyond what the line holds (in flight + queued for the cloud): room to
+# answer everyone else. Past it a message waits as its bytes in a backlog, not as a task (10,000
+# registers at once were 110 MB of tasks, each waiting to publish its "come back later"). Messages
+# are still taken from the connection: a paused socket would hold back the PUBACKs those answers wait
+# for, and the broker's own queue (1000 by default) drops what overflows.
+SPARE_HANDLERS: Final = 256
 
 
 class Topics:
@@ -144,6 +150,7 @@ class ProvisioningAgent:
             admission=self.admission.core,
             key_lifetime_s=config.cloud.key_lifetime_s,
             cloud_qps=config.cloud.qps,
+            come_back_floor_s=config.limits.wait_retry_after_s,
             clock=clock,
         )
         self.devices = DeviceService(
@@ -166,6 +173,9 @@ class ProvisioningAgent:
         self._status_dirty = asyncio.Event()
         self._status_forced = False
         self._handlers: set[asyncio.Task[None]] = set()
+        self._mqtt_handlers = 0
+        self._mqtt_cap = config.limits.max_in_flight + config.limits.max_queued + SPARE_HANDLERS
+        self._backlog: collections.deque[tuple[str, bytes]] = collections.deque()  # (tid, payload) past the cap
         self._group: asyncio.TaskGroup | None = None
 
     def _status_server(self) -> StatusServer | None:
@@ -421,12 +431,34 @@ class ProvisioningAgent:
         }
 
     async def _inbound(self, group: asyncio.TaskGroup, mqtt: MqttConnection) -> None:
-        async for message in mqtt.messages():
-            tid = self.topics.tid_of(message.topic)
-            if tid is None:
-                log.warning("ignored a message on %r: not a device topic this agent answers", message.topic)
-                continue
-            self._spawn(group, tid, message.payload)
+        try:
+            async for message in mqtt.messages():
+                tid = self.topics.tid_of(message.topic)
+                if tid is None:
+                    log.warning("ignored a message on %r: not a device topic this agent answers", message.topic)
+                elif self._mqtt_handlers < self._mqtt_cap:
+                    self._spawn_mqtt(group, tid, message.payload)
+                else:
+                    self._backlog.append((tid, message.payload))
+        finally:  # stopping: what was taken and not served is asked again by its device
+            if self._backlog:
+                log.info("stopping: %d message(s) in the backlog left unanswered", len(self._backlog))
+                self._backlog.clear()
+
+    def _spawn_mqtt(self, group: asyncio.TaskGroup, tid: str, payload: bytes) -> None:
+        self._mqtt_handlers += 1
+        self._spawn(group, tid, payload).add_done_callback(lambda _: self._next_from_backlog(group))
+
+    def _next_from_backlog(self, group: asyncio.TaskGroup) -> None:
+        """A handler ended: the oldest message of the backlog takes its place."""
+        self._mqtt_handlers -= 1
+        if self._backlog:
+            tid, payload = self._backlog.popleft()
+            try:
+                self._spawn_mqtt(group, tid, payload)
+            except RuntimeError:  # the group is shutting down: the devices ask again
+                self._mqtt_handlers -= 1
+                self._backlog.clear()
 
     def _deliver_serial(self, tid: str, payload: bytes) -> None:
         """A message from a serial port (called on the loop by the serial transport)."""
@@ -434,11 +466,17 @@ class ProvisioningAgent:
             return  # not serving (yet or any more): the device resends
         self._spawn(self._group, tid, payload)
 
-    def _spawn(self, group: asyncio.TaskGroup, tid: str, payload: bytes) -> None:
+    def _spawn(self, group: asyncio.TaskGroup, tid: str, payload: bytes) -> asyncio.Task[None]:
         """One device message in its own task, tracked so a stop can drain it (both transports)."""
-        handler = group.create_task(self._handle(tid, payload), name=f"device-{tid}")
+        serving = self._handle(tid, payload)
+        try:
+            handler = group.create_task(serving, name=f"device-{tid}")
+        except RuntimeError:  # the group is shutting down
+            serving.close()
+            raise
         self._handlers.add(handler)
         handler.add_done_callback(self._handlers.discard)
+        return handler
 
     async def _handle(self, tid: str, payload: bytes) -> None:
         await self.devices.handle(tid, payload)

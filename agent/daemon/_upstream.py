@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from agent.http import HttpClient, proxy_for
-from agent.journal import JournalWorker, LedgerUnavailable
+from agent.journal import JournalWorker, LedgerUnavailable, OutboxRow
 from provisioning.pacing import Backoff
 from provisioning.reportsig import HEADER, SIGNATURE_MEMBER, ReportSigner, header_value
 from provisioning.secret import Secret
@@ -142,32 +142,39 @@ class UpstreamDrainer:
             with contextlib.suppress(LedgerUnavailable):  # the depth is for status only
                 self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
             return
+        delivered: list[int] = []
         while True:
             self._wake.clear()
+            # One hand-off a round: last round's deliveries marked, the next due reports, the depth
+            # (four hand-offs per report were a quarter of a lone device's cost in the agent)
             try:
-                wait = await self._round()
+                rows, self.depth, next_due = await self._journal.run_bookkeeping(self._round, delivered, self._clock())
             except LedgerUnavailable as exc:  # a shared ledger out of reach: the reports wait in it, nothing is lost
                 self.last_error = str(exc)
                 log.warning("reports wait for the ledger (%s); looking again in %.0f s", exc, IDLE_POLL_S)
-                wait = IDLE_POLL_S
-            if wait is None:
-                continue
+                rows, next_due = [], None  # ``delivered`` stays: marked on the next round that reaches the ledger
+            else:
+                delivered = []
+            for row in rows:
+                if await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts):
+                    delivered.append(row.id)
+            if rows:
+                continue  # mark them, and look again at once
+            wait = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, max(0.05, next_due - self._clock()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):  # not wait_for: 3.11 can swallow a cancel
                     await self._wake.wait()
 
-    async def _round(self) -> float | None:
-        """Deliver what is due; how long to wait before the next round (None: at once, more are due)."""
-        rows = await self._journal.run_bookkeeping(self._journal.journal.due_reports, now=self._clock(), limit=BATCH)
-        for row in rows:
-            await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts)
-        self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
-        if len(rows) == BATCH:
-            return None
-        next_due = await self._journal.run_bookkeeping(self._journal.journal.next_report_due)
-        return IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, max(0.05, next_due - self._clock()))
+    def _round(self, delivered: list[int], now: float) -> tuple[list[OutboxRow], int, float | None]:
+        """On the journal thread: mark ``delivered``, then the due reports, the outbox's depth, the next due."""
+        journal = self._journal.journal
+        for row_id in delivered:
+            journal.mark_delivered(row_id, now=now)
+        rows = journal.due_reports(now=now, limit=BATCH)
+        return rows, journal.outbox_depth(), None if rows else journal.next_report_due()
 
-    async def _deliver(self, row_id: int, key: str, report: dict[str, Any], attempts: int) -> None:
+    async def _deliver(self, row_id: int, key: str, report: dict[str, Any], attempts: int) -> bool:
+        """Deliver to every sink: True, or False with the report's retry booked (it stays in the outbox)."""
         if self._signer is not None:
             report = self._signer.sign(report)  # the same signed bytes go to every sink
         try:
@@ -179,10 +186,11 @@ class UpstreamDrainer:
             delay = RETRY_BACKOFF.delay(attempts, random.random())
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("report %s not delivered (%s); retry in %.1f s", key, self.last_error, delay)
-            await self._journal.run_bookkeeping(
-                self._journal.journal.mark_retry, row_id, next_attempt_at=self._clock() + delay, error=self.last_error
-            )
-            return
-        await self._journal.run_bookkeeping(self._journal.journal.mark_delivered, row_id, now=self._clock())
+            with contextlib.suppress(LedgerUnavailable):  # the ledger away: the report's claim lapses, then it is retried
+                await self._journal.run_bookkeeping(
+                    self._journal.journal.mark_retry, row_id, next_attempt_at=self._clock() + delay, error=self.last_error
+                )
+            return False
         self.delivered += 1
         self.last_error = ""
+        return True

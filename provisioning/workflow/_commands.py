@@ -109,9 +109,14 @@ class Complete:
 
 @dataclass(frozen=True, slots=True)
 class Forget:
-    """Delete the record of a device that never received a key."""
+    """Delete the record of a device that never received a key; give back ``refund`` in the same write.
+
+    One transaction, not an :class:`Uncharge` then a delete: a register the cloud refused costs
+    its intent and this, two durable writes instead of three.
+    """
 
     device_id: str
+    refund: Mint | None = None
 
 
 @dataclass(frozen=True, slots=True)

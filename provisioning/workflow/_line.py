@@ -86,7 +86,7 @@ from provisioning.workflow._commands import (
 )
 from provisioning.workflow._records import AUTH_KEY_LIFETIME_S, DeviceRecord, Policy, State, key_push_deadline
 from provisioning.workflow._report import build_report
-from provisioning.workflow._waiting import ComeBack
+from provisioning.workflow._waiting import MIN_COME_BACK_S, ComeBack
 
 if TYPE_CHECKING:  # provisioning.profiles imports this package's Policy
     from provisioning.profiles import Profile
@@ -147,6 +147,7 @@ class Line:
         admission: Admission,
         key_lifetime_s: int = AUTH_KEY_LIFETIME_S,
         cloud_qps: float | None = None,
+        come_back_floor_s: int = MIN_COME_BACK_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.gateway_id = gateway_id
@@ -157,7 +158,7 @@ class Line:
         self.due: dict[str, float] = {}  # device_id -> when the result of its pushed attempt is due
         self.devices: dict[str, DeviceView] = {}  # device_id -> what it is doing now
         self.recent: collections.deque[Recent] = collections.deque(maxlen=RECENT_KEPT)
-        self.come_back = ComeBack(cloud_qps)
+        self.come_back = ComeBack(cloud_qps, come_back_floor_s)
         self.cloud = "ok"  # ok | unavailable | throttled | rejected: the last cloud call's verdict
         self.cloud_detail = ""
         self.profiles: dict[str, Profile] = {}
@@ -385,12 +386,14 @@ class Line:
         yield EndCloudTurn()
         if not isinstance(minted, Minted):
             failure = _failure(minted)
-            if failure.kind != "maybe_processed":  # a key that may exist stays charged
-                self.admission.release(charge)
-                yield Uncharge(charge)
+            refund = None if failure.kind == "maybe_processed" else charge  # a key that may exist stays charged
+            if refund is not None:
+                self.admission.release(refund)
             if intent.attempts == 0:
-                yield Forget(intent.device_id)  # no key ever reached this device: nothing to remember
+                yield Forget(intent.device_id, refund)  # no key ever reached this device: nothing to remember
             else:
+                if refund is not None:
+                    yield Uncharge(refund)
                 yield Save(intent.replace(state=State.UNSURE, error=failure.text, updated_at=self.clock()))
             self._forget_view(intent.device_id)
             yield from self._cloud_trouble(tid, register.id, register.device_id, failure)

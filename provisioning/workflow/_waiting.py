@@ -21,8 +21,9 @@ MAX_COME_BACK_S: Final = 3600  # an hour: a device told longer would rather hear
 class ComeBack:
     """Hands out come-back times from the cloud's rate and the queue ahead."""
 
-    def __init__(self, qps: float | None) -> None:
+    def __init__(self, qps: float | None, floor_s: int = MIN_COME_BACK_S) -> None:
         self.qps = qps  # None: unlimited (the queue's length alone decides)
+        self.floor_s = floor_s  # the shortest wait handed out (limits.wait_retry_after_s)
         self._promised_until = 0.0  # the last come-back instant handed out
 
     def after(self, ahead: int, now: float) -> int:
@@ -31,9 +32,9 @@ class ComeBack:
         start = max(now + ahead / rate, self._promised_until)
         self._promised_until = start + 1.0 / rate
         wait = math.ceil(self._promised_until - now)
-        return max(MIN_COME_BACK_S, min(MAX_COME_BACK_S, wait))
+        return max(self.floor_s, min(MAX_COME_BACK_S, wait))
 
     def estimate(self, ahead: int) -> int:
         """A waiting device's expected wait for its turn, without promising anything."""
         rate = self.qps or float(max(1, ahead))
-        return max(MIN_COME_BACK_S, min(MAX_COME_BACK_S, math.ceil(ahead / rate)))
+        return max(self.floor_s, min(MAX_COME_BACK_S, math.ceil(ahead / rate)))

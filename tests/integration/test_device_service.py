@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,11 @@ from provisioning.admission import Admission, LineLimits
 from provisioning.protocol import AgentMessage, ErrorReply, Key, Wait, encode
 from provisioning.secret import Secret
 from provisioning.workflow import Line, State
+from provisioning.workflow._waiting import MIN_COME_BACK_S
 from provisioning_lab.emulator import EmulatorProcess
 from tests.unit.flowkit import MODEL, profile
+
+GUARD_SECONDS = 10.0
 
 
 class Devices:
@@ -76,12 +79,13 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path, emulator: EmulatorProcess, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
-    limits: tuple[int, int] = getattr(request, "param", (8, 100))
+    limits: tuple[int, ...] = getattr(request, "param", (8, 100))
+    cloud_qps = float(limits[2]) if len(limits) > 2 else None  # params: (in flight, queued[, the cloud QPS])
     worker = JournalWorker(Journal.open(tmp_path / "journal.sqlite3", gateway_id="gw"))
     credentials = Credentials(emulator.access_key_id, Secret(emulator.access_key_secret))
     cloud = CloudauthClient(credentials, endpoint=emulator.url)
     devices = Devices()
-    line = Line(gateway_id="gw", profiles={MODEL: profile()}, admission=Admission(LineLimits()))
+    line = Line(gateway_id="gw", profiles={MODEL: profile()}, admission=Admission(LineLimits()), cloud_qps=cloud_qps)
     service = DeviceService(
         line=line,
         cloud=cloud,
@@ -128,6 +132,62 @@ async def test_beyond_the_queue_a_device_is_told_its_turn_and_nothing_is_journal
     assert rig.worker.get("SN-2") is None
     await slow
     assert isinstance(rig.devices.to("SN-1")[0], Key)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (a guard against hangs, not a timing assertion)."""
+    async with asyncio.timeout(GUARD_SECONDS):
+        while not condition():  # noqa: ASYNC110 - the executor has no event for these states
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("rig", [(1, 2, 2)], indirect=True)
+async def test_devices_waiting_on_a_slow_cloud_are_spread_out_and_cost_no_journal_write(
+    rig: Rig, emulator: EmulatorProcess
+) -> None:
+    """A 2 QPS cloud: each device beyond the queue is told its own turn, about 1/2 s after the one before
+    (not all "in 5 s"), and neither those registers nor a resend from a device queued in process write
+    to the journal: no transaction, so no fsync."""
+    emulator.set_faults(latency_ms=3000)
+    served = asyncio.create_task(rig.service.handle("SN-0", register("SN-0")))
+    await until(lambda: rig.worker.get("SN-0") is not None)  # SN-0 holds the only slot: its intent is journaled
+    queued = [asyncio.create_task(rig.service.handle(f"SN-Q{n}", register(f"SN-Q{n}"))) for n in range(2)]
+    await until(lambda: rig.service.status.waiting == 2)  # the in-process queue is full
+    batches, calls = rig.worker.batches, rig.worker.calls
+    turned_away = 30
+    for n in range(turned_away):
+        await rig.service.handle(f"SN-{n + 1}", register(f"SN-{n + 1}"))
+    await rig.service.handle("SN-Q0", register("SN-Q0", "r1-again"))  # a resend while it waits in process
+    assert (rig.worker.batches, rig.worker.calls) == (batches, calls)
+    waits = [rig.devices.to(f"SN-{n + 1}")[0] for n in range(turned_away)]
+    assert all(isinstance(wait, Wait) and wait.reason == "queued" for wait in waits)
+    seconds = [wait.retry_after_s for wait in waits if isinstance(wait, Wait)]
+    assert seconds == sorted(seconds)
+    assert seconds[0] == MIN_COME_BACK_S
+    assert seconds[-1] >= turned_away / 2  # the 30th comes back after the 2 queued and 29 others, at 2 a second
+    (in_progress,) = rig.devices.to("SN-Q0")
+    assert isinstance(in_progress, Wait)
+    assert in_progress.reason == "in_progress"
+    assert not any(rig.worker.get(f"SN-{n + 1}") for n in range(turned_away))
+    for task in (served, *queued):
+        task.cancel()
+    await asyncio.gather(served, *queued, return_exceptions=True)
+
+
+async def test_a_register_the_cloud_refuses_costs_its_intent_and_one_write_to_undo_it(
+    rig: Rig, emulator: EmulatorProcess
+) -> None:
+    """The intent and its charge are journaled before CreateAuthKey; the refusal deletes the intent and
+    gives the charge back in one transaction (they were two)."""
+    emulator.set_faults(errors={"Forbidden.Bench": 1.0})  # a 400 no retry can fix: refused at once
+    batches = rig.worker.batches
+    await rig.service.handle("SN-1", register("SN-1"))
+    (answer,) = rig.devices.to("SN-1")
+    assert isinstance(answer, ErrorReply)
+    assert answer.code == "cloud_rejected"
+    assert rig.worker.batches - batches == 2  # the intent, then the undo
+    assert rig.worker.get("SN-1") is None
+    assert rig.worker.journal.charges_since(0.0) == []
 
 
 async def test_a_register_for_a_device_being_served_hears_in_progress(rig: Rig, emulator: EmulatorProcess) -> None:

@@ -247,6 +247,48 @@ async def test_publishes_respect_the_brokers_receive_maximum(broker_factory: Bro
     assert agent.in_flight == 0
 
 
+async def test_publishes_waiting_for_the_window_go_first_in_first_out(broker_factory: BrokerFactory) -> None:
+    """Receive Maximum 1: each PUBACK lets exactly the oldest waiter send, so the broker sees the call order."""
+    broker = broker_factory(extra_config=["max_inflight_messages 1"])
+    async with connected(settings_for(broker, "agent"), ("out/#", 1)) as agent:
+        publishes = [asyncio.create_task(agent.publish("out/x", b"%d" % index)) for index in range(20)]
+        await asyncio.sleep(0)
+        assert agent.in_flight == 1
+        late = asyncio.create_task(agent.publish("out/x", b"20"))  # queues behind the 19 waiting
+        await asyncio.gather(*publishes, late)
+        received = await take(agent.messages(), 21)
+    assert [int(message.payload) for message in received] == list(range(21))
+
+
+async def test_a_cancelled_waiter_passes_its_slot_on(broker_factory: BrokerFactory) -> None:
+    """Cancelled while queued, or after a PUBACK handed it the slot but before it ran: the next waiter sends."""
+    broker = broker_factory(extra_config=["max_inflight_messages 1"])
+    async with connected(settings_for(broker, "agent"), ("out/#", 1)) as agent:
+        first = asyncio.create_task(agent.publish("out/x", b"first"))
+        queued = asyncio.create_task(agent.publish("out/x", b"queued"))
+        granted = asyncio.create_task(agent.publish("out/x", b"granted"))
+        last = asyncio.create_task(agent.publish("out/x", b"last"))
+        await asyncio.sleep(0)  # first is in flight, the three others wait in that order
+        assert agent.in_flight == 1
+        queued.cancel()
+        on_publish = agent._client.on_publish
+
+        def cancel_after_the_grant(*args: Any) -> None:
+            on_publish(*args)  # the PUBACK of "first" hands its slot to "granted", which has not run yet
+            if not granted.done():
+                granted.cancel()
+
+        agent._client.on_publish = cancel_after_the_grant
+        async with asyncio.timeout(GUARD_SECONDS):
+            results = await asyncio.gather(first, queued, granted, last, return_exceptions=True)
+        outcomes = [type(result).__name__ for result in results]
+        assert outcomes == ["NoneType", "CancelledError", "CancelledError", "NoneType"]
+        received = await take(agent.messages(), 2)
+        assert [message.payload for message in received] == [b"first", b"last"]
+        assert agent.in_flight == 0
+        await agent.publish("out/x", b"after")  # the window is whole again
+
+
 # -- sessions, restarts, reconnects ------------------------------------------------------------------
 
 

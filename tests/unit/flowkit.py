@@ -181,7 +181,9 @@ class Harness:
             case Complete(record, report):
                 self.journal.complete(record, report, now=self.now)
                 return None
-            case Forget(device_id):
+            case Forget(device_id, refund):
+                if refund is not None and refund.row_id:
+                    self.journal.uncharge(refund.row_id)
                 self.journal.delete(device_id)
                 return None
             case Uncharge(charge):

@@ -112,6 +112,9 @@ async def test_a_device_alone_writes_on_the_loop_and_otherwise_on_the_journal_th
         return threading.get_ident(), synchronous_level(journal)
 
     assert await worker.run(where_and_how, worker.journal) == (loop_thread, 2)  # inline, and durable
+    assert await worker.run_small_bookkeeping(where_and_how, worker.journal) == (loop_thread, 1)  # no fsync
+    thread, level = await worker.run_bookkeeping(where_and_how, worker.journal)  # never on the loop
+    assert (thread != loop_thread, level) == (True, 1)
     await worker.run(worker.journal.put, pushed("d1"))
     assert worker.get("d1") is not None
     alone[0] = False

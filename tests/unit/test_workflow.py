@@ -17,6 +17,7 @@ from provisioning.protocol import Done, ErrorReply, Key, Register, Result, Wait
 from provisioning.sealing import SealedKey, open_sealed_key
 from provisioning.workflow import (
     CloudFailure,
+    ComeBack,
     EndCloudTurn,
     MintKey,
     Policy,
@@ -87,6 +88,15 @@ def test_a_register_that_only_queues_writes_nothing_and_is_told_when_to_come_bac
     (later,) = line.register("SN-0002", register("SN-0002"))
     assert isinstance(later, Wait)
     assert later.retry_after_s > wait.retry_after_s - 1
+
+
+def test_come_back_times_follow_the_turn_from_the_configured_floor() -> None:
+    come_back = ComeBack(2.0, floor_s=30)
+    waits = [come_back.after(0, T0) for _ in range(100)]
+    assert waits[0] == 30  # the operator's floor (limits.wait_retry_after_s), not sooner
+    assert waits == sorted(waits)
+    assert waits[-1] == 50  # the hundredth device's turn at 2 a second
+    assert ComeBack(2.0, floor_s=30).estimate(10) == 30
 
 
 def test_the_cloud_failing_before_any_key_forgets_the_device_and_gives_the_charge_back(line: Harness) -> None:
