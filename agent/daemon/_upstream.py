@@ -186,9 +186,10 @@ class UpstreamDrainer:
             delay = RETRY_BACKOFF.delay(attempts, random.random())
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("report %s not delivered (%s); retry in %.1f s", key, self.last_error, delay)
-            with contextlib.suppress(LedgerUnavailable):  # the ledger away: the report's claim lapses, then it is retried
+            retry_at = self._clock() + delay
+            with contextlib.suppress(LedgerUnavailable):  # the ledger away: the claim lapses, then it is retried
                 await self._journal.run_bookkeeping(
-                    self._journal.journal.mark_retry, row_id, next_attempt_at=self._clock() + delay, error=self.last_error
+                    self._journal.journal.mark_retry, row_id, next_attempt_at=retry_at, error=self.last_error
                 )
             return False
         self.delivered += 1
