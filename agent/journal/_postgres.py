@@ -61,7 +61,7 @@ from provisioning.workflow import DeviceRecord, State
 
 __all__ = ["LEDGER_SCHEMA_VERSION", "PostgresJournal"]
 
-LEDGER_SCHEMA_VERSION: Final = 1  # the ledger's own numbering; 1 holds what SQLite schema 4 holds, plus leases
+LEDGER_SCHEMA_VERSION: Final = 2  # the ledger's own numbering; 1 held what SQLite schema 4 holds, plus leases; 2 = SQLite 5
 LEDGER_LOCK: Final = 0x70726F76_6C656467  # "provledg": charges and audit appends, cluster-wide
 MIGRATION_LOCK: Final = 0x70726F76_6D696772  # "provmigr": one agent migrates, the others wait
 REPORT_CLAIM_S: Final = 60.0  # a report taken by one agent's drainer is left to it this long
@@ -115,6 +115,14 @@ _MIGRATIONS: Final[dict[int, str]] = {
     );
     CREATE INDEX leases_custodian ON leases(custodian) WHERE custodian != '';
     """,
+    # Costs that stay flat as the ledger grows (as SQLite schema 5): pending reports in due order and
+    # per device, each in a partial index the drainer's claim walks without comparing pending rows pairwise.
+    2: """
+    DROP INDEX outbox_pending;
+    DROP INDEX outbox_device;
+    CREATE INDEX outbox_due ON outbox(next_attempt_at, id) WHERE delivered_at IS NULL;
+    CREATE INDEX outbox_device_pending ON outbox(device_id, id) WHERE delivered_at IS NULL;
+    """,
 }
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
 _UNFINISHED: Final = [State.MINTING.value, State.PUSHED.value, State.UNSURE.value]
@@ -122,6 +130,13 @@ _SELECT_RECORDS: Final = f"SELECT {', '.join(_COLUMNS)} FROM devices"  # noqa: S
 _MINTED_HERE: Final = (  # open attempts whose key this agent minted
     " d WHERE state = ANY(%s) AND attempt != '' AND EXISTS (SELECT 1 FROM audit a WHERE a.device_id = d.device_id "
     "AND a.attempt = d.attempt AND a.event = 'minted' AND a.gateway_id = %s)"
+)
+_CLAIM_REPORTS: Final = (  # pending rows in due order (outbox_due), each the oldest of its device (outbox_device_pending)
+    "UPDATE outbox SET next_attempt_at = %s WHERE id IN ("
+    "  SELECT o.id FROM outbox o WHERE o.delivered_at IS NULL AND o.next_attempt_at <= %s AND NOT EXISTS ("
+    "    SELECT 1 FROM outbox p WHERE p.device_id = o.device_id AND p.delivered_at IS NULL AND p.id < o.id) "
+    "  ORDER BY o.next_attempt_at, o.id LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, device_id, idempotency_key, payload, attempts"
 )
 _NOW: Final = "extract(epoch FROM clock_timestamp())"  # the database's clock: one for every agent
 _UPSERT: Final = (
@@ -255,16 +270,13 @@ class PostgresJournal:
     # -- outbox -----------------------------------------------------------------------------
 
     def due_reports(self, *, now: float, limit: int) -> list[OutboxRow]:
-        """Take (for REPORT_CLAIM_S) undelivered reports due now, the oldest per device; no other agent gets them."""
+        """Take (for REPORT_CLAIM_S) undelivered reports due now, the oldest per device; no other agent gets them.
+
+        The most overdue first; each candidate costs one probe of its device's pending rows (O(limit log
+        pending) a batch). A row another agent is taking is skipped, not waited for.
+        """
         with self._transaction() as db:
-            rows = db.execute(
-                "UPDATE outbox SET next_attempt_at = %s WHERE id IN ("
-                "  SELECT o.id FROM outbox o WHERE o.delivered_at IS NULL AND o.next_attempt_at <= %s AND o.id = ("
-                "    SELECT MIN(id) FROM outbox p WHERE p.device_id = o.device_id AND p.delivered_at IS NULL) "
-                "  ORDER BY o.id LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "RETURNING id, device_id, idempotency_key, payload, attempts",
-                (now + REPORT_CLAIM_S, now, limit),
-            ).fetchall()
+            rows = db.execute(_CLAIM_REPORTS, (now + REPORT_CLAIM_S, now, limit)).fetchall()
         return sorted((OutboxRow(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows), key=lambda r: r.id)
 
     def mark_delivered(self, row_id: int, *, now: float) -> None:
