@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from agent.http import HttpClient, proxy_for
-from agent.journal import JournalWorker
+from agent.journal import JournalWorker, OutboxRow
 from provisioning.pacing import Backoff
 from provisioning.reportsig import HEADER, SIGNATURE_MEMBER, ReportSigner, header_value
 from provisioning.secret import Secret
@@ -36,6 +36,9 @@ __all__ = ["MqttSink", "ReportSink", "UpstreamDrainer", "WebhookSink"]
 log = logging.getLogger("agent.upstream")
 
 BATCH: Final = 50  # reports read from the outbox per round
+# Reports of one round delivered at once (each of another device, so order per device holds): a backlog
+# drains at the sinks' pace, not one round trip at a time, and the journal groups their bookkeeping.
+DELIVERY_CONCURRENCY: Final = 4
 IDLE_POLL_S: Final = 5.0  # look again at least this often even without a kick
 MAX_BACKOFF_S: Final = 300.0  # a down upstream is retried at least every five minutes
 # A report's n-th retry waits 2**n s (half to all of it, so reports that failed together spread out).
@@ -146,8 +149,10 @@ class UpstreamDrainer:
             rows = await self._journal.run_bookkeeping(
                 self._journal.journal.due_reports, now=self._clock(), limit=BATCH
             )
-            for row in rows:
-                await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts)
+            slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+            async with asyncio.TaskGroup() as group:  # _deliver raises nothing but a cancel
+                for row in rows:
+                    group.create_task(self._deliver_in(slots, row), name=f"report-{row.id}")
             self.depth = await self._journal.run_bookkeeping(self._journal.journal.outbox_depth)
             if len(rows) == BATCH:
                 continue
@@ -156,6 +161,10 @@ class UpstreamDrainer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):  # not wait_for: 3.11 can swallow a cancel
                     await self._wake.wait()
+
+    async def _deliver_in(self, slots: asyncio.Semaphore, row: OutboxRow) -> None:
+        async with slots:
+            await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts)
 
     async def _deliver(self, row_id: int, key: str, report: dict[str, Any], attempts: int) -> None:
         if self._signer is not None:

@@ -34,7 +34,9 @@ def activated(device_id: str, n: int) -> DeviceRecord:
                         attempt=f"{n:016x}", sdk_device_id=f"wd.{device_id}", updated_at=time.time())  # fmt: skip
 
 
-def test_claims_are_the_oldest_pending_report_of_each_device_as_before(ledger_url: str, agents: list[PostgresJournal]) -> None:
+def test_claims_are_the_oldest_pending_report_of_each_device_as_before(
+    ledger_url: str, agents: list[PostgresJournal]
+) -> None:
     first, second = agents
     rng = random.Random(15)
     now = time.time()
@@ -47,7 +49,9 @@ def test_claims_are_the_oldest_pending_report_of_each_device_as_before(ledger_ur
                 delivered += 1
                 db.execute("UPDATE outbox SET delivered_at = %s WHERE id = %s", (now, row_id))
             else:
-                db.execute("UPDATE outbox SET next_attempt_at = %s WHERE id = %s", (now + rng.randrange(-50, 50), row_id))
+                db.execute(
+                    "UPDATE outbox SET next_attempt_at = %s WHERE id = %s", (now + rng.randrange(-50, 50), row_id)
+                )
         expected = [row_id for (row_id,) in db.execute(OLD_DUE, (now,)).fetchall()]
         plan = "\n".join(str(r[0]) for r in db.execute(
             "EXPLAIN SELECT o.id FROM outbox o WHERE o.delivered_at IS NULL AND o.next_attempt_at <= 0 AND NOT EXISTS "

@@ -55,7 +55,7 @@ def test_a_batch_takes_the_most_overdue_first(tmp_path: Path) -> None:
     for n, device in enumerate(("a", "b", "c")):
         record = activated(device, n)
         journal.complete(record, build_report(record, gateway_id="g", biz_type="B", term="1y", now=T0), now=T0)
-    first, second, third = journal.due_reports(now=T0, limit=3)
+    first, _, _ = journal.due_reports(now=T0, limit=3)
     journal.mark_retry(first.id, next_attempt_at=T0 + 5, error="x")  # a failed one waits its turn ...
     assert [row.device_id for row in journal.due_reports(now=T0 + 5, limit=2)] == ["b", "c"]  # ... behind older dues
 
