@@ -61,9 +61,12 @@ from provisioning.workflow import DeviceRecord, State
 
 __all__ = ["LEDGER_SCHEMA_VERSION", "PostgresJournal"]
 
-LEDGER_SCHEMA_VERSION: Final = 2  # the ledger's own numbering; 1 held what SQLite schema 4 holds, plus leases; 2 = SQLite 5
+LEDGER_SCHEMA_VERSION: Final = (
+    2  # the ledger's own numbering; 1 held what SQLite schema 4 holds, plus leases; 2 = SQLite 5
+)
 LEDGER_LOCK: Final = 0x70726F76_6C656467  # "provledg": charges and audit appends, cluster-wide
 MIGRATION_LOCK: Final = 0x70726F76_6D696772  # "provmigr": one agent migrates, the others wait
+STREAM_ROWS: Final = 1000  # rows fetched at once by a stream (export): memory per stream, not per ledger
 REPORT_CLAIM_S: Final = 60.0  # a report taken by one agent's drainer is left to it this long
 CONNECT_TIMEOUT_S: Final = 5  # a ledger that does not answer a connect in this long is unavailable
 # A silent network (no RST, no answer) is noticed within about this long (libpq tcp_user_timeout and keepalives).
@@ -122,6 +125,11 @@ _MIGRATIONS: Final[dict[int, str]] = {
     DROP INDEX outbox_device;
     CREATE INDEX outbox_due ON outbox(next_attempt_at, id) WHERE delivered_at IS NULL;
     CREATE INDEX outbox_device_pending ON outbox(device_id, id) WHERE delivered_at IS NULL;
+    DROP INDEX devices_state;
+    CREATE INDEX devices_state_updated ON devices(state, updated_at);
+    CREATE TABLE order_charges (work_order TEXT PRIMARY KEY, charged BIGINT NOT NULL);
+    INSERT INTO order_charges SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != ''
+        GROUP BY work_order;
     """,
 }
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
@@ -254,10 +262,26 @@ class PostgresJournal:
         return {str(state): int(count) for state, count in rows}
 
     def all_records(self) -> list[DeviceRecord]:
-        """Every record of the line, oldest first (export)."""
-        with self._read() as db:
-            rows = db.execute(_SELECT_RECORDS + " ORDER BY updated_at").fetchall()
-        return [_record(row) for row in rows]
+        """Every record of the line, oldest first (tests; export streams :meth:`records`)."""
+        return list(self.records())
+
+    def records(
+        self, *, state: State | None = None, since: float | None = None, until: float | None = None
+    ) -> Iterator[DeviceRecord]:
+        """Records of the line (in ``state``, last written in [``since``, ``until``)), oldest first, through a
+        server-side cursor: memory stays flat whatever the ledger's size. One snapshot for the whole iteration."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        for condition, value in (("state = %s", state.value if state else None), ("updated_at >= %s", since),
+                                 ("updated_at < %s", until)):  # fmt: skip
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        with self._read() as db, db.cursor(name="records") as cursor:
+            cursor.itersize = STREAM_ROWS
+            cursor.execute(_SELECT_RECORDS + where + " ORDER BY updated_at", params)
+            yield from map(_record, cursor)
 
     def recent_reports(self, limit: int) -> list[RecentReport]:
         """The newest ``limit`` activation reports of the line, newest first (the station view)."""
@@ -315,7 +339,9 @@ class PostgresJournal:
     def uncharge(self, row_id: int) -> None:
         """Give a charge back: no key was minted for it."""
         with self._transaction() as db:
-            db.execute("DELETE FROM admission_charges WHERE id = %s", (row_id,))
+            row = db.execute("DELETE FROM admission_charges WHERE id = %s RETURNING work_order", (row_id,)).fetchone()
+            if row is not None and row[0]:
+                db.execute("UPDATE order_charges SET charged = charged - 1 WHERE work_order = %s", (row[0],))
 
     def charges_since(self, since: float) -> list[Mint]:
         """Every agent's charges at or after ``since``, oldest first."""
@@ -329,9 +355,7 @@ class PostgresJournal:
     def charges_per_order(self) -> dict[str, int]:
         """Keys ever charged to each work order, by every agent."""
         with self._read() as db:
-            rows = db.execute(
-                "SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != '' GROUP BY work_order"
-            ).fetchall()
+            rows = db.execute("SELECT work_order, charged FROM order_charges").fetchall()
         return {str(order): int(count) for order, count in rows}
 
     # -- audit trail ------------------------------------------------------------------------
@@ -635,6 +659,12 @@ class PostgresJournal:
             "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
             (mint.device_id, mint.model, mint.work_order, mint.at, mint.sender, self.gateway_id),
         ).fetchone()
+        if mint.work_order:  # the ceiling's count (read at start-up and per charge, never summed)
+            db.execute(
+                "INSERT INTO order_charges (work_order, charged) VALUES (%s, 1) "
+                "ON CONFLICT (work_order) DO UPDATE SET charged = order_charges.charged + 1",
+                (mint.work_order,),
+            )
         return int(row[0]) if row else 0
 
     def _audit_change(
@@ -689,6 +719,11 @@ class PostgresJournal:
 def _check_limits(db: psycopg.Connection[tuple[Any, ...]], mint: Mint, limits: Sequence[ChargeLimit]) -> None:
     """Raise :class:`LimitReached` when one of ``limits`` is used up by the charges already written."""
     for limit in limits:
+        if limit.scope == "order":  # a ceiling over all time: its count, not a sum over every charge
+            counted = db.execute("SELECT charged FROM order_charges WHERE work_order = %s", (limit.key,)).fetchone()
+            if (int(counted[0]) if counted else 0) >= limit.limit:
+                raise LimitReached(limit, 0)
+            continue
         where, params = _scope(limit, mint.at)
         row = db.execute(f"SELECT COUNT(*), MIN(at) FROM admission_charges WHERE {where}", params).fetchone()  # noqa: S608
         used, oldest = (int(row[0]), row[1]) if row else (0, None)

@@ -34,6 +34,7 @@ from provisioning.workflow import DeviceRecord, State
 __all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow", "RecentReport"]
 
 SCHEMA_VERSION: Final = 5
+STREAM_ROWS: Final = 1000  # rows read at once by a stream (export): memory per stream, not per journal
 BUSY_TIMEOUT_MS: Final = 5000  # another process (status/export) may hold a read lock briefly
 
 _MIGRATIONS: Final[dict[int, str]] = {
@@ -76,6 +77,11 @@ _MIGRATIONS: Final[dict[int, str]] = {
     DROP INDEX outbox_pending;
     CREATE INDEX outbox_due ON outbox(next_attempt_at, id) WHERE delivered_at IS NULL;
     CREATE INDEX outbox_device_pending ON outbox(device_id, id) WHERE delivered_at IS NULL;
+    DROP INDEX devices_state;
+    CREATE INDEX devices_state_updated ON devices(state, updated_at);
+    CREATE TABLE order_charges (work_order TEXT PRIMARY KEY, charged INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO order_charges SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != ''
+        GROUP BY work_order;
     """,
 }
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
@@ -240,10 +246,26 @@ class Journal:
         return [RecentReport(str(r[0]), json.loads(r[1]), float(r[2]), r[3]) for r in rows]
 
     def all_records(self) -> list[DeviceRecord]:
-        """Every record, oldest first (export, tests)."""
+        """Every record, oldest first (tests; export streams :meth:`records`)."""
+        return list(self.records())
+
+    def records(
+        self, *, state: State | None = None, since: float | None = None, until: float | None = None
+    ) -> Iterator[DeviceRecord]:
+        """Records (in ``state``, last written in [``since``, ``until``)), oldest first, read as they are used:
+        memory stays flat whatever the journal's size. One snapshot for the whole iteration."""
+        where, params = _record_filter(state, since, until, "?")
         with self._lock:
-            rows = self._db.execute(_SELECT_RECORDS + " ORDER BY updated_at").fetchall()
-        return [_record(row) for row in rows]
+            cursor = self._db.execute(_SELECT_RECORDS + where + " ORDER BY updated_at", params)
+        try:
+            while True:
+                with self._lock:
+                    rows = cursor.fetchmany(STREAM_ROWS)
+                if not rows:
+                    return
+                yield from map(_record, rows)
+        finally:
+            cursor.close()
 
     # -- outbox -----------------------------------------------------------------------------
 
@@ -293,7 +315,10 @@ class Journal:
     def uncharge(self, row_id: int) -> None:
         """Give a charge back: no key was minted for it."""
         with self._transaction() as db:
+            row = db.execute("SELECT work_order FROM admission_charges WHERE id = ?", (row_id,)).fetchone()
             db.execute("DELETE FROM admission_charges WHERE id = ?", (row_id,))
+            if row is not None and row[0]:
+                db.execute("UPDATE order_charges SET charged = charged - 1 WHERE work_order = ?", (row[0],))
 
     def charges_since(self, since: float) -> list[Mint]:
         """Charges at or after ``since``, oldest first."""
@@ -307,9 +332,7 @@ class Journal:
     def charges_per_order(self) -> dict[str, int]:
         """Keys ever charged to each work order."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != '' GROUP BY work_order"
-            ).fetchall()
+            rows = self._db.execute("SELECT work_order, charged FROM order_charges").fetchall()
         return {str(order): int(count) for order, count in rows}
 
     # -- audit trail ------------------------------------------------------------------------
@@ -529,9 +552,32 @@ def _record(row: tuple[Any, ...]) -> DeviceRecord:
     return DeviceRecord(**values)
 
 
+def _record_filter(
+    state: State | None, since: float | None, until: float | None, mark: str
+) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (index devices_state_updated) and its parameters; ``mark`` is the driver's placeholder."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    for condition, value in (
+        ("state = ", state.value if state else None),
+        ("updated_at >= ", since),
+        ("updated_at < ", until),
+    ):
+        if value is not None:
+            conditions.append(condition + mark)
+            params.append(value)
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), tuple(params)
+
+
 def _insert_charge(db: sqlite3.Connection, mint: Mint) -> int:
     cursor = db.execute(
         "INSERT INTO admission_charges (device_id, model, work_order, at, sender) VALUES (?, ?, ?, ?, ?)",
         (mint.device_id, mint.model, mint.work_order, mint.at, mint.sender),
     )
+    if mint.work_order:  # the ceiling's count, kept beside the charges (read at start-up, never summed)
+        db.execute(
+            "INSERT INTO order_charges (work_order, charged) VALUES (?, 1) "
+            "ON CONFLICT (work_order) DO UPDATE SET charged = charged + 1",
+            (mint.work_order,),
+        )
     return int(cursor.lastrowid or 0)

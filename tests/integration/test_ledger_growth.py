@@ -88,3 +88,26 @@ def test_a_schema_1_ledger_is_migrated_with_its_rows(ledger_url: str) -> None:
     finally:
         journal.close()
     PostgresJournal.open_readonly(ledger_url).close()  # a reader accepts the migrated ledger
+
+
+def test_export_streams_and_the_work_order_ceiling_reads_its_count(agents: list[PostgresJournal]) -> None:
+    from agent.journal import LimitReached
+    from provisioning.admission import ChargeLimit, Mint
+
+    first, _ = agents
+    base = time.time()
+    for n in range(1200):
+        first.put(
+            activated(f"e{n:05d}", n).replace(updated_at=base + n, state=State.ACTIVATED if n % 4 else State.FAILED)
+        )
+    stream = first.records(state=State.ACTIVATED, since=base + 100, until=base + 1100)
+    assert [r.device_id for r in stream] == [f"e{n:05d}" for n in range(100, 1100) if n % 4]
+    ceiling = ChargeLimit("work_order_exhausted", "order", "WO-9", 0, 2, "spent")
+    charged = [
+        first.put(activated(f"w{n}", n), charge=Mint(f"w{n}", "m", "WO-9", base), limits=[ceiling]) for n in (1, 2)
+    ]
+    with pytest.raises(LimitReached):
+        first.put(activated("w3", 3), charge=Mint("w3", "m", "WO-9", base), limits=[ceiling])
+    first.uncharge(charged[0])
+    assert first.charges_per_order() == {"WO-9": 1}
+    first.put(activated("w3", 3), charge=Mint("w3", "m", "WO-9", base), limits=[ceiling])  # room again

@@ -77,6 +77,9 @@ def test_a_schema_4_journal_is_migrated_with_its_rows(tmp_path: Path) -> None:
     with sqlite3.connect(path, isolation_level=None) as db:
         for version in range(1, 5):
             db.executescript(f"BEGIN; {_MIGRATIONS[version]} PRAGMA user_version = {version}; COMMIT;")
+        for n, order in enumerate(("WO-1", "WO-1", "", "WO-2")):
+            db.execute("INSERT INTO admission_charges (device_id, model, work_order, at) VALUES (?, 'm', ?, ?)",
+                       (f"c{n}", order, T0))  # fmt: skip
         for n, (device, delivered) in enumerate((("a", T0), ("a", None), ("a", None), ("b", None))):
             db.execute(
                 "INSERT INTO outbox (device_id, idempotency_key, payload, created_at, next_attempt_at, delivered_at) "
@@ -92,3 +95,48 @@ def test_a_schema_4_journal_is_migrated_with_its_rows(tmp_path: Path) -> None:
     assert [row.payload["n"] for row in journal.due_reports(now=T0, limit=10)] == [1, 3]
     assert journal.outbox_depth() == 3
     assert journal.next_report_due() == T0
+    assert journal.charges_per_order() == {"WO-1": 2, "WO-2": 1}
+
+
+def test_records_stream_filtered_in_sql(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.sqlite3")
+    for n in range(2500):  # more than one fetch of STREAM_ROWS
+        state = State.ACTIVATED if n % 5 else State.FAILED
+        journal.put(activated(f"d{n:05d}", n).replace(state=state, updated_at=T0 + n))
+    stream = journal.records(state=State.ACTIVATED, since=T0 + 1000, until=T0 + 2000)
+    assert not isinstance(stream, list)
+    got = [record.device_id for record in stream]
+    assert got == [f"d{n:05d}" for n in range(1000, 2000) if n % 5]
+    assert len(journal.all_records()) == 2500
+    plan = " ".join(str(step[3]) for step in journal._db.execute(
+        "EXPLAIN QUERY PLAN SELECT device_id FROM devices WHERE state = 'activated' AND updated_at >= 0 "
+        "ORDER BY updated_at"))  # fmt: skip
+    assert "devices_state_updated" in plan
+    assert "TEMP B-TREE" not in plan  # no sort of every row
+
+
+def test_the_export_document_is_written_one_device_at_a_time_as_json_dump_would(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from agent.cli._ops import _write_json
+
+    for rows in ([], [{"device_id": "a", "n": 1}], [{"device_id": "a", "n": 1}, {"device_id": "b", "ü": True}]):
+        out = io.StringIO()
+        counted = _write_json(iter(rows), "gw", out)
+        document = {"schema": "export/1", "gateway_id": "gw", "devices": rows}
+        assert out.getvalue() == json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+        assert len(counted) == len(rows)
+
+
+def test_work_order_counts_are_kept_beside_the_charges(tmp_path: Path) -> None:
+    from provisioning.admission import Mint
+
+    journal = Journal.open(tmp_path / "j.sqlite3")
+    ids = [journal.charge(Mint(f"d{n}", "m", "WO-1" if n < 3 else "", T0 + n)) for n in range(5)]
+    assert journal.charges_per_order() == {"WO-1": 3}
+    journal.uncharge(ids[0])
+    journal.uncharge(ids[4])
+    assert journal.charges_per_order() == {"WO-1": 2}
+    plan = " ".join(str(s[3]) for s in journal._db.execute("EXPLAIN QUERY PLAN SELECT * FROM order_charges"))
+    assert "admission_charges" not in plan
