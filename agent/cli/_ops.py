@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, time
 from pathlib import Path
-from collections.abc import Iterator
 from typing import IO, Any, Final
 
 from agent.cli import _status

@@ -139,7 +139,8 @@ _MINTED_HERE: Final = (  # open attempts whose key this agent minted
     " d WHERE state = ANY(%s) AND attempt != '' AND EXISTS (SELECT 1 FROM audit a WHERE a.device_id = d.device_id "
     "AND a.attempt = d.attempt AND a.event = 'minted' AND a.gateway_id = %s)"
 )
-_CLAIM_REPORTS: Final = (  # pending rows in due order (outbox_due), each the oldest of its device (outbox_device_pending)
+# Pending rows in due order (outbox_due), each the oldest of its device (outbox_device_pending).
+_CLAIM_REPORTS: Final = (
     "UPDATE outbox SET next_attempt_at = %s WHERE id IN ("
     "  SELECT o.id FROM outbox o WHERE o.delivered_at IS NULL AND o.next_attempt_at <= %s AND NOT EXISTS ("
     "    SELECT 1 FROM outbox p WHERE p.device_id = o.device_id AND p.delivered_at IS NULL AND p.id < o.id) "
@@ -411,6 +412,10 @@ class PostgresJournal:
         with self._read() as db:
             rows = db.execute("SELECT seq, entry, prev_hash, hash FROM audit ORDER BY seq").fetchall()
         return [StoredEntry(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    def audit_start(self) -> tuple[int, str]:
+        """The entry the stored trail continues from (the ledger is not pruned: the chain's start)."""
+        return 0, GENESIS_HASH
 
     def verify_audit(self) -> tuple[list[StoredEntry], ChainBreak | None]:
         """The rows and the first break of the chain (None when intact)."""

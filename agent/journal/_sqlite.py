@@ -20,15 +20,17 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from agent.journal import _audit_store as audit_store
+from agent.journal._archive import ArchiveWriter
 from agent.journal._permissions import access_hint, share_with_operators
 from agent.journal._protocol import Fence, JournalError, OutboxRow, RecentReport
 from provisioning.admission import ChargeLimit, Mint
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, implied_entries, verify_chain
-from provisioning.audit._chain import DetailValue
+from provisioning.audit._chain import GENESIS_HASH, DetailValue
 from provisioning.workflow import DeviceRecord, State
 
 __all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow", "RecentReport"]
@@ -82,12 +84,18 @@ _MIGRATIONS: Final[dict[int, str]] = {
     CREATE TABLE order_charges (work_order TEXT PRIMARY KEY, charged INTEGER NOT NULL) WITHOUT ROWID;
     INSERT INTO order_charges SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != ''
         GROUP BY work_order;
+    CREATE TABLE audit_checkpoint (
+        one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL
+    );  -- the last audit entry moved to an archive: the journal's trail continues from it
     """,
 }
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
 _UNFINISHED: Final = (State.MINTING.value, State.PUSHED.value, State.UNSURE.value)
 # Column names are our own constants, never input.
 _SELECT_RECORDS: Final = f"SELECT {', '.join(_COLUMNS)} FROM devices"  # noqa: S608
+_REPORT_FIELDS: Final = ("id", "device_id", "idempotency_key", "payload", "created_at", "attempts",
+                         "next_attempt_at", "delivered_at", "last_error")  # fmt: skip
+_CHARGE_FIELDS: Final = ("id", "device_id", "model", "work_order", "at", "sender")
 # Pending rows in due order (index outbox_due), kept when no older pending row of the same device
 # exists (one probe of outbox_device_pending).
 _DUE_REPORTS: Final = (
@@ -392,10 +400,106 @@ class Journal:
         with self._lock:
             return audit_store.read_rows(self._db)
 
+    def audit_start(self) -> tuple[int, str]:
+        """The entry the stored trail continues from: (0, genesis), or the last one pruned to an archive."""
+        with self._lock:
+            row = self._db.execute("SELECT seq, hash FROM audit_checkpoint").fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
     def verify_audit(self) -> tuple[list[StoredEntry], ChainBreak | None]:
-        """The rows and the first break of the chain (None when intact)."""
-        rows = self.audit_rows()
-        return rows, verify_chain(rows)
+        """The rows and the first break of the chain (None when intact), from the prune checkpoint on."""
+        with self._lock:  # one snapshot of checkpoint and rows
+            self._db.execute("BEGIN")
+            try:
+                start, rows = self.audit_start(), self.audit_rows()
+            finally:
+                self._db.execute("COMMIT")
+        return rows, verify_chain(rows, start=start)
+
+    # -- retention (docs/operations.md, "Retention") -----------------------------------------
+
+    def prune_span(self, *, before: float) -> tuple[float, float] | None:
+        """When the oldest prunable row was written, and ``before``; None when nothing is older."""
+        with self._lock:
+            oldest = [
+                value
+                for (value,) in (
+                    self._db.execute("SELECT created_at FROM outbox ORDER BY id LIMIT 1").fetchone() or (None,),
+                    self._db.execute("SELECT MIN(at) FROM admission_charges").fetchone(),
+                )
+                if value is not None and value < before
+            ]
+        first = self._audit_oldest()
+        if first is not None and first < before:
+            oldest.append(first)
+        return (min(oldest), before) if oldest else None
+
+    def prune_batch(self, *, before: float, archive: ArchiveWriter, limit: int) -> int:
+        """Move at most ``limit`` rows of each kind written before ``before`` to ``archive``, then delete
+        them; the number moved (0: done). Devices in flight or with a report to send keep their entries.
+
+        Moved: the audit trail's oldest entries (a prefix of the chain, so the checkpoint stays one
+        entry), delivered reports and quota charges. Device records stay: a device that comes back
+        is answered from its record, never licensed twice. The archive is on the disk before the rows
+        are deleted, in the same write transaction.
+        """
+        with self._transaction() as db:
+            entries = self._prunable_entries(db, before, limit)
+            reports = db.execute(
+                "SELECT id, device_id, idempotency_key, payload, created_at, attempts, next_attempt_at, delivered_at, "
+                "last_error FROM outbox WHERE delivered_at IS NOT NULL AND created_at < ? ORDER BY id LIMIT ?",
+                (before, limit),
+            ).fetchall()
+            charges = db.execute(
+                "SELECT id, device_id, model, work_order, at, sender FROM admission_charges WHERE at < ? "
+                "ORDER BY at LIMIT ?",
+                (before, limit),
+            ).fetchall()
+            archive.append(
+                [{"kind": "audit", "seq": r[0], "entry": r[1], "prev_hash": r[2], "hash": r[3]} for r in entries]
+                + [dict(zip(_REPORT_FIELDS, r, strict=True)) | {"kind": "report"} for r in reports]
+                + [dict(zip(_CHARGE_FIELDS, r, strict=True)) | {"kind": "charge"} for r in charges]
+            )
+            if entries:
+                db.execute("DELETE FROM audit WHERE seq <= ?", (entries[-1][0],))
+                db.execute(
+                    "INSERT INTO audit_checkpoint (one, seq, hash) VALUES (1, ?, ?) "
+                    "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    (entries[-1][0], entries[-1][3]),
+                )
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in reports])
+            db.executemany("DELETE FROM admission_charges WHERE id = ?", [(r[0],) for r in charges])
+        return len(entries) + len(reports) + len(charges)
+
+    def _prunable_entries(self, db: sqlite3.Connection, before: float, limit: int) -> list[tuple[Any, ...]]:
+        """The oldest entries, in seq order, up to the first one that is recent or belongs to a device
+        still in flight or with a report to send (its trail is still read by the workflow)."""
+        (bound,) = db.execute(
+            "SELECT MIN(seq) FROM ("
+            "  SELECT MIN(a.seq) AS seq FROM devices d JOIN audit a ON a.device_id = d.device_id "
+            "  WHERE d.state IN (?, ?, ?) "
+            "  UNION ALL SELECT MIN(a.seq) FROM outbox o JOIN audit a ON a.device_id = o.device_id "
+            "  WHERE o.delivered_at IS NULL)",
+            _UNFINISHED,
+        ).fetchone()
+        cutoff = format_at(before)
+        taken = []
+        for row in db.execute("SELECT seq, entry, prev_hash, hash FROM audit ORDER BY seq LIMIT ?", (limit,)):
+            if (bound is not None and row[0] >= bound) or _entry_at(row[1]) >= cutoff:
+                break
+            taken.append(row)
+        return taken
+
+    def _audit_oldest(self) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT entry FROM audit ORDER BY seq LIMIT 1").fetchone()
+        if row is None:
+            return None
+        at = _entry_at(row[0])
+        try:
+            return datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            return None
 
     def _audit_change(
         self, db: sqlite3.Connection, record: DeviceRecord, consumed: dict[str, DetailValue] | None = None
@@ -550,6 +654,16 @@ def _record(row: tuple[Any, ...]) -> DeviceRecord:
     values["state"] = State(values["state"])
     values["reconciled"] = bool(values["reconciled"])
     return DeviceRecord(**values)
+
+
+def _entry_at(text: str) -> str:
+    """An audit entry's ``at`` (ISO UTC, fixed width: compares as text); "" when unreadable."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ""
+    at = value.get("at") if isinstance(value, dict) else None
+    return at if isinstance(at, str) else ""
 
 
 def _record_filter(
