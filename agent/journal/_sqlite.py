@@ -473,7 +473,8 @@ class Journal:
 
     def _prunable_entries(self, db: sqlite3.Connection, before: float, limit: int) -> list[tuple[Any, ...]]:
         """The oldest entries, in seq order, up to the first one that is recent or belongs to a device
-        still in flight or with a report to send (its trail is still read by the workflow)."""
+        still in flight or with a report to send (its trail is still read by the workflow); never the
+        newest entry (the next one is chained to it)."""
         (bound,) = db.execute(
             "SELECT MIN(seq) FROM ("
             "  SELECT MIN(a.seq) AS seq FROM devices d JOIN audit a ON a.device_id = d.device_id "
@@ -482,10 +483,11 @@ class Journal:
             "  WHERE o.delivered_at IS NULL)",
             _UNFINISHED,
         ).fetchone()
+        (last,) = db.execute("SELECT MAX(seq) FROM audit").fetchone()  # stays: the next entry chains to it
         cutoff = format_at(before)
         taken = []
         for row in db.execute("SELECT seq, entry, prev_hash, hash FROM audit ORDER BY seq LIMIT ?", (limit,)):
-            if (bound is not None and row[0] >= bound) or _entry_at(row[1]) >= cutoff:
+            if row[0] >= min(last, bound if bound is not None else last) or _entry_at(row[1]) >= cutoff:
                 break
             taken.append(row)
         return taken

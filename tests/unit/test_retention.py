@@ -66,12 +66,27 @@ def test_old_finished_devices_move_to_an_archive_and_the_trail_still_verifies(tm
     assert broken is None
     assert journal.audit_start() == (archived[-1].row, archived[-1].hash)
     # records stay (a device that comes back is answered from its record), counts and ceilings too
-    assert journal.get("old3") is not None and journal.get("old3").state is State.ACTIVATED
+    old = journal.get("old3")
+    assert old is not None
+    assert old.state is State.ACTIVATED
     assert journal.charges_per_order() == {"WO-1": 25}
     assert journal.outbox_depth() == 0
     assert len(journal.recent_reports(100)) == 5
     assert journal.prune_span(before=T0 + 30 * DAY) is None or prune_all(journal, T0 + 30 * DAY)
     journal.close()
+
+
+def test_the_newest_entry_stays_so_the_next_one_chains_to_it(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "journal.sqlite3", gateway_id="gw")
+    for n in range(4):
+        provision(journal, f"old{n}", T0 + n)
+    last = journal.audit_rows()[-1]
+    prune_all(journal, before=T0 + 30 * DAY)  # everything is old and finished
+    assert journal.audit_rows() == [last]
+    provision(journal, "next", T0 + 31 * DAY)
+    rows, broken = journal.verify_audit()
+    assert broken is None
+    assert [row.row for row in rows] == list(range(last.row, last.row + 4))
 
 
 def run_verify(journal: Path, *archives: Path) -> subprocess.CompletedProcess[str]:
@@ -125,3 +140,29 @@ def test_a_torn_last_member_is_ignored_and_its_rows_are_archived_again(tmp_path:
     writer = ArchiveWriter(archive)  # the next run, after the restart
     writer.append([{"kind": "audit", "seq": 1, "entry": "{}", "prev_hash": "0", "hash": "h1"}])  # written again
     assert [row.row for row in archive_audit_rows([archive, archive])] == [1]
+
+
+def test_the_agents_retention_task_prunes_through_the_journal_thread(tmp_path: Path) -> None:
+    import asyncio
+
+    from agent.daemon._retention import Retention
+    from agent.journal import JournalWorker
+
+    journal = Journal.open(tmp_path / "journal.sqlite3", gateway_id="gw")
+    for n in range(30):
+        provision(journal, f"d{n}", T0 + n)
+
+    async def run() -> int:
+        worker = JournalWorker(journal)
+        try:
+            retention = Retention(worker, journal, 30, clock=lambda: T0 + 31 * DAY)
+            return await retention.prune() + await retention.prune()  # the second finds nothing left
+        finally:
+            worker.close()  # closes the journal too
+
+    moved = asyncio.run(run())
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    assert moved == 30 + 30 + 3 * 30 - 1  # reports, charges, all entries but the newest
+    (archive,) = tmp_path.glob("journal.sqlite3.archive-*.jsonl.gz")
+    assert sum(1 for _ in read_archive(archive)) == moved
+    assert journal.verify_audit()[1] is None
