@@ -1,9 +1,11 @@
 """Retention: finished devices' audit entries, reports and charges move to an archive, then leave the journal.
 
 Runs only with ``[journal] retain_days`` set (SQLite). Once an hour (and a minute after the
-start) it takes what is older than the retention in small batches, each on the journal's own
-thread like any bookkeeping write, with a pause between batches so that a device arriving
-meanwhile waits for at most one batch (the cost is measured in docs/performance.md).
+start) it takes what is older than the retention in small batches: each is read on the
+journal's thread, written to the archive (and fsynced) on another, then deleted on the
+journal's thread, both as bookkeeping (no fsync of their own), with a pause between batches,
+so a device arriving meanwhile waits for at most one short read or delete (the cost is
+measured in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ log = logging.getLogger("agent.retention")
 DAY_S: Final = 86_400
 FIRST_RUN_S: Final = 60.0  # after the start: resuming devices and the backlog come first
 INTERVAL_S: Final = 3600.0  # a day's devices leave in 24 runs: each one small
-PRUNE_BATCH: Final = 200  # rows of each kind per batch: one batch holds the journal for milliseconds
+PRUNE_BATCH: Final = 100  # rows of each kind per batch: one holds the journal thread for a few milliseconds
 PAUSE_S: Final = 0.02  # between batches: devices' writes go first
 
 
@@ -56,10 +58,9 @@ class Retention:
             return 0
         archive = ArchiveWriter(archive_path(self._journal.path, *span))
         moved = 0
-        while batch := await self._worker.run_bookkeeping(
-            self._journal.prune_batch, before=before, archive=archive, limit=PRUNE_BATCH
-        ):
-            moved += batch
+        while batch := await self._worker.run_bookkeeping(self._journal.prunable, before=before, limit=PRUNE_BATCH):
+            await asyncio.to_thread(archive.append, batch.lines)  # durable before the delete; off the journal's thread
+            moved += await self._worker.run_bookkeeping(self._journal.prune, batch)
             await asyncio.sleep(PAUSE_S)
         if moved:
             share_with_operators([archive.path])

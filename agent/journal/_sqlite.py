@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -33,7 +33,7 @@ from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, i
 from provisioning.audit._chain import GENESIS_HASH, DetailValue
 from provisioning.workflow import DeviceRecord, State
 
-__all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow", "RecentReport"]
+__all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow", "PruneBatch", "RecentReport"]
 
 SCHEMA_VERSION: Final = 5
 STREAM_ROWS: Final = 1000  # rows read at once by a stream (export): memory per stream, not per journal
@@ -105,6 +105,16 @@ _DUE_REPORTS: Final = (
     "  WHERE p.device_id = o.device_id AND p.delivered_at IS NULL AND p.id < o.id) "
     "ORDER BY o.next_attempt_at, o.id LIMIT ?"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PruneBatch:
+    """Rows retention moves out of the journal: their archive lines, and what :meth:`Journal.prune` deletes."""
+
+    lines: list[dict[str, Any]]
+    checkpoint: tuple[int, str] | None  # the last audit entry moved (seq, hash); entries up to it go
+    reports: tuple[int, ...]
+    charges: tuple[int, ...]
 
 
 class Journal:
@@ -435,13 +445,21 @@ class Journal:
         return (min(oldest), before) if oldest else None
 
     def prune_batch(self, *, before: float, archive: ArchiveWriter, limit: int) -> int:
-        """Move at most ``limit`` rows of each kind written before ``before`` to ``archive``, then delete
-        them; the number moved (0: done). Devices in flight or with a report to send keep their entries.
+        """Archive, then prune, one batch (:meth:`prunable`, ``archive``, :meth:`prune`); the rows moved (0: done)."""
+        batch = self.prunable(before=before, limit=limit)
+        if batch is None:
+            return 0
+        archive.append(batch.lines)
+        return self.prune(batch)
 
-        Moved: the audit trail's oldest entries (a prefix of the chain, so the checkpoint stays one
-        entry), delivered reports and quota charges. Device records stay: a device that comes back
-        is answered from its record, never licensed twice. The archive is on the disk before the rows
-        are deleted, in the same write transaction.
+    def prunable(self, *, before: float, limit: int) -> PruneBatch | None:
+        """At most ``limit`` rows of each kind written before ``before`` that may leave the journal; None: none.
+
+        The audit trail's oldest entries (a prefix of the chain, so one checkpoint continues it),
+        delivered reports and quota charges; nothing of a device in flight or with a report to
+        send. Device records stay: a device that comes back is answered from its record, never
+        licensed twice. Those rows never change, so the batch can be archived (off the journal's
+        thread) before :meth:`prune` deletes it.
         """
         with self._transaction() as db:
             entries = self._prunable_entries(db, before, limit)
@@ -455,31 +473,39 @@ class Journal:
                 "ORDER BY at LIMIT ?",
                 (before, limit),
             ).fetchall()
-            archive.append(
-                [{"kind": "audit", "seq": r[0], "entry": r[1], "prev_hash": r[2], "hash": r[3]} for r in entries]
-                + [dict(zip(_REPORT_FIELDS, r, strict=True)) | {"kind": "report"} for r in reports]
-                + [dict(zip(_CHARGE_FIELDS, r, strict=True)) | {"kind": "charge"} for r in charges]
-            )
-            if entries:
-                db.execute("DELETE FROM audit WHERE seq <= ?", (entries[-1][0],))
+        if not (entries or reports or charges):
+            return None
+        lines = (
+            [{"kind": "audit", "seq": r[0], "entry": r[1], "prev_hash": r[2], "hash": r[3]} for r in entries]
+            + [dict(zip(_REPORT_FIELDS, r, strict=True)) | {"kind": "report"} for r in reports]
+            + [dict(zip(_CHARGE_FIELDS, r, strict=True)) | {"kind": "charge"} for r in charges]
+        )
+        checkpoint = (int(entries[-1][0]), str(entries[-1][3])) if entries else None
+        return PruneBatch(lines, checkpoint, tuple(r[0] for r in reports), tuple(r[0] for r in charges))
+
+    def prune(self, batch: PruneBatch) -> int:
+        """Delete a batch :meth:`prunable` chose, once it is archived; the rows deleted."""
+        with self._transaction() as db:
+            if batch.checkpoint is not None:
+                db.execute("DELETE FROM audit WHERE seq <= ?", (batch.checkpoint[0],))
                 db.execute(
                     "INSERT INTO audit_checkpoint (one, seq, hash) VALUES (1, ?, ?) "
                     "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                    (entries[-1][0], entries[-1][3]),
+                    batch.checkpoint,
                 )
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in reports])
-            db.executemany("DELETE FROM admission_charges WHERE id = ?", [(r[0],) for r in charges])
-        return len(entries) + len(reports) + len(charges)
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in batch.reports])
+            db.executemany("DELETE FROM admission_charges WHERE id = ?", [(row_id,) for row_id in batch.charges])
+        return len(batch.lines)
 
     def _prunable_entries(self, db: sqlite3.Connection, before: float, limit: int) -> list[tuple[Any, ...]]:
         """The oldest entries, in seq order, up to the first one that is recent or belongs to a device
         still in flight or with a report to send (its trail is still read by the workflow); never the
         newest entry (the next one is chained to it)."""
         (bound,) = db.execute(
-            "SELECT MIN(seq) FROM ("
-            "  SELECT MIN(a.seq) AS seq FROM devices d JOIN audit a ON a.device_id = d.device_id "
+            "SELECT MIN(seq) FROM ("  # CROSS JOIN: SQLite's word for "this order" (the few first, then audit)
+            "  SELECT MIN(a.seq) AS seq FROM devices d CROSS JOIN audit a ON a.device_id = d.device_id "
             "  WHERE d.state IN (?, ?, ?) "
-            "  UNION ALL SELECT MIN(a.seq) FROM outbox o JOIN audit a ON a.device_id = o.device_id "
+            "  UNION ALL SELECT MIN(a.seq) FROM outbox o CROSS JOIN audit a ON a.device_id = o.device_id "
             "  WHERE o.delivered_at IS NULL)",
             _UNFINISHED,
         ).fetchone()
