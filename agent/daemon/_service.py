@@ -141,7 +141,7 @@ class ProvisioningAgent:
         self.admission = LineAdmission(config.admission, self.journal, clock=clock)
         store = self.journal.journal
         self.retention = (  # SQLite only (the config check refuses retain_days with a shared ledger)
-            Retention(self.journal, store, config.journal.retain_days, clock=clock)
+            Retention(self.journal, store, config.journal.retain_days, clock=clock, idle=lambda: not self._handlers)
             if config.journal.retain_days and isinstance(store, Journal)
             else None
         )
