@@ -61,9 +61,8 @@ from provisioning.workflow import DeviceRecord, State
 
 __all__ = ["LEDGER_SCHEMA_VERSION", "PostgresJournal"]
 
-LEDGER_SCHEMA_VERSION: Final = (
-    2  # the ledger's own numbering; 1 held what SQLite schema 4 holds, plus leases; 2 = SQLite 5
-)
+# The ledger's own numbering: 1 held what SQLite schema 4 holds, plus leases; 2 = SQLite schema 5.
+LEDGER_SCHEMA_VERSION: Final = 2
 LEDGER_LOCK: Final = 0x70726F76_6C656467  # "provledg": charges and audit appends, cluster-wide
 MIGRATION_LOCK: Final = 0x70726F76_6D696772  # "provmigr": one agent migrates, the others wait
 STREAM_ROWS: Final = 1000  # rows fetched at once by a stream (export): memory per stream, not per ledger
