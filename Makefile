@@ -17,7 +17,7 @@ export VERSION PACKAGE_RELEASE
 UV_COMPILE = $(PY) -m uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 
-.PHONY: demo test lint typecheck unit bench soak clean broker-check lock deb bundle package-test docs
+.PHONY: demo test lint typecheck unit bench bench-growth soak clean broker-check lock deb bundle package-test docs
 
 # The venv installs exactly what the lock says (hash-checked), then the project itself
 # without resolving anything: a fresh clone gets the same versions as CI.
@@ -82,6 +82,11 @@ bench: $(STAMP) broker-check
 	$(PY) bench/cloudauth_client.py
 	$(PY) bench/daemon.py
 	$(PY) bench/serial_station.py
+
+## bench-growth: costs as the work grows: the journal (0 to 1M devices, retention), then a report backlog (tens of minutes)
+bench-growth: $(STAMP) broker-check
+	$(PY) bench/growth.py
+	$(PY) bench/backlog.py
 
 ## soak: 1,000 devices through a line under chaos, then the invariants (docs/reliability.md; several minutes)
 ##       SOAK_ARGS=--ledger: two agents on one PostgreSQL ledger (needs the PostgreSQL binaries and psycopg)

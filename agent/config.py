@@ -200,6 +200,9 @@ class JournalConfig:
     # postgresql://...: a ledger shared by the line's gateways instead of the SQLite file (needs the postgres extra).
     url: Annotated[str, Pattern(r"(postgres(ql)?://\S+)?", "a postgresql:// URL, or empty (SQLite at path)")] = ""
     lease_s: Annotated[float, Range(3, 600)] = 15.0  # shared ledger: another agent takes a device over this late
+    # Days a finished device's trail, report and charges stay before they move to an archive beside the
+    # journal (docs/operations.md, "Retention"); 0 keeps everything. At least 2: the quotas count a day back.
+    retain_days: Annotated[int, Range(0, 36500)] = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +335,11 @@ class _Checks:
         config = self.config
         if config.mqtt.shared_group and config.mqtt.protocol != "5":
             self.fail("mqtt.shared_group", 'shared subscriptions need protocol = "5"')
+        if config.journal.retain_days == 1:
+            self.fail("journal.retain_days", "keep at least 2 days (the quotas count the last day's keys); 0 = forever")
+        if config.journal.retain_days and config.journal.url:
+            self.fail("journal.retain_days", "applies to the SQLite journal; a shared ledger is not pruned by the "
+                      "agent (set retain_days = 0)")  # fmt: skip
         if not config.mqtt.enabled and config.upstream.mqtt_topic:
             self.fail("upstream.mqtt_topic", 'needs [mqtt] enabled; set mqtt_topic = "" (and use webhook_url)')
         if not config.mqtt.enabled and not config.serial.ports and not config.serial.usb:

@@ -17,7 +17,8 @@ from agent.cli._output import fail, print_json, print_table, report_error, snake
 from agent.cloud import DEFAULT_ENDPOINT
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from agent.journal import JournalError, open_url, redact_url
-from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, reconcile, verify_chain
+from agent.journal._archive import archive_audit_rows
+from provisioning.audit import GENESIS_HASH, AuditEntry, ChainBreak, StoredEntry, reconcile, verify_chain
 from provisioning.cloudauth import CloudauthError, DeviceInfo
 
 __all__ = ["add_parser"]
@@ -66,6 +67,9 @@ def add_parser(commands: Commands) -> None:
     )  # fmt: skip
     verify.add_argument("--anchor", metavar="SEQ:HASH", help="a head recorded earlier (printed by verify): "
                         "the trail must still hold it")  # fmt: skip
+    verify.add_argument("--archive", type=Path, nargs="+", metavar="FILE", default=[],
+                        help="archives the agent's retention wrote (journal.sqlite3.archive-*.jsonl.gz): check them "
+                        "and the journal as one chain from its first entry")  # fmt: skip
     verify.set_defaults(handler=_verify)
 
     export = add_command(
@@ -108,13 +112,16 @@ def add_parser(commands: Commands) -> None:
 def _verify(args: argparse.Namespace) -> int:
     try:
         (path,) = _journal_paths(args, single=True)
-        rows = _read(path)
+        rows, start = _read_from(path)
         anchor = _anchor(args.anchor)
+        if args.archive:  # archive + journal: one chain from the first entry, the checkpoint not trusted
+            rows, start = archive_audit_rows(args.archive) + rows, (0, GENESIS_HASH)
     except _Unusable as exc:
         return _unusable(exc)
-    except ValueError as exc:
-        return fail(str(exc), "fix the command line (see --help)", ExitCode.USAGE)
-    broken = verify_chain(rows) or (_check_anchor(rows, anchor) if anchor else None)
+    except (ValueError, OSError, KeyError) as exc:
+        return fail(str(exc), "fix the command line (see --help); an archive must be one the agent wrote",
+                    ExitCode.USAGE)  # fmt: skip
+    broken = verify_chain(rows, start=start) or (_check_anchor(rows, anchor) if anchor else None)
     head = {"seq": rows[-1].row, "hash": rows[-1].hash} if rows and broken is None else None
     result: dict[str, Any] = {"journal": redact_url(path), "intact": broken is None, "entries": len(rows), "head": head,
                               "break": _break(broken)}  # fmt: skip
@@ -182,10 +189,11 @@ def _export(args: argparse.Namespace) -> int:
 def _reconcile(args: argparse.Namespace) -> int:
     try:
         paths = _journal_paths(args, single=False)
-        trails = {path: _read(path) for path in paths}
+        stored = {path: _read_from(path) for path in paths}
     except _Unusable as exc:
         return _unusable(exc)
-    breaks = {redact_url(path): _break(verify_chain(rows)) for path, rows in trails.items()}
+    trails = {path: rows for path, (rows, _) in stored.items()}
+    breaks = {redact_url(path): _break(verify_chain(rows, start=start)) for path, (rows, start) in stored.items()}
     entries = [entry for rows in trails.values() for entry in _entries(rows)]
     biz_types = set(args.biz_type) or {str(e.detail.get("biz_type")) for e in entries if e.event == "consumed"}
     biz_types.discard("")
@@ -285,6 +293,20 @@ def _journal_paths(args: argparse.Namespace, *, single: bool) -> list[str]:
     except ConfigError as exc:
         raise _Unusable("\n".join(f"configuration error: {message}" for message in exc.messages)) from None
     return [journal.url or journal.path]
+
+
+def _read_from(path: str) -> tuple[list[StoredEntry], tuple[int, str]]:
+    """The stored trail and the entry it continues from (a pruned journal's checkpoint)."""
+    try:
+        journal = open_url(path, readonly=True)
+    except JournalError as exc:
+        raise _Unusable(str(exc)) from None
+    try:
+        return journal.audit_rows(), journal.audit_start()
+    except Exception as exc:  # noqa: BLE001 - sqlite3 errors of a damaged file: say so, do not trace back
+        raise _Unusable(f"journal {journal.where}: {exc}") from None
+    finally:
+        journal.close()
 
 
 def _read(path: str) -> list[StoredEntry]:

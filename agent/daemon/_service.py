@@ -25,10 +25,11 @@ from agent.daemon._access import CloudAccess, broker_light, cloud_light
 from agent.daemon._admission import LineAdmission
 from agent.daemon._devices import DeviceService
 from agent.daemon._pages import StatusPages, StatusTokenError, load_status_token
+from agent.daemon._retention import Retention
 from agent.daemon._station import Shift, StationView, in_flight
 from agent.daemon._upstream import MqttSink, ReportSink, UpstreamDrainer, WebhookSink
 from agent.http import StatusServer
-from agent.journal import JournalWorker, open_journal
+from agent.journal import Journal, JournalWorker, open_journal
 from agent.logs import flush_suppressed
 from agent.metrics import Metrics
 from agent.mqtt import (
@@ -144,6 +145,12 @@ class ProvisioningAgent:
             sinks.append(self._webhook)
         self.drainer = UpstreamDrainer(self.journal, sinks, clock=clock, signer=report_signer(config))
         self.admission = LineAdmission(config.admission, self.journal, clock=clock)
+        store = self.journal.journal
+        self.retention = (  # SQLite only (the config check refuses retain_days with a shared ledger)
+            Retention(self.journal, store, config.journal.retain_days, clock=clock, idle=lambda: not self._handlers)
+            if config.journal.retain_days and isinstance(store, Journal)
+            else None
+        )
         self.line = Line(
             gateway_id=config.gateway_id,
             profiles=profiles,
@@ -239,6 +246,7 @@ class ProvisioningAgent:
                     group.create_task(self._sweeper(), name="sweeper"),
                     group.create_task(self.admission.poll(), name="work-orders"),
                     group.create_task(self.drainer.run(), name="upstream-drainer"),
+                    *([group.create_task(self.retention.run(), name="retention")] if self.retention else []),
                     group.create_task(self._status_loop(), name="status"),
                     group.create_task(self._announce_after_reconnects(), name="status-on-reconnect"),
                     group.create_task(self._watchdog(), name="watchdog"),

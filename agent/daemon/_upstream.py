@@ -36,6 +36,9 @@ __all__ = ["MqttSink", "ReportSink", "UpstreamDrainer", "WebhookSink"]
 log = logging.getLogger("agent.upstream")
 
 BATCH: Final = 50  # reports read from the outbox per round
+# Reports of one round delivered at once (each of another device, so order per device holds): a backlog
+# drains at the sinks' pace, not one round trip at a time, and the journal groups their bookkeeping.
+DELIVERY_CONCURRENCY: Final = 4
 IDLE_POLL_S: Final = 5.0  # look again at least this often even without a kick
 MAX_BACKOFF_S: Final = 300.0  # a down upstream is retried at least every five minutes
 # A report's n-th retry waits 2**n s (half to all of it, so reports that failed together spread out).
@@ -155,9 +158,10 @@ class UpstreamDrainer:
                 rows, next_due = [], None  # ``delivered`` stays: marked on the next round that reaches the ledger
             else:
                 delivered = []
-            for row in rows:
-                if await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts):
-                    delivered.append(row.id)
+            slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+            async with asyncio.TaskGroup() as group:  # _deliver raises nothing but a cancel
+                for row in rows:
+                    group.create_task(self._deliver_in(slots, row, delivered), name=f"report-{row.id}")
             if rows:
                 continue  # mark them, and look again at once
             wait = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, max(0.05, next_due - self._clock()))
@@ -172,6 +176,11 @@ class UpstreamDrainer:
             journal.mark_delivered(row_id, now=now)
         rows = journal.due_reports(now=now, limit=BATCH)
         return rows, journal.outbox_depth(), None if rows else journal.next_report_due()
+
+    async def _deliver_in(self, slots: asyncio.Semaphore, row: OutboxRow, delivered: list[int]) -> None:
+        async with slots:
+            if await self._deliver(row.id, row.idempotency_key, row.payload, row.attempts):
+                delivered.append(row.id)
 
     async def _deliver(self, row_id: int, key: str, report: dict[str, Any], attempts: int) -> bool:
         """Deliver to every sink: True, or False with the report's retry booked (it stays in the outbox)."""

@@ -70,6 +70,7 @@ def _copy(source: Path, target: str, gateway_id: str) -> Migration:
     try:
         records = journal.all_records()
         charges = journal.charges_since(0.0)
+        order_totals = journal.charges_per_order()
         rows, broken = journal.verify_audit()
     finally:
         journal.close()
@@ -85,7 +86,8 @@ def _copy(source: Path, target: str, gateway_id: str) -> Migration:
 
     ledger = PostgresJournal.open(target, gateway_id=gateway_id)
     try:
-        entry = ledger.import_journal(source=str(source), records=records, charges=charges, reports=reports,
+        entry = ledger.import_journal(source=str(source), records=records, charges=charges,
+                                      order_totals=order_totals, reports=reports,
                                       entries=entries, source_head=head, now=time.time())  # fmt: skip
     finally:
         ledger.close()

@@ -35,7 +35,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Any, Final
@@ -62,9 +62,11 @@ from provisioning.workflow import DeviceRecord, State
 
 __all__ = ["LEDGER_SCHEMA_VERSION", "PostgresJournal"]
 
-LEDGER_SCHEMA_VERSION: Final = 1  # the ledger's own numbering; 1 holds what SQLite schema 4 holds, plus leases
+# The ledger's own numbering: 1 held what SQLite schema 4 holds, plus leases; 2 = SQLite schema 5.
+LEDGER_SCHEMA_VERSION: Final = 2
 LEDGER_LOCK: Final = 0x70726F76_6C656467  # "provledg": charges and audit appends, cluster-wide
 MIGRATION_LOCK: Final = 0x70726F76_6D696772  # "provmigr": one agent migrates, the others wait
+STREAM_ROWS: Final = 1000  # rows fetched at once by a stream (export): memory per stream, not per ledger
 REPORT_CLAIM_S: Final = 60.0  # a report taken by one agent's drainer is left to it this long
 CONNECT_TIMEOUT_S: Final = 5  # a ledger that does not answer a connect in this long is unavailable
 # A silent network (no RST, no answer) is noticed within about this long (libpq tcp_user_timeout and keepalives).
@@ -116,6 +118,19 @@ _MIGRATIONS: Final[dict[int, str]] = {
     );
     CREATE INDEX leases_custodian ON leases(custodian) WHERE custodian != '';
     """,
+    # Costs that stay flat as the ledger grows (as SQLite schema 5): pending reports in due order and
+    # per device, each in a partial index the drainer's claim walks without comparing pending rows pairwise.
+    2: """
+    DROP INDEX outbox_pending;
+    DROP INDEX outbox_device;
+    CREATE INDEX outbox_due ON outbox(next_attempt_at, id) WHERE delivered_at IS NULL;
+    CREATE INDEX outbox_device_pending ON outbox(device_id, id) WHERE delivered_at IS NULL;
+    DROP INDEX devices_state;
+    CREATE INDEX devices_state_updated ON devices(state, updated_at);
+    CREATE TABLE order_charges (work_order TEXT PRIMARY KEY, charged BIGINT NOT NULL);
+    INSERT INTO order_charges SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != ''
+        GROUP BY work_order;
+    """,
 }
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
 _UNFINISHED: Final = [State.MINTING.value, State.PUSHED.value, State.UNSURE.value]
@@ -123,6 +138,14 @@ _SELECT_RECORDS: Final = f"SELECT {', '.join(_COLUMNS)} FROM devices"  # noqa: S
 _MINTED_HERE: Final = (  # open attempts whose key this agent minted
     " d WHERE state = ANY(%s) AND attempt != '' AND EXISTS (SELECT 1 FROM audit a WHERE a.device_id = d.device_id "
     "AND a.attempt = d.attempt AND a.event = 'minted' AND a.gateway_id = %s)"
+)
+# Pending rows in due order (outbox_due), each the oldest of its device (outbox_device_pending).
+_CLAIM_REPORTS: Final = (
+    "UPDATE outbox SET next_attempt_at = %s WHERE id IN ("
+    "  SELECT o.id FROM outbox o WHERE o.delivered_at IS NULL AND o.next_attempt_at <= %s AND NOT EXISTS ("
+    "    SELECT 1 FROM outbox p WHERE p.device_id = o.device_id AND p.delivered_at IS NULL AND p.id < o.id) "
+    "  ORDER BY o.next_attempt_at, o.id LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, device_id, idempotency_key, payload, attempts"
 )
 _NOW: Final = "extract(epoch FROM clock_timestamp())"  # the database's clock: one for every agent
 _UPSERT: Final = (
@@ -240,10 +263,26 @@ class PostgresJournal:
         return {str(state): int(count) for state, count in rows}
 
     def all_records(self) -> list[DeviceRecord]:
-        """Every record of the line, oldest first (export)."""
-        with self._read() as db:
-            rows = db.execute(_SELECT_RECORDS + " ORDER BY updated_at").fetchall()
-        return [_record(row) for row in rows]
+        """Every record of the line, oldest first (tests; export streams :meth:`records`)."""
+        return list(self.records())
+
+    def records(
+        self, *, state: State | None = None, since: float | None = None, until: float | None = None
+    ) -> Iterator[DeviceRecord]:
+        """Records of the line (in ``state``, last written in [``since``, ``until``)), oldest first, through a
+        server-side cursor: memory stays flat whatever the ledger's size. One snapshot for the whole iteration."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        for condition, value in (("state = %s", state.value if state else None), ("updated_at >= %s", since),
+                                 ("updated_at < %s", until)):  # fmt: skip
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        with self._read() as db, db.cursor(name="records") as cursor:
+            cursor.itersize = STREAM_ROWS
+            cursor.execute(_SELECT_RECORDS + where + " ORDER BY updated_at", params)
+            yield from map(_record, cursor)
 
     def recent_reports(self, limit: int) -> list[RecentReport]:
         """The newest ``limit`` activation reports of the line, newest first (the station view)."""
@@ -256,16 +295,13 @@ class PostgresJournal:
     # -- outbox -----------------------------------------------------------------------------
 
     def due_reports(self, *, now: float, limit: int) -> list[OutboxRow]:
-        """Take (for REPORT_CLAIM_S) undelivered reports due now, the oldest per device; no other agent gets them."""
+        """Take (for REPORT_CLAIM_S) undelivered reports due now, the oldest per device; no other agent gets them.
+
+        The most overdue first; each candidate costs one probe of its device's pending rows (O(limit log
+        pending) a batch). A row another agent is taking is skipped, not waited for.
+        """
         with self._transaction() as db:
-            rows = db.execute(
-                "UPDATE outbox SET next_attempt_at = %s WHERE id IN ("
-                "  SELECT o.id FROM outbox o WHERE o.delivered_at IS NULL AND o.next_attempt_at <= %s AND o.id = ("
-                "    SELECT MIN(id) FROM outbox p WHERE p.device_id = o.device_id AND p.delivered_at IS NULL) "
-                "  ORDER BY o.id LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "RETURNING id, device_id, idempotency_key, payload, attempts",
-                (now + REPORT_CLAIM_S, now, limit),
-            ).fetchall()
+            rows = db.execute(_CLAIM_REPORTS, (now + REPORT_CLAIM_S, now, limit)).fetchall()
         return sorted((OutboxRow(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows), key=lambda r: r.id)
 
     def mark_delivered(self, row_id: int, *, now: float) -> None:
@@ -304,7 +340,9 @@ class PostgresJournal:
     def uncharge(self, row_id: int) -> None:
         """Give a charge back: no key was minted for it."""
         with self._transaction() as db:
-            db.execute("DELETE FROM admission_charges WHERE id = %s", (row_id,))
+            row = db.execute("DELETE FROM admission_charges WHERE id = %s RETURNING work_order", (row_id,)).fetchone()
+            if row is not None and row[0]:
+                db.execute("UPDATE order_charges SET charged = charged - 1 WHERE work_order = %s", (row[0],))
 
     def charges_since(self, since: float) -> list[Mint]:
         """Every agent's charges at or after ``since``, oldest first."""
@@ -318,9 +356,7 @@ class PostgresJournal:
     def charges_per_order(self) -> dict[str, int]:
         """Keys ever charged to each work order, by every agent."""
         with self._read() as db:
-            rows = db.execute(
-                "SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != '' GROUP BY work_order"
-            ).fetchall()
+            rows = db.execute("SELECT work_order, charged FROM order_charges").fetchall()
         return {str(order): int(count) for order, count in rows}
 
     # -- audit trail ------------------------------------------------------------------------
@@ -376,6 +412,10 @@ class PostgresJournal:
         with self._read() as db:
             rows = db.execute("SELECT seq, entry, prev_hash, hash FROM audit ORDER BY seq").fetchall()
         return [StoredEntry(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    def audit_start(self) -> tuple[int, str]:
+        """The entry the stored trail continues from (the ledger is not pruned: the chain's start)."""
+        return 0, GENESIS_HASH
 
     def verify_audit(self) -> tuple[list[StoredEntry], ChainBreak | None]:
         """The rows and the first break of the chain (None when intact)."""
@@ -448,6 +488,7 @@ class PostgresJournal:
         source: str,
         records: Sequence[DeviceRecord],
         charges: Sequence[Mint],
+        order_totals: Mapping[str, int],
         reports: Sequence[tuple[Any, ...]],
         entries: Sequence[AuditEntry],
         source_head: tuple[int, str],
@@ -489,6 +530,12 @@ class PostgresJournal:
                     "INSERT INTO admission_charges (device_id, model, work_order, at, sender, gateway_id) "
                     "VALUES (%s, %s, %s, %s, %s, %s)",
                     [(c.device_id, c.model, c.work_order, c.at, c.sender, self.gateway_id) for c in charges],
+                )
+                # The source's totals, not a count of its charges: retention may have archived old ones.
+                cursor.executemany(
+                    "INSERT INTO order_charges (work_order, charged) VALUES (%s, %s) "
+                    "ON CONFLICT (work_order) DO UPDATE SET charged = order_charges.charged + EXCLUDED.charged",
+                    [(order, total) for order, total in order_totals.items() if order and total],
                 )
                 cursor.executemany(
                     "INSERT INTO outbox (device_id, idempotency_key, payload, created_at, attempts, next_attempt_at, "
@@ -740,6 +787,12 @@ class PostgresJournal:
             "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
             (mint.device_id, mint.model, mint.work_order, mint.at, mint.sender, self.gateway_id),
         ).fetchone()
+        if mint.work_order:  # the ceiling's count (read at start-up and per charge, never summed)
+            db.execute(
+                "INSERT INTO order_charges (work_order, charged) VALUES (%s, 1) "
+                "ON CONFLICT (work_order) DO UPDATE SET charged = order_charges.charged + 1",
+                (mint.work_order,),
+            )
         return int(row[0]) if row else 0
 
     def _audit_change(
@@ -794,6 +847,11 @@ class PostgresJournal:
 def _check_limits(db: psycopg.Connection[tuple[Any, ...]], mint: Mint, limits: Sequence[ChargeLimit]) -> None:
     """Raise :class:`LimitReached` when one of ``limits`` is used up by the charges already written."""
     for limit in limits:
+        if limit.scope == "order":  # a ceiling over all time: its count, not a sum over every charge
+            counted = db.execute("SELECT charged FROM order_charges WHERE work_order = %s", (limit.key,)).fetchone()
+            if (int(counted[0]) if counted else 0) >= limit.limit:
+                raise LimitReached(limit, 0)
+            continue
         where, params = _scope(limit, mint.at)
         row = db.execute(f"SELECT COUNT(*), MIN(at) FROM admission_charges WHERE {where}", params).fetchone()  # noqa: S608
         used, oldest = (int(row[0]), row[1]) if row else (0, None)

@@ -18,7 +18,7 @@ A local backend accepts the same arguments and ignores what it has no use for.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from provisioning.admission import ChargeLimit, Mint
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry
 from provisioning.audit._chain import DetailValue
-from provisioning.workflow import DeviceRecord
+from provisioning.workflow import DeviceRecord, State
 
 __all__ = [
     "CLOCK_MARGIN_S",
@@ -146,6 +146,9 @@ class JournalStore(Protocol):
     def unfinished(self) -> list[DeviceRecord]: ...
     def counts(self) -> dict[str, int]: ...
     def all_records(self) -> list[DeviceRecord]: ...
+    def records(
+        self, *, state: State | None = None, since: float | None = None, until: float | None = None
+    ) -> Iterator[DeviceRecord]: ...
     def recent_reports(self, limit: int) -> list[RecentReport]: ...
 
     # -- outbox
@@ -170,6 +173,7 @@ class JournalStore(Protocol):
     def attempt_pushed(self, device_id: str, attempt: str) -> bool: ...
     def attempt_closed(self, device_id: str, attempt: str) -> bool: ...
     def audit_rows(self) -> list[StoredEntry]: ...
+    def audit_start(self) -> tuple[int, str]: ...
     def verify_audit(self) -> tuple[list[StoredEntry], ChainBreak | None]: ...
 
     # -- leases and custody (a local journal answers trivially)

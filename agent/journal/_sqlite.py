@@ -19,22 +19,25 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from agent.journal import _audit_store as audit_store
 from agent.journal import _lock as journal_lock
+from agent.journal._archive import ArchiveWriter
 from agent.journal._permissions import access_hint, share_with_operators
 from agent.journal._protocol import Fence, JournalError, OutboxRow, RecentReport
 from provisioning.admission import ChargeLimit, Mint
 from provisioning.audit import AuditEntry, ChainBreak, StoredEntry, format_at, implied_entries, verify_chain
-from provisioning.audit._chain import DetailValue
+from provisioning.audit._chain import GENESIS_HASH, DetailValue
 from provisioning.workflow import DeviceRecord, State
 
-__all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow", "RecentReport"]
+__all__ = ["SCHEMA_VERSION", "Journal", "JournalError", "OutboxRow", "PruneBatch", "RecentReport"]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
+STREAM_ROWS: Final = 1000  # rows read at once by a stream (export): memory per stream, not per journal
 BUSY_TIMEOUT_MS: Final = 5000  # another process (status/export) may hold a read lock briefly
 
 _MIGRATIONS: Final[dict[int, str]] = {
@@ -71,11 +74,48 @@ _MIGRATIONS: Final[dict[int, str]] = {
     UPDATE devices SET delivered = attempts, delivered_attempt = attempt;
     ALTER TABLE admission_charges ADD COLUMN sender TEXT NOT NULL DEFAULT '';
     """,
+    # Costs that stay flat as the journal grows: the outbox's pending rows in partial indexes (the
+    # drainer's query no longer scans the delivered ones or compares every pending row with every other).
+    5: """
+    DROP INDEX outbox_pending;
+    CREATE INDEX outbox_due ON outbox(next_attempt_at, id) WHERE delivered_at IS NULL;
+    CREATE INDEX outbox_device_pending ON outbox(device_id, id) WHERE delivered_at IS NULL;
+    DROP INDEX devices_state;
+    CREATE INDEX devices_state_updated ON devices(state, updated_at);
+    CREATE TABLE order_charges (work_order TEXT PRIMARY KEY, charged INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO order_charges SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != ''
+        GROUP BY work_order;
+    CREATE TABLE audit_checkpoint (
+        one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL
+    );  -- the last audit entry moved to an archive: the journal's trail continues from it
+    """,
 }
 _COLUMNS: Final = tuple(field.name for field in fields(DeviceRecord))
 _UNFINISHED: Final = (State.MINTING.value, State.PUSHED.value, State.UNSURE.value)
 # Column names are our own constants, never input.
 _SELECT_RECORDS: Final = f"SELECT {', '.join(_COLUMNS)} FROM devices"  # noqa: S608
+_REPORT_FIELDS: Final = ("id", "device_id", "idempotency_key", "payload", "created_at", "attempts",
+                         "next_attempt_at", "delivered_at", "last_error")  # fmt: skip
+_CHARGE_FIELDS: Final = ("id", "device_id", "model", "work_order", "at", "sender")
+# Pending rows in due order (index outbox_due), kept when no older pending row of the same device
+# exists (one probe of outbox_device_pending).
+_DUE_REPORTS: Final = (
+    "SELECT o.id, o.device_id, o.idempotency_key, o.payload, o.attempts FROM outbox o INDEXED BY outbox_due "
+    "WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ? AND NOT EXISTS ("
+    "  SELECT 1 FROM outbox p INDEXED BY outbox_device_pending "
+    "  WHERE p.device_id = o.device_id AND p.delivered_at IS NULL AND p.id < o.id) "
+    "ORDER BY o.next_attempt_at, o.id LIMIT ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneBatch:
+    """Rows retention moves out of the journal: their archive lines, and what :meth:`Journal.prune` deletes."""
+
+    lines: list[dict[str, Any]]
+    checkpoint: tuple[int, str] | None  # the last audit entry moved (seq, hash); entries up to it go
+    reports: tuple[int, ...]
+    charges: tuple[int, ...]
 
 
 class Journal:
@@ -238,24 +278,39 @@ class Journal:
         return [RecentReport(str(r[0]), json.loads(r[1]), float(r[2]), r[3]) for r in rows]
 
     def all_records(self) -> list[DeviceRecord]:
-        """Every record, oldest first (export, tests)."""
+        """Every record, oldest first (tests; export streams :meth:`records`)."""
+        return list(self.records())
+
+    def records(
+        self, *, state: State | None = None, since: float | None = None, until: float | None = None
+    ) -> Iterator[DeviceRecord]:
+        """Records (in ``state``, last written in [``since``, ``until``)), oldest first, read as they are used:
+        memory stays flat whatever the journal's size. One snapshot for the whole iteration."""
+        where, params = _record_filter(state, since, until, "?")
         with self._lock:
-            rows = self._db.execute(_SELECT_RECORDS + " ORDER BY updated_at").fetchall()
-        return [_record(row) for row in rows]
+            cursor = self._db.execute(_SELECT_RECORDS + where + " ORDER BY updated_at", params)
+        try:
+            while True:
+                with self._lock:
+                    rows = cursor.fetchmany(STREAM_ROWS)
+                if not rows:
+                    return
+                yield from map(_record, rows)
+        finally:
+            cursor.close()
 
     # -- outbox -----------------------------------------------------------------------------
 
     def due_reports(self, *, now: float, limit: int) -> list[OutboxRow]:
-        """Undelivered reports due now, at most one per device (the oldest: order is kept per device)."""
+        """Undelivered reports due now, at most one per device (the oldest: order is kept per device).
+
+        The most overdue first; each candidate costs one probe of the pending rows of its own
+        device, so a batch costs O(limit log pending), not O(pending²).
+        """
         with self._lock:
-            rows = self._db.execute(
-                "SELECT o.id, o.device_id, o.idempotency_key, o.payload, o.attempts FROM outbox o "
-                "WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ? AND o.id = ("
-                "  SELECT MIN(id) FROM outbox p WHERE p.device_id = o.device_id AND p.delivered_at IS NULL) "
-                "ORDER BY o.id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-        return [OutboxRow(row[0], row[1], row[2], json.loads(row[3]), row[4]) for row in rows]
+            rows = self._db.execute(_DUE_REPORTS, (now, limit)).fetchall()
+        return sorted((OutboxRow(row[0], row[1], row[2], json.loads(row[3]), row[4]) for row in rows),
+                      key=lambda row: row.id)  # fmt: skip
 
     def mark_delivered(self, row_id: int, *, now: float) -> None:
         """A sink acknowledged the report."""
@@ -292,7 +347,10 @@ class Journal:
     def uncharge(self, row_id: int) -> None:
         """Give a charge back: no key was minted for it."""
         with self._transaction() as db:
+            row = db.execute("SELECT work_order FROM admission_charges WHERE id = ?", (row_id,)).fetchone()
             db.execute("DELETE FROM admission_charges WHERE id = ?", (row_id,))
+            if row is not None and row[0]:
+                db.execute("UPDATE order_charges SET charged = charged - 1 WHERE work_order = ?", (row[0],))
 
     def charges_since(self, since: float) -> list[Mint]:
         """Charges at or after ``since``, oldest first."""
@@ -306,9 +364,7 @@ class Journal:
     def charges_per_order(self) -> dict[str, int]:
         """Keys ever charged to each work order."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT work_order, COUNT(*) FROM admission_charges WHERE work_order != '' GROUP BY work_order"
-            ).fetchall()
+            rows = self._db.execute("SELECT work_order, charged FROM order_charges").fetchall()
         return {str(order): int(count) for order, count in rows}
 
     # -- audit trail ------------------------------------------------------------------------
@@ -368,10 +424,124 @@ class Journal:
         with self._lock:
             return audit_store.read_rows(self._db)
 
+    def audit_start(self) -> tuple[int, str]:
+        """The entry the stored trail continues from: (0, genesis), or the last one pruned to an archive."""
+        with self._lock:
+            row = self._db.execute("SELECT seq, hash FROM audit_checkpoint").fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
     def verify_audit(self) -> tuple[list[StoredEntry], ChainBreak | None]:
-        """The rows and the first break of the chain (None when intact)."""
-        rows = self.audit_rows()
-        return rows, verify_chain(rows)
+        """The rows and the first break of the chain (None when intact), from the prune checkpoint on."""
+        with self._lock:  # one snapshot of checkpoint and rows
+            self._db.execute("BEGIN")
+            try:
+                start, rows = self.audit_start(), self.audit_rows()
+            finally:
+                self._db.execute("COMMIT")
+        return rows, verify_chain(rows, start=start)
+
+    # -- retention (docs/operations.md, "Retention") -----------------------------------------
+
+    def prune_span(self, *, before: float) -> tuple[float, float] | None:
+        """When the oldest prunable row was written, and ``before``; None when nothing is older."""
+        with self._lock:
+            oldest = [
+                value
+                for (value,) in (
+                    self._db.execute("SELECT created_at FROM outbox ORDER BY id LIMIT 1").fetchone() or (None,),
+                    self._db.execute("SELECT MIN(at) FROM admission_charges").fetchone(),
+                )
+                if value is not None and value < before
+            ]
+        first = self._audit_oldest()
+        if first is not None and first < before:
+            oldest.append(first)
+        return (min(oldest), before) if oldest else None
+
+    def prune_batch(self, *, before: float, archive: ArchiveWriter, limit: int) -> int:
+        """Archive, then prune, one batch (:meth:`prunable`, ``archive``, :meth:`prune`); the rows moved (0: done)."""
+        batch = self.prunable(before=before, limit=limit)
+        if batch is None:
+            return 0
+        archive.append(batch.lines)
+        return self.prune(batch)
+
+    def prunable(self, *, before: float, limit: int) -> PruneBatch | None:
+        """At most ``limit`` rows of each kind written before ``before`` that may leave the journal; None: none.
+
+        The audit trail's oldest entries (a prefix of the chain, so one checkpoint continues it),
+        delivered reports and quota charges; nothing of a device in flight or with a report to
+        send. Device records stay: a device that comes back is answered from its record, never
+        licensed twice. Those rows never change, so the batch can be archived (off the journal's
+        thread) before :meth:`prune` deletes it.
+        """
+        with self._transaction() as db:
+            entries = self._prunable_entries(db, before, limit)
+            reports = db.execute(
+                "SELECT id, device_id, idempotency_key, payload, created_at, attempts, next_attempt_at, delivered_at, "
+                "last_error FROM outbox WHERE delivered_at IS NOT NULL AND created_at < ? ORDER BY id LIMIT ?",
+                (before, limit),
+            ).fetchall()
+            charges = db.execute(
+                "SELECT id, device_id, model, work_order, at, sender FROM admission_charges WHERE at < ? "
+                "ORDER BY at LIMIT ?",
+                (before, limit),
+            ).fetchall()
+        if not (entries or reports or charges):
+            return None
+        lines = (
+            [{"kind": "audit", "seq": r[0], "entry": r[1], "prev_hash": r[2], "hash": r[3]} for r in entries]
+            + [dict(zip(_REPORT_FIELDS, r, strict=True)) | {"kind": "report"} for r in reports]
+            + [dict(zip(_CHARGE_FIELDS, r, strict=True)) | {"kind": "charge"} for r in charges]
+        )
+        checkpoint = (int(entries[-1][0]), str(entries[-1][3])) if entries else None
+        return PruneBatch(lines, checkpoint, tuple(r[0] for r in reports), tuple(r[0] for r in charges))
+
+    def prune(self, batch: PruneBatch) -> int:
+        """Delete a batch :meth:`prunable` chose, once it is archived; the rows deleted."""
+        with self._transaction() as db:
+            if batch.checkpoint is not None:
+                db.execute("DELETE FROM audit WHERE seq <= ?", (batch.checkpoint[0],))
+                db.execute(
+                    "INSERT INTO audit_checkpoint (one, seq, hash) VALUES (1, ?, ?) "
+                    "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    batch.checkpoint,
+                )
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in batch.reports])
+            db.executemany("DELETE FROM admission_charges WHERE id = ?", [(row_id,) for row_id in batch.charges])
+        return len(batch.lines)
+
+    def _prunable_entries(self, db: sqlite3.Connection, before: float, limit: int) -> list[tuple[Any, ...]]:
+        """The oldest entries, in seq order, up to the first one that is recent or belongs to a device
+        still in flight or with a report to send (its trail is still read by the workflow); never the
+        newest entry (the next one is chained to it)."""
+        (bound,) = db.execute(
+            "SELECT MIN(seq) FROM ("  # CROSS JOIN: SQLite's word for "this order" (the few first, then audit)
+            "  SELECT MIN(a.seq) AS seq FROM devices d CROSS JOIN audit a ON a.device_id = d.device_id "
+            "  WHERE d.state IN (?, ?, ?) "
+            "  UNION ALL SELECT MIN(a.seq) FROM outbox o CROSS JOIN audit a ON a.device_id = o.device_id "
+            "  WHERE o.delivered_at IS NULL)",
+            _UNFINISHED,
+        ).fetchone()
+        (last,) = db.execute("SELECT MAX(seq) FROM audit").fetchone()  # stays: the next entry chains to it
+        cutoff = format_at(before)
+        taken = []
+        for row in db.execute("SELECT seq, entry, prev_hash, hash FROM audit ORDER BY seq LIMIT ?", (limit,)):
+            if row[0] >= min(last, bound if bound is not None else last) or _entry_at(row[1]) >= cutoff:
+                break
+            taken.append(row)
+        return taken
+
+    def _audit_oldest(self) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT entry FROM audit ORDER BY seq LIMIT 1").fetchone()
+        if row is None:
+            return None
+        at = _entry_at(row[0])
+        try:
+            return datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            return None
 
     def _audit_change(
         self, db: sqlite3.Connection, record: DeviceRecord, consumed: dict[str, DetailValue] | None = None
@@ -528,9 +698,42 @@ def _record(row: tuple[Any, ...]) -> DeviceRecord:
     return DeviceRecord(**values)
 
 
+def _entry_at(text: str) -> str:
+    """An audit entry's ``at`` (ISO UTC, fixed width: compares as text); "" when unreadable."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ""
+    at = value.get("at") if isinstance(value, dict) else None
+    return at if isinstance(at, str) else ""
+
+
+def _record_filter(
+    state: State | None, since: float | None, until: float | None, mark: str
+) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (index devices_state_updated) and its parameters; ``mark`` is the driver's placeholder."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    for condition, value in (
+        ("state = ", state.value if state else None),
+        ("updated_at >= ", since),
+        ("updated_at < ", until),
+    ):
+        if value is not None:
+            conditions.append(condition + mark)
+            params.append(value)
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), tuple(params)
+
+
 def _insert_charge(db: sqlite3.Connection, mint: Mint) -> int:
     cursor = db.execute(
         "INSERT INTO admission_charges (device_id, model, work_order, at, sender) VALUES (?, ?, ?, ?, ?)",
         (mint.device_id, mint.model, mint.work_order, mint.at, mint.sender),
     )
+    if mint.work_order:  # the ceiling's count, kept beside the charges (read at start-up, never summed)
+        db.execute(
+            "INSERT INTO order_charges (work_order, charged) VALUES (?, 1) "
+            "ON CONFLICT (work_order) DO UPDATE SET charged = charged + 1",
+            (mint.work_order,),
+        )
     return int(cursor.lastrowid or 0)

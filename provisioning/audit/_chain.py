@@ -120,10 +120,14 @@ def format_at(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def verify_chain(rows: Sequence[StoredEntry]) -> ChainBreak | None:
-    """Check rows in store order; None when intact, else the first break."""
-    expected_prev, expected_seq = GENESIS_HASH, 1
-    accepted: dict[str, int] = {GENESIS_HASH: 0}  # hash -> seq of the entries accepted so far
+def verify_chain(rows: Sequence[StoredEntry], *, start: tuple[int, str] = (0, GENESIS_HASH)) -> ChainBreak | None:
+    """Check rows in store order; None when intact, else the first break.
+
+    ``start`` is the entry the rows continue from: the chain's start, or the checkpoint a pruned
+    journal keeps (the seq and hash of the last entry moved to an archive).
+    """
+    expected_prev, expected_seq = start[1], start[0] + 1
+    accepted: dict[str, int] = {start[1]: start[0]}  # hash -> seq of the entries accepted so far
     claimed = [_claimed_seq(row) for row in rows]
     for index, row in enumerate(rows):
         seq = claimed[index]

@@ -150,3 +150,31 @@ def test_an_agent_does_not_start_on_a_journal_being_migrated(tmp_path: Path) -> 
     finally:
         journal_lock.release(held)
     Journal.open(path, gateway_id="gw1").close()
+
+
+def test_a_work_orders_total_moves_whole_even_with_charges_archived_by_retention(
+    tmp_path: Path, ledger_url: str
+) -> None:
+    """The ceiling counts every key ever charged: the migrated total adds to the line's, archived charges included."""
+    import sqlite3
+
+    from agent.journal._migrate import migrate
+    from provisioning.admission import Mint
+
+    def journal_with(path: Path, gateway: str, *devices: str) -> Path:
+        journal = Journal.open(path, gateway_id=gateway)
+        for device in devices:
+            journal.charge(Mint(device, MODEL, "WO-7", at=1.0))
+        journal.close()
+        return path
+
+    migrate(journal_with(tmp_path / "a.sqlite3", "gw-a", "A1", "A2"), ledger_url, gateway_id="gw-a")
+    second = journal_with(tmp_path / "b.sqlite3", "gw-b", "B1", "B2", "B3")
+    with sqlite3.connect(second) as db:  # what retention does to an old charge: archived, the total kept
+        db.execute("DELETE FROM admission_charges WHERE device_id = 'B1'")
+    migrate(second, ledger_url, gateway_id="gw-b")
+    reader = PostgresJournal.open_readonly(ledger_url)
+    try:
+        assert reader.charges_per_order() == {"WO-7": 5}
+    finally:
+        reader.close()

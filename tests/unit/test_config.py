@@ -182,3 +182,13 @@ def test_the_old_journal_form_is_still_read(tmp_path: Path) -> None:
         "journal.url: must be a postgresql:// URL, or empty (SQLite at path), got 'mysql://x'",
         "journal.lease_s: must be a number from 3 to 600, got 1",
     ]
+
+
+def test_retention_keeps_at_least_two_days_and_only_prunes_the_sqlite_journal(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL), environ={}).journal.retain_days == 0  # keep forever by default
+    kept = write(tmp_path, MINIMAL + "[journal]\nretain_days = 90\n")
+    assert load_config(kept, environ={}).journal.retain_days == 90
+    one = write(tmp_path, MINIMAL + "[journal]\nretain_days = 1\n")
+    assert any("journal.retain_days: keep at least 2 days" in message for message in problems_of(one))
+    shared = write(tmp_path, MINIMAL + '[journal]\nurl = "postgresql://h/db"\nretain_days = 30\n')
+    assert any("journal.retain_days: applies to the SQLite journal" in message for message in problems_of(shared))
