@@ -83,10 +83,12 @@ bench: $(STAMP) broker-check
 	$(PY) bench/daemon.py
 	$(PY) bench/serial_station.py
 
-## bench-growth: costs as the work grows: the journal (0 to 1M devices, retention), then a report backlog (tens of minutes)
+## bench-growth: costs as the work grows: the journal (0 to 1M devices, retention), a report backlog (1k-10k),
+##               devices waiting on a 2 QPS cloud (1k-10k); the growth table of docs/performance.md (tens of minutes)
 bench-growth: $(STAMP) broker-check
 	$(PY) bench/growth.py
 	$(PY) bench/backlog.py
+	$(PY) bench/waiting.py
 
 ## soak: 1,000 devices through a line under chaos, then the invariants (docs/reliability.md; several minutes)
 ##       SOAK_ARGS=--ledger: two agents on one PostgreSQL ledger (needs the PostgreSQL binaries and psycopg)
