@@ -29,6 +29,7 @@ __all__ = [
     "ROOT",
     "Meter",
     "Sample",
+    "log",
     "machine",
     "markdown_table",
     "median",
@@ -124,6 +125,11 @@ class Meter:
         # Fields after the parenthesised command name: state is [0], utime [11], stime [12].
         fields = self._peer_stat.read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def log(text: str) -> None:
+    """Progress, on stderr (stdout carries the results)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def percentile(values: Sequence[int] | Sequence[float], fraction: float) -> float:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from _daemon_device import cpu_seconds
-from _harness import machine, markdown_table, median, percentile  # puts the checkout on sys.path
+from _harness import log, machine, markdown_table, median, percentile  # puts the checkout on sys.path
 from _soak_upstream import WebhookReceiver
 from daemon import TOPIC_ROOT, LatencyBench, LatencyRun, Line
 
@@ -71,10 +71,6 @@ OLD_DUE: Final = (
 )
 PACKAGES: Final = ("paho-mqtt", "aiohttp", "httpx")
 
-
-def log(text: str) -> None:
-    """Progress, on stderr."""
-    print(text, file=sys.stderr, flush=True)
 
 
 def fill(path: Path, pending: int, *, now: float, prefix: str = "B") -> None:

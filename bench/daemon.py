@@ -64,7 +64,7 @@ from _daemon_device import (
     message_id,
     rss_kib,
 )
-from _harness import ROOT, machine, markdown_table, median, percentile  # puts the checkout on sys.path
+from _harness import ROOT, log, machine, markdown_table, median, percentile  # puts the checkout on sys.path
 from _presign import signed_form
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
@@ -129,10 +129,6 @@ class Sizes:
 FULL: Final = Sizes(rounds=8, fleet=200, latency=25, throughput=2000, inflight=1000)
 QUICK: Final = Sizes(rounds=2, fleet=40, latency=6, throughput=300, inflight=200)
 
-
-def log(text: str) -> None:
-    """Progress, on stderr."""
-    print(text, file=sys.stderr, flush=True)
 
 
 # -- the line: broker, emulator, agents ----------------------------------------------------------

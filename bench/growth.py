@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from _daemon_device import cpu_seconds
-from _harness import ROOT, machine, markdown_table, median, percentile  # puts the checkout on sys.path
+from _harness import ROOT, log, machine, markdown_table, median, percentile  # puts the checkout on sys.path
 from daemon import TOPIC_ROOT, LatencyBench, LatencyRun, Line
 
 from agent.daemon._retention import FIRST_RUN_S
@@ -74,9 +74,6 @@ j.unfinished(); j.abandon_unpushed(now=time.time()); j.charges_since(time.time()
 print(time.perf_counter() - t)
 """
 
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def fill(path: Path, size: int, *, now: float, age_s: float = 0.0) -> None:

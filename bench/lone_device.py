@@ -43,7 +43,7 @@ from time import perf_counter_ns
 from typing import Any, Final
 
 from _daemon_device import RawHttp, TimedClient, cpu_seconds, message_id
-from _harness import ROOT, machine, markdown_table, median, percentile
+from _harness import ROOT, log, machine, markdown_table, median, percentile
 from _presign import signed_form
 from daemon import BROKER_CONFIG, ECHO_ROOT, TMPFS_DIR, EchoProcess, Line, filesystem
 
@@ -82,10 +82,6 @@ PROFILED: Final = (
 )
 PACKAGES: Final = ("paho-mqtt", "alibabacloud-cloudauth20190307", "alibabacloud-tea-openapi")
 
-
-def log(text: str) -> None:
-    """Progress, on stderr."""
-    print(text, file=sys.stderr, flush=True)
 
 
 class NaiveProcess:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from _daemon_device import cpu_seconds, memory_kib, rss_kib
-from _harness import machine, markdown_table, median
+from _harness import log, machine, markdown_table, median
 from _waiting_fleet import Fleet
 from daemon import BROKER_CONFIG, MODEL, TOPIC_ROOT, UNLIMITED_QUEUE, Line
 
@@ -64,10 +64,6 @@ CPU_GOAL_PCT: Final = 5.0
 RSS_GOAL_MB: Final = 80.0
 PACKAGES: Final = ("paho-mqtt", "aiohttp", "httpx")
 
-
-def log(text: str) -> None:
-    """Progress, on stderr."""
-    print(text, file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -20,20 +20,18 @@ __all__ = ["hold_shared", "release", "try_exclusive"]
 
 def hold_shared(path: Path) -> int | None:
     """Share the lock (an agent writing); the descriptor to keep, or None when a migration holds it."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        return None
-    return descriptor
+    return _try_flock(path, fcntl.LOCK_SH)
 
 
 def try_exclusive(path: Path) -> int | None:
     """Take the lock alone (a migration); the descriptor to keep, or None while an agent has the journal open."""
+    return _try_flock(path, fcntl.LOCK_EX)
+
+
+def _try_flock(path: Path, mode: int) -> int | None:
     descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(descriptor)
         return None

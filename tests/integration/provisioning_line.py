@@ -17,6 +17,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.config import load_config
+from agent.daemon import ProvisioningAgent
+from agent.profiles import load_profiles
 from provisioning_lab.agentprocess import AgentProcess, write_config
 from provisioning_lab.emulator import EmulatorProcess
 from provisioning_lab.simulator import DEFAULT_CONCURRENCY, FleetReport, Timing, run_fleet
@@ -197,6 +200,29 @@ class Line:
         self.stop()
         for watcher in self.watchers:
             watcher.close()
+
+
+def in_process_agent(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    emulator: EmulatorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    **sections: dict[str, Any],
+) -> ProvisioningAgent:
+    """The daemon in this process (its parts reachable by the test), on the broker and the emulator."""
+    values: dict[str, Any] = {
+        "gateway_id": "gw1",
+        "journal": str(tmp_path / "journal.sqlite3"),
+        "profiles": PROFILES,
+        "cloud": {"endpoint": emulator.url},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "http": {"listen": "", "socket": ""},
+        **sections,
+    }
+    config = write_config(tmp_path / "agent.toml", values)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", emulator.access_key_id)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", emulator.access_key_secret)
+    return ProvisioningAgent(load_config(config, environ=dict(os.environ)), load_profiles(Path(PROFILES)))
 
 
 @pytest.fixture(name="line")

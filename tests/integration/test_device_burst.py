@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.daemon import ProvisioningAgent
 from agent.daemon import _service as service_module
-from agent.profiles import load_profiles
-from provisioning_lab.agentprocess import write_config
 from provisioning_lab.broker import MosquittoBroker
 from provisioning_lab.emulator import EmulatorProcess
 from tests.integration.handdevice import HandDevice
-from tests.integration.provisioning_line import MODEL, PROFILES
+from tests.integration.provisioning_line import MODEL, in_process_agent
 
 GUARD_SECONDS = 60.0  # a guard against hangs, not a timing assertion
 
@@ -27,21 +22,9 @@ async def test_a_burst_beyond_the_handlers_waits_in_the_backlog_and_is_answered(
     """One device in flight, one queued, two spare handlers: twelve registers at once never make more than
     four handlers, and every device is still answered (the rest are told when to come back)."""
     monkeypatch.setattr(service_module, "SPARE_HANDLERS", 2)
-    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", emulator.access_key_id)
-    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", emulator.access_key_secret)
-    config = write_config(
-        tmp_path / "agent.toml",
-        {
-            "gateway_id": "gw1",
-            "journal": str(tmp_path / "journal.sqlite3"),
-            "profiles": PROFILES,
-            "cloud": {"endpoint": emulator.url},
-            "mqtt": {"host": "127.0.0.1", "port": mqtt_broker.port},
-            "http": {"listen": "", "socket": ""},
-            "limits": {"max_in_flight": 1, "max_queued": 1},
-        },
+    agent = in_process_agent(
+        tmp_path, mqtt_broker, emulator, monkeypatch, limits={"max_in_flight": 1, "max_queued": 1}
     )
-    agent = ProvisioningAgent(load_config(config, environ=dict(os.environ)), load_profiles(Path(PROFILES)))
     most = 0
     spawn = agent._spawn
 

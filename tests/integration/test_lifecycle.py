@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
 from agent.daemon import ProvisioningAgent
-from agent.profiles import load_profiles
-from provisioning_lab.agentprocess import write_config
 from provisioning_lab.broker import MosquittoBroker
 from provisioning_lab.emulator import EmulatorProcess
-from tests.integration.provisioning_line import PROFILES
-
-
-def agent_for(
-    tmp_path: Path, broker: MosquittoBroker, emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch
-) -> ProvisioningAgent:
-    config = write_config(
-        tmp_path / "agent.toml",
-        {
-            "gateway_id": "gw1",
-            "journal": str(tmp_path / "journal.sqlite3"),
-            "profiles": PROFILES,
-            "cloud": {"endpoint": emulator.url},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port},
-            "http": {"listen": "", "socket": ""},
-        },
-    )
-    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", emulator.access_key_id)
-    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", emulator.access_key_secret)
-    return ProvisioningAgent(load_config(config, environ=dict(os.environ)), load_profiles(Path(PROFILES)))
+from tests.integration.provisioning_line import in_process_agent
 
 
 async def serve_until_ready_then_stop(agent: ProvisioningAgent) -> None:
@@ -44,7 +21,7 @@ async def serve_until_ready_then_stop(agent: ProvisioningAgent) -> None:
 async def test_a_resource_failing_to_close_does_not_keep_the_others_open(
     tmp_path: Path, mqtt_broker: MosquittoBroker, emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    agent = agent_for(tmp_path, mqtt_broker, emulator, monkeypatch)
+    agent = in_process_agent(tmp_path, mqtt_broker, emulator, monkeypatch)
     assert agent.mqtt is not None
 
     async def broken_close() -> None:
@@ -59,7 +36,7 @@ async def test_a_resource_failing_to_close_does_not_keep_the_others_open(
 async def test_a_clean_stop_says_offline_before_the_broker_connection_closes(
     tmp_path: Path, mqtt_broker: MosquittoBroker, emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    agent = agent_for(tmp_path, mqtt_broker, emulator, monkeypatch)
+    agent = in_process_agent(tmp_path, mqtt_broker, emulator, monkeypatch)
     assert agent.mqtt is not None
     order: list[str] = []
     publish, close = agent._publish_status, agent.mqtt.aclose
