@@ -67,9 +67,11 @@ class Retention:
             return 0
         archive = ArchiveWriter(archive_path(self._journal.path, *span))
         moved = 0
-        while await self._quiet() and (
-            batch := await self._worker.run_bookkeeping(self._journal.prunable, before=before, limit=PRUNE_BATCH)
-        ):
+        while True:
+            await self._wait_for_a_quiet_moment()
+            batch = await self._worker.run_bookkeeping(self._journal.prunable, before=before, limit=PRUNE_BATCH)
+            if batch is None:
+                break
             await asyncio.to_thread(archive.append, batch.lines)  # durable before the delete; off the journal's thread
             moved += await self._worker.run_bookkeeping(self._journal.prune, batch)
             await asyncio.sleep(PAUSE_S)
@@ -79,10 +81,9 @@ class Retention:
         self.pruned += moved
         return moved
 
-    async def _quiet(self) -> bool:
+    async def _wait_for_a_quiet_moment(self) -> None:
         """Wait (a little) for a moment with no device in flight: a batch then delays nobody."""
         waited = 0.0
         while not self._idle() and waited < MAX_DEFER_S:
             await asyncio.sleep(PAUSE_S)
             waited += PAUSE_S
-        return True
