@@ -72,7 +72,6 @@ OLD_DUE: Final = (
 PACKAGES: Final = ("paho-mqtt", "aiohttp", "httpx")
 
 
-
 def fill(path: Path, pending: int, *, now: float, prefix: str = "B") -> None:
     """``pending`` activated devices with their reports undelivered and due at ``now``."""
     journal = Journal.open(path, gateway_id="bench")

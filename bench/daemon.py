@@ -130,7 +130,6 @@ FULL: Final = Sizes(rounds=8, fleet=200, latency=25, throughput=2000, inflight=1
 QUICK: Final = Sizes(rounds=2, fleet=40, latency=6, throughput=300, inflight=200)
 
 
-
 # -- the line: broker, emulator, agents ----------------------------------------------------------
 
 

@@ -75,7 +75,6 @@ print(time.perf_counter() - t)
 """
 
 
-
 def fill(path: Path, size: int, *, now: float, age_s: float = 0.0) -> None:
     """``size`` finished devices as the agent writes them; TODAY_DEVICES dated today, the rest over 90 days."""
     Journal.open(path).close()  # the schema

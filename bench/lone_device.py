@@ -83,7 +83,6 @@ PROFILED: Final = (
 PACKAGES: Final = ("paho-mqtt", "alibabacloud-cloudauth20190307", "alibabacloud-tea-openapi")
 
 
-
 class NaiveProcess:
     """``naive_provisioner.py`` as a child process."""
 

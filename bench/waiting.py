@@ -65,7 +65,6 @@ RSS_GOAL_MB: Final = 80.0
 PACKAGES: Final = ("paho-mqtt", "aiohttp", "httpx")
 
 
-
 @dataclass
 class Run:
     """One agent with N devices waiting."""

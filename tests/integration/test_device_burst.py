@@ -22,9 +22,7 @@ async def test_a_burst_beyond_the_handlers_waits_in_the_backlog_and_is_answered(
     """One device in flight, one queued, two spare handlers: twelve registers at once never make more than
     four handlers, and every device is still answered (the rest are told when to come back)."""
     monkeypatch.setattr(service_module, "SPARE_HANDLERS", 2)
-    agent = in_process_agent(
-        tmp_path, mqtt_broker, emulator, monkeypatch, limits={"max_in_flight": 1, "max_queued": 1}
-    )
+    agent = in_process_agent(tmp_path, mqtt_broker, emulator, monkeypatch, limits={"max_in_flight": 1, "max_queued": 1})
     most = 0
     spawn = agent._spawn
 
